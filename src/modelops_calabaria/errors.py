@@ -1,0 +1,83 @@
+"""The one exception root of modelops-calabaria.
+
+Every error the service raises on purpose derives from :class:`CalabariaError`.
+Third-party errors (pydantic, SQLAlchemy/psycopg2, distributed, Optuna) are
+converted where they enter and chained with ``from e``, so a user never sees a
+raw library traceback for a mistake of theirs. ``exit_code`` is what the CLI
+returns: 2 for bad input, 1 for a failed run or an unreachable service.
+"""
+
+from __future__ import annotations
+
+
+class CalabariaError(Exception):
+    """Root of every error raised by modelops-calabaria.
+
+    Attributes:
+        exit_code: Process exit status the CLI uses for this error.
+        hint: One sentence saying what the user can do next (may be empty).
+    """
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message}\n  hint: {self.hint}" if self.hint else self.message
+
+
+class JobSpecError(CalabariaError):
+    """A job file, observed data file or model entrypoint is invalid (exit 2).
+
+    ``problems`` lists ``(field path, message)`` pairs, e.g.
+    ``("parameters.beta.upper", "must be greater than lower (0.5)")``.
+    """
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, problems: list[tuple[str, str]] | None = None, hint: str = "") -> None:
+        self.problems = list(problems or [])
+        if self.problems:
+            lines = "\n".join(f"  - {loc}: {msg}" for loc, msg in self.problems)
+            message = f"{message}\n{lines}"
+        super().__init__(message, hint=hint)
+
+
+class ConfigurationError(CalabariaError):
+    """A setting (storage URL, scheduler address, CLI flag) is invalid (exit 2)."""
+
+    exit_code = 2
+
+
+class StudyMismatchError(ConfigurationError):
+    """An existing study was created by a different job (other parameter space)."""
+
+
+class ServiceUnavailableError(CalabariaError):
+    """A service the run needs (database, Dask scheduler) cannot be reached (exit 1)."""
+
+    exit_code = 1
+
+
+class StudyNotFoundError(CalabariaError):
+    """A worker or status command names a study that does not exist (exit 1)."""
+
+    exit_code = 1
+
+
+class RunFailedError(CalabariaError):
+    """The calibration ran but produced no usable result (exit 1).
+
+    Raised when no trial completed, or when a failure storm stopped the run.
+    """
+
+    exit_code = 1
+
+
+class SimulationError(CalabariaError):
+    """A simulation replicate failed; carries the model's traceback text."""
+
+    exit_code = 1

@@ -1,0 +1,77 @@
+"""structlog set-up, done once by the entry point (never at import).
+
+JSON lines on stdout in containers and pipes; a human console renderer on a
+terminal. Every event passes through :func:`redact_secrets`, so a storage URL
+with a password logged by any module is masked.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import structlog
+
+from modelops_calabaria.redaction import redact_value
+
+
+def redact_secrets(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """structlog processor masking passwords in every string of the event."""
+    return {k: redact_value(v) for k, v in event_dict.items()}
+
+
+def configure_logging(fmt: str = "auto", *, level: int = logging.INFO, stream: Any = None) -> None:
+    """Configure structlog for this process.
+
+    Args:
+        fmt: ``json``, ``console`` or ``auto`` (console when ``stream`` is a tty).
+        level: Minimum level emitted.
+        stream: Where lines go (default: stdout).
+    """
+    stream = stream or sys.stdout
+    if fmt == "auto":
+        fmt = "console" if getattr(stream, "isatty", lambda: False)() else "json"
+    renderer: Any = (
+        structlog.dev.ConsoleRenderer(colors=getattr(stream, "isatty", lambda: False)())
+        if fmt == "console"
+        else structlog.processors.JSONRenderer()
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            redact_secrets,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        cache_logger_on_first_use=False,
+    )
+    # Optuna logs every trial at INFO through stdlib logging; our own lines replace it.
+    logging.getLogger("optuna").setLevel(logging.WARNING)
+    distributed_logger = logging.getLogger("distributed")
+    distributed_logger.setLevel(logging.WARNING)
+    # distributed installs its own stderr handler and logs connection failures with full
+    # tracebacks; the service reports those failures itself, so keep its lines to one line each.
+    for handler in distributed_logger.handlers:
+        if not any(isinstance(f, _OneLine) for f in handler.filters):
+            handler.addFilter(_OneLine())
+
+
+class _OneLine(logging.Filter):
+    """Drop a record's traceback and keep only the first line of its message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = redact_value(str(record.getMessage()).strip().splitlines()[0] if record.getMessage().strip() else "")
+        record.args = None
+        record.exc_info = None
+        record.exc_text = None
+        return True
+
+
+def get_logger(name: str) -> Any:
+    """A structlog logger for a module."""
+    return structlog.get_logger(name)

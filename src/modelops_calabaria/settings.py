@@ -1,0 +1,87 @@
+"""Run-time settings: one typed object, resolved once at the entry point.
+
+Precedence, highest first (pinned by ``tests/test_settings.py``):
+
+1. CLI flags (passed as keyword arguments to :func:`resolve_settings`);
+2. environment variables (``PARALLEL_TRIALS``, ``CALABARIA_STORAGE``, ...);
+3. the job file's ``execution`` block;
+4. the defaults below.
+
+Nothing reads the environment anywhere else: the resolved object is passed
+into constructors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field, ValidationError
+from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+
+from modelops_calabaria.errors import ConfigurationError
+
+
+class Settings(BaseSettings):
+    """How and where a calibration runs.
+
+    Attributes:
+        parallel_trials: True: N independent ask→simulate→tell loops; False:
+            batched rounds. Env ``PARALLEL_TRIALS``.
+        storage: Optuna storage URL (``postgresql://``, ``sqlite:///``,
+            ``journal:///path``); empty = a SQLite file in the run directory.
+        scheduler: Dask scheduler address (``tcp://host:8786``); empty = start
+            a local cluster.
+        local_workers: Worker processes of the local cluster (default: cores).
+        log_format: ``json``, ``console``, or ``auto`` (console on a terminal).
+        heartbeat_interval_s: How often a coordinator says it is alive.
+        grace_period_s: A coordinator silent this long is lost; its RUNNING
+            trials become FAIL ("coordinator lost").
+        fast_path: Sample in an in-memory mirror of the study and write each
+            trial with one insert (False: plain Optuna ask on the shared storage).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="CALABARIA_", extra="ignore", populate_by_name=True)
+
+    parallel_trials: bool = Field(
+        default=True, validation_alias=AliasChoices("parallel_trials", "PARALLEL_TRIALS", "CALABARIA_PARALLEL_TRIALS")
+    )
+    storage: str | None = None
+    scheduler: str | None = None
+    local_workers: int | None = Field(default=None, ge=1)
+    log_format: Literal["auto", "json", "console"] = "auto"
+    heartbeat_interval_s: float = Field(default=10.0, gt=0)
+    fast_path: bool = True
+    grace_period_s: float = Field(default=60.0, gt=0)
+
+
+def resolve_settings(job_execution: Mapping[str, Any] | None = None, **cli: Any) -> Settings:
+    """Build Settings from CLI flags > environment > job ``execution`` block > defaults.
+
+    ``None`` values (flags not given, job fields left empty) do not override.
+
+    Raises:
+        ConfigurationError: a value has the wrong type (names the setting).
+    """
+    job_values = {k: v for k, v in (job_execution or {}).items() if v is not None}
+    cli_values = {k: v for k, v in cli.items() if v is not None}
+
+    class _Resolved(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return (init_settings, env_settings, InitSettingsSource(settings_cls, job_values))
+
+    try:
+        resolved = _Resolved(**cli_values)
+    except ValidationError as e:
+        bad = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors(include_url=False))
+        raise ConfigurationError(f"invalid setting: {bad}",
+                                 hint="check the CLI flags, CALABARIA_* / PARALLEL_TRIALS variables and the job's 'execution' block") from e
+    return Settings.model_construct(**resolved.model_dump())
