@@ -1,0 +1,47 @@
+"""The simulation boundary: submit a trial's replicates, get its evaluation back.
+
+One small interface so that the calibration wire does not know about Dask.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from modelops_calabaria.simulation.task import TrialEvaluation
+
+
+class TrialHandle(Protocol):
+    """A submitted trial. ``result`` blocks until its evaluation is ready."""
+
+    def result(self) -> TrialEvaluation:
+        """The trial's evaluation.
+
+        Model failures, timeouts and lost workers come back as a
+        ``TrialEvaluation`` with ``error`` set; never raised.
+
+        Raises:
+            ServiceUnavailableError: the simulation cluster itself is gone.
+        """
+
+    def cancel(self) -> None:
+        """Cancel whatever of the trial still runs (idempotent)."""
+
+
+class SimulationService(Protocol):
+    """Runs replicates somewhere. Thread-safe: many loops submit at once.
+
+    Attributes:
+        slots: Simulations that can run at once (total worker threads).
+    """
+
+    slots: int
+
+    def submit(self, trial_number: int, params: Mapping[str, Any], seeds: Sequence[int]) -> TrialHandle:
+        """Start one replicate per seed, plus their reduction, for one trial."""
+
+    def gather(self, handles: Sequence[TrialHandle]) -> list[TrialEvaluation]:
+        """Wait for every handle (in one wait, not one by one) and return their evaluations in order."""
+
+    def close(self) -> None:
+        """Release the cluster connection (and the local cluster if this service started it)."""

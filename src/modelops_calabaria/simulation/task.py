@@ -1,0 +1,120 @@
+"""What runs on a Dask worker: one replicate, and the reduction of one trial.
+
+:func:`run_replicate` never raises for a model problem: an exception, a
+timeout, a missing output or a NaN becomes ``ReplicateResult.error`` (with the
+model's traceback), so that failures are data the coordinator stores on the
+trial. Only scores and small diagnostics leave the worker, never the outputs.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from modelops_calabaria.models import load_model
+from modelops_calabaria.targets.evaluate import CompiledTarget, aggregate_trial, evaluate_replicate
+
+
+@dataclass(frozen=True)
+class SimContext:
+    """Everything a replicate needs besides its parameters and seed (same for a whole run)."""
+
+    model_ref: str
+    fixed: Mapping[str, Any]
+    targets: tuple[CompiledTarget, ...]
+    timeout_s: float | None = None
+    retries: int = 0
+
+
+@dataclass
+class ReplicateResult:
+    """Scores of one replicate (or why it failed) and how long it ran."""
+
+    index: int
+    seed: int
+    scores: dict[str, float] = field(default_factory=dict)
+    kept: dict[str, np.ndarray] = field(default_factory=dict)
+    duration_s: float = 0.0
+    error: str | None = None
+
+
+@dataclass
+class TrialEvaluation:
+    """A trial's result as the coordinator receives it."""
+
+    per_target: dict[str, float]
+    loss: float | None
+    busy_s: float
+    error: str | None = None
+    replicate_scores: list[dict[str, float]] = field(default_factory=list)
+
+
+class _Timeout(Exception):
+    pass
+
+
+def _call_with_timeout(fn: Any, params: Mapping[str, Any], seed: int, timeout_s: float | None) -> Any:
+    if timeout_s is None:
+        return fn(params, seed)
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn(params, seed)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            box["error"] = e
+
+    # A daemon thread: a hung model cannot be killed from Python, but the task
+    # returns at the timeout, freeing the Dask slot's bookkeeping.
+    thread = threading.Thread(target=target, name="calabaria-model", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        raise _Timeout(f"simulation timed out after {timeout_s:g} s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def run_replicate(ctx: SimContext, params: Mapping[str, Any], seed: int, index: int) -> ReplicateResult:
+    """Run the model once with ``params`` (plus the fixed ones) and score every target."""
+    result = ReplicateResult(index=index, seed=seed)
+    started = time.perf_counter()
+    attempts = ctx.retries + 1
+    for attempt in range(attempts):
+        try:
+            model = load_model(ctx.model_ref)
+            outputs = _call_with_timeout(model.run, {**ctx.fixed, **params}, seed, ctx.timeout_s)
+            if not isinstance(outputs, Mapping):
+                raise TypeError(f"model returned {type(outputs).__name__}, expected a mapping of output name to array")
+            result.scores, result.kept = evaluate_replicate(ctx.targets, outputs)
+            result.error = None
+            break
+        except _Timeout as e:
+            result.error = f"replicate {index} (seed {seed}): {e}"
+            break  # a hang is not retried: it would hold another slot just as long
+        except Exception as e:  # noqa: BLE001 - any model failure is data for the trial
+            tb = traceback.format_exc(limit=8)
+            result.error = f"replicate {index} (seed {seed}), attempt {attempt + 1}/{attempts}: {type(e).__name__}: {e}\n{tb}"
+    result.duration_s = time.perf_counter() - started
+    return result
+
+
+def reduce_trial(ctx: SimContext, results: Sequence[ReplicateResult]) -> TrialEvaluation:
+    """Aggregate a trial's replicates on the worker; only scalars go back."""
+    busy = float(sum(r.duration_s for r in results))
+    failed = [r for r in results if r.error is not None]
+    if failed:
+        return TrialEvaluation({}, None, busy, error=failed[0].error + (f" ({len(failed)}/{len(results)} replicates failed)" if len(failed) > 1 else ""))
+    per_target, loss = aggregate_trial(ctx.targets, [r.scores for r in results], [r.kept for r in results])
+    reps = [r.scores for r in sorted(results, key=lambda r: r.index)]
+    if not np.isfinite(loss):
+        bad = [k for k, v in per_target.items() if not np.isfinite(v)]
+        return TrialEvaluation(per_target, None, busy, error=f"non-finite loss {loss} (targets: {', '.join(bad)})", replicate_scores=reps)
+    return TrialEvaluation(per_target, loss, busy, replicate_scores=reps)
