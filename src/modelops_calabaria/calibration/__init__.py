@@ -1,0 +1,1 @@
+"""Calibration: the wire (parallel / batched), the Optuna adapter, budget and stop logic."""

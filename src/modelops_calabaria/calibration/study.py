@@ -1,0 +1,181 @@
+"""The Optuna boundary: samplers, the study's search space, ask and tell.
+
+Every Optuna or database error that reaches a user is converted here.
+Trials carry:
+
+- user attr ``fail_reason`` on FAIL trials (why it failed);
+- user attr ``targets`` on COMPLETE trials: ``{target name: aggregated value}``;
+- system attr ``calabaria:coordinator`` (who asked it; used for recovery);
+- system attr ``calabaria:retry_of_lost`` on trials that re-ask a lost trial's parameters.
+
+The study's system attr ``calabaria:job`` holds the job spec, so that a
+joining ``worker`` needs only the study name and storage URL.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+
+from modelops_calabaria.dbretry import retry_db
+from modelops_calabaria.errors import JobSpecError, StudyMismatchError
+from modelops_calabaria.job import CalibrationJob, ParameterSpec
+from modelops_calabaria.logging import get_logger
+
+log = get_logger(__name__)
+
+JOB_ATTR = "calabaria:job"
+COORDINATOR_ATTR = "calabaria:coordinator"
+FAIL_REASON = "fail_reason"
+TARGETS_ATTR = "targets"
+RETRY_ATTR = "calabaria:retry_of_lost"
+
+
+def to_distribution(spec: ParameterSpec) -> BaseDistribution:
+    """The Optuna distribution of one parameter spec."""
+    if spec.kind == "categorical":
+        return CategoricalDistribution(list(spec.choices or []))
+    if spec.kind == "int":
+        return IntDistribution(int(spec.lower), int(spec.upper), log=spec.log, step=int(spec.step or 1))  # type: ignore[arg-type]
+    return FloatDistribution(float(spec.lower), float(spec.upper), log=spec.log, step=spec.step)  # type: ignore[arg-type]
+
+
+def distributions(job: CalibrationJob) -> dict[str, BaseDistribution]:
+    """The job's search space, in declaration order."""
+    return {name: to_distribution(spec) for name, spec in job.parameters.items()}
+
+
+def _grid(job: CalibrationJob, options: dict[str, Any]) -> dict[str, list[Any]]:
+    points = int(options.pop("points", 5))
+    explicit = options.pop("grid", {}) or {}
+    space: dict[str, list[Any]] = {}
+    for name, spec in job.parameters.items():
+        if name in explicit:
+            space[name] = list(explicit[name])
+        elif spec.kind == "categorical":
+            space[name] = list(spec.choices or [])
+        elif spec.kind == "int":
+            values = np.unique(np.round(np.linspace(spec.lower, spec.upper, points)).astype(int))  # type: ignore[arg-type]
+            space[name] = [int(v) for v in values]
+        else:
+            lo, hi = float(spec.lower), float(spec.upper)  # type: ignore[arg-type]
+            grid = np.geomspace(lo, hi, points) if spec.log else np.linspace(lo, hi, points)
+            space[name] = [float(v) for v in grid]
+    return space
+
+
+def build_sampler(job: CalibrationJob) -> optuna.samplers.BaseSampler:
+    """The job's sampler, seeded with the job seed.
+
+    Raises:
+        JobSpecError: an unknown option, or a sampler whose extra dependency is missing.
+    """
+    name = job.sampler.name
+    options = dict(job.sampler.options)
+    seed = job.seed
+    try:
+        if name == "tpe":
+            options.setdefault("constant_liar", True)  # parallel asks would otherwise sample near-duplicates
+            options.setdefault("multivariate", True)
+            return optuna.samplers.TPESampler(seed=seed, **options)
+        if name == "gp":
+            try:
+                import torch  # noqa: F401
+            except ImportError:
+                raise JobSpecError("sampler 'gp' needs PyTorch", problems=[("sampler.name", "run `pip install torch`, or choose tpe")]) from None
+            return optuna.samplers.GPSampler(seed=seed, **options)
+        if name == "cmaes":
+            return optuna.samplers.CmaEsSampler(seed=seed, **options)
+        if name == "random":
+            return optuna.samplers.RandomSampler(seed=seed, **options)
+        if name == "qmc":
+            options.setdefault("qmc_type", "sobol")
+            return optuna.samplers.QMCSampler(seed=seed, **options)
+        if name == "grid":
+            return optuna.samplers.GridSampler(_grid(job, options), seed=seed, **options)
+        if name == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=seed, **options)
+    except TypeError as e:
+        raise JobSpecError(f"sampler {name!r} rejected its options: {e}", problems=[("sampler.options", f"see Optuna's {name} sampler for valid options")]) from e
+    raise JobSpecError(f"unknown sampler {name!r}", problems=[("sampler.name", "one of tpe, gp, cmaes, random, qmc, grid, nsga2")])
+
+
+def _space_of(stored: Mapping[str, Any]) -> dict[str, Any]:
+    return {"parameters": stored.get("parameters"), "direction": stored.get("direction")}
+
+
+def open_study(job: CalibrationJob, storage: optuna.storages.BaseStorage, stored_job: dict[str, Any]) -> optuna.Study:
+    """Create the study, or load it and check that it was made by the same kind of job.
+
+    Raises:
+        StudyMismatchError: the study exists with another parameter space or direction.
+    """
+    sampler = build_sampler(job)
+    try:
+        study_id = retry_db("study lookup", lambda: storage.get_study_id_from_name(job.study))
+    except KeyError:
+        study_id = None
+    if study_id is not None:
+        existing = retry_db("study load", lambda: storage.get_study_system_attrs(study_id)).get(JOB_ATTR)
+        if existing is not None:
+            check_same_space(job, json.loads(existing), stored_job)
+        return optuna.load_study(study_name=job.study, storage=storage, sampler=sampler)
+    study = retry_db(
+        "study creation",
+        lambda: optuna.create_study(study_name=job.study, storage=storage, sampler=sampler, direction=job.direction, load_if_exists=True),
+    )
+    attrs = retry_db("study load", lambda: storage.get_study_system_attrs(study._study_id))
+    if JOB_ATTR in attrs:  # another process created it a moment before us
+        check_same_space(job, json.loads(attrs[JOB_ATTR]), stored_job)
+    else:
+        retry_db("store job", lambda: storage.set_study_system_attr(study._study_id, JOB_ATTR, json.dumps(stored_job)))
+    return study
+
+
+def check_same_space(job: CalibrationJob, existing: Mapping[str, Any], stored_job: Mapping[str, Any]) -> None:
+    """Raise StudyMismatchError naming each field where the study and the job differ."""
+    old, new = _space_of(existing), _space_of(stored_job)
+    if old == new:
+        return
+    diffs = []
+    old_p, new_p = old["parameters"] or {}, new["parameters"] or {}
+    for name in sorted(set(old_p) | set(new_p)):
+        if name not in old_p or name not in new_p:
+            diffs.append(f"parameters.{name}: {'only in the job' if name in new_p else 'only in the study'}")
+            continue
+        for key in sorted(set(old_p[name]) | set(new_p[name])):
+            if old_p[name].get(key) != new_p[name].get(key):
+                diffs.append(f"parameters.{name}.{key}: study has {old_p[name].get(key)!r}, job has {new_p[name].get(key)!r}")
+    if old["direction"] != new["direction"]:
+        diffs.append(f"direction: study has {old['direction']}, job has {new['direction']}")
+    raise StudyMismatchError(
+        f"study '{job.study}' already exists with a different search space:\n  " + "\n  ".join(diffs),
+        hint="use a new study name, or restore the original parameters to resume it",
+    )
+
+
+def stored_job_of(study_name: str, storage: optuna.storages.BaseStorage) -> dict[str, Any] | None:
+    """The job spec stored with a study, or None if the study does not exist."""
+    try:
+        study_id = retry_db("study lookup", lambda: storage.get_study_id_from_name(study_name))
+    except KeyError:
+        return None
+    raw = retry_db("study load", lambda: storage.get_study_system_attrs(study_id)).get(JOB_ATTR)
+    return json.loads(raw) if raw else {}
+
+
+def fail_trial(storage: optuna.storages.BaseStorage, trial_id: int, reason: str) -> bool:
+    """Mark someone else's RUNNING trial FAIL with ``reason``; False if it finished meanwhile."""
+    try:
+        retry_db("recover", lambda: storage.set_trial_user_attr(trial_id, FAIL_REASON, reason))
+        return retry_db("recover", lambda: storage.set_trial_state_values(trial_id, TrialState.FAIL))
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
+
+

@@ -1,0 +1,260 @@
+"""The calibration wire: turn budget slots into told trials, in parallel or batched mode.
+
+Parallel (``PARALLEL_TRIALS=true``): N loops on a ThreadPoolExecutor; each
+claims one budget slot, asks one trial, submits its replicates, waits for its
+own result only, tells, and repeats. Batched (``false``): rounds of k claims →
+k asks → submit all → gather all → tell all.
+
+Invariants, in both modes:
+
+- a trial is asked only after a budget slot was claimed, so a fresh study never
+  holds more than ``max_trials`` trials; a claim whose ask fails, and the local
+  reserve of claimed slots left at the end, are released;
+- every asked trial is told, COMPLETE or FAIL with a reason, whatever happens
+  in between (exceptions, NaN, timeouts, shutdown);
+- a shared Event stops every loop (budget spent, stop rule, signal, fatal error);
+  the in-process Lock guards the run state.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass, field
+
+
+from modelops_calabaria.calibration.ledger import Ledger
+from modelops_calabaria.calibration.seeds import replicate_seeds
+from modelops_calabaria.calibration.state import RunState
+from modelops_calabaria.calibration.asktell import AskedTrial, DirectAsker, MirroredAsker
+from modelops_calabaria.job import CalibrationJob
+from modelops_calabaria.logging import get_logger
+from modelops_calabaria.simulation.base import SimulationService, TrialHandle
+from modelops_calabaria.simulation.task import TrialEvaluation
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """What the wire reports about each told trial."""
+
+    number: int
+    state: str
+    loss: float | None
+    params: dict
+    per_target: dict
+    duration_s: float
+    reason: str | None = None
+    new_best: bool = False
+
+
+@dataclass
+class Wire:
+    """Runs one coordinator's share of a calibration. Use once: ``run()``."""
+
+    job: CalibrationJob
+    study: DirectAsker | MirroredAsker
+    service: SimulationService
+    ledger: Ledger
+    state: RunState
+    parallel: bool
+    concurrency: int
+    on_trial: Callable[[TrialRecord], None] = lambda record: None
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._in_flight: dict[int, TrialHandle] = {}
+        self._fatal: BaseException | None = None
+        self._shutdown_reason: str | None = None
+        self.claimed = 0
+        self.budget_spent = False
+        self._reserve = 0
+        # Slots per ledger round trip: small, so that several coordinators share the end of a budget.
+        self.claim_block = max(1, min(4, self.concurrency // 4))
+
+    # -- control ---------------------------------------------------------------------------
+
+    @property
+    def stop_reason(self) -> str | None:
+        """Why the run ended: a stop rule, a signal, or the budget."""
+        return self.state.stop_reason or ("budget spent" if self.budget_spent else None)
+
+    @property
+    def shutdown_reason(self) -> str | None:
+        """The signal that shut this wire down, if any."""
+        return self._shutdown_reason
+
+    def request_stop(self, reason: str) -> None:
+        """Stop asking; in-flight trials finish and are told."""
+        with self._lock:
+            if self.state.stop_reason is None:
+                self.state.stop_reason = reason
+        self.stop.set()
+
+    def shutdown(self, reason: str, grace_s: float) -> None:
+        """Stop asking now; cancel what is still running after ``grace_s`` (told FAIL)."""
+        self._shutdown_reason = reason
+        self.request_stop(reason)
+        timer = threading.Timer(grace_s, self.cancel_in_flight)
+        timer.daemon = True
+        timer.start()
+
+    def cancel_in_flight(self) -> None:
+        """Cancel every trial still running; their loops tell them FAIL."""
+        with self._lock:
+            handles = list(self._in_flight.values())
+        for h in handles:
+            h.cancel()
+
+    # -- running -------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Run until the budget is spent or a stop is requested.
+
+        Raises:
+            The first fatal error of any loop (after every asked trial was told).
+        """
+        loops = self.concurrency if self.parallel else 1
+        body = self._parallel_loop if self.parallel else self._batched_loop
+        try:
+            with ThreadPoolExecutor(max_workers=loops, thread_name_prefix="calabaria-loop") as pool:
+                futures = [pool.submit(self._guarded, body, i) for i in range(loops)]
+                wait_futures(futures)
+        finally:
+            self._release_reserve()
+        if self._fatal is not None:
+            raise self._fatal
+
+    def _guarded(self, body: Callable[[int], None], loop_id: int) -> None:
+        try:
+            body(loop_id)
+        except BaseException as e:  # noqa: BLE001 - recorded, re-raised by run() in the caller
+            with self._lock:
+                if self._fatal is None:
+                    self._fatal = e
+            self.stop.set()
+
+    def _claim(self, n: int) -> int:
+        """Take ``n`` budget slots (fewer when the budget is nearly spent).
+
+        Parallel loops take slots from a small local reserve, refilled from the
+        ledger ``claim_block`` at a time: one database round trip serves several
+        trials. Unused reserve is released when the run ends.
+        """
+        with self._lock:
+            local = min(n, self._reserve)
+            self._reserve -= local
+        if local == n:
+            return n
+        want = max(n - local, self.claim_block if self.parallel else 0)
+        granted = self.ledger.claim(self.study.study.study_name, want)
+        with self._lock:
+            self.claimed += granted
+            # Take from the reserve, not only from this grant: another loop may have
+            # refilled it while the ledger told this one the budget was spent.
+            self._reserve += granted
+            used = min(self._reserve, n - local)
+            self._reserve -= used
+        return local + used
+
+    def _release(self, n: int) -> None:
+        if n > 0:
+            self.ledger.release(self.study.study.study_name, n)
+            with self._lock:
+                self.claimed -= n
+
+    def _release_reserve(self) -> None:
+        with self._lock:
+            unused, self._reserve = self._reserve, 0
+        self._release(unused)
+
+    def _budget_spent(self) -> None:
+        """Record why the run ends, without stopping loops that still hold reserved slots."""
+        self.budget_spent = True
+
+    def _parallel_loop(self, loop_id: int) -> None:
+        while not self.stop.is_set():
+            if self._claim(1) == 0:
+                # Not the stop event: each loop ends on its own when it finds no slot, so the
+                # last reserved slots are still used by the loops that reserved them.
+                self._budget_spent()
+                return
+            try:
+                trial = self.study.ask()
+            except BaseException:
+                self._release(1)
+                raise
+            self._run_trials([trial])
+
+    def _batched_loop(self, loop_id: int) -> None:
+        while not self.stop.is_set():
+            granted = self._claim(self.concurrency)
+            if granted == 0:
+                self._budget_spent()
+                return
+            trials: list[AskedTrial] = []
+            try:
+                for _ in range(granted):
+                    trials.append(self.study.ask())
+            except BaseException as e:
+                self._release(granted - len(trials))
+                for t in trials:
+                    self._tell(t, _failed(f"coordinator error before submission: {type(e).__name__}: {e}"), 0.0)
+                raise
+            self._run_trials(trials)
+
+    def _run_trials(self, trials: Sequence[AskedTrial]) -> None:
+        """Submit, wait and tell ``trials``; every one of them is told, whatever happens."""
+        started = time.perf_counter()
+        told: set[int] = set()
+        try:
+            handles: list[TrialHandle] = []
+            for t in trials:
+                seeds = replicate_seeds(self.job.seed, self.job.n_replicates, t.number, self.job.replicate_seeds)
+                handle = self.service.submit(t.number, t.params, seeds)
+                handles.append(handle)
+                with self._lock:
+                    self._in_flight[t.number] = handle
+            evaluations = [handles[0].result()] if len(handles) == 1 else self.service.gather(handles)
+            for t, ev in zip(trials, evaluations):
+                if ev.error == "simulation cancelled" and self._shutdown_reason:
+                    ev = _failed(f"cancelled: {self._shutdown_reason} before the trial finished")
+                self._tell(t, ev, time.perf_counter() - started)
+                told.add(t.number)
+        except BaseException as e:
+            for t in trials:
+                if t.number not in told:
+                    self._tell(t, _failed(f"coordinator error: {type(e).__name__}: {e}"), time.perf_counter() - started)
+            raise
+        finally:
+            with self._lock:
+                for t in trials:
+                    self._in_flight.pop(t.number, None)
+
+    def _tell(self, trial: AskedTrial, ev: TrialEvaluation, duration_s: float) -> None:
+        params = dict(trial.params)
+        if ev.error is None and ev.loss is not None:
+            self.study.tell_complete(trial, ev.loss, ev.per_target, ev.busy_s)
+            with self._lock:
+                new_best = self.state.record_complete(trial.number, ev.loss, params, ev.busy_s)
+                reason = self.state.check_stop(time.monotonic())
+            record = TrialRecord(trial.number, "COMPLETE", ev.loss, params, ev.per_target, duration_s, new_best=new_best)
+        else:
+            reason_text = ev.error or "no loss"
+            self.study.tell_fail(trial, reason_text, ev.busy_s)
+            with self._lock:
+                self.state.record_fail(trial.number, reason_text, ev.busy_s)
+                reason = self.state.check_stop(time.monotonic())
+            record = TrialRecord(trial.number, "FAIL", None, params, {}, duration_s, reason=reason_text)
+        self.on_trial(record)
+        if reason:
+            self.stop.set()
+
+
+def _failed(reason: str) -> TrialEvaluation:
+    return TrialEvaluation({}, None, 0.0, error=reason)
