@@ -1,0 +1,1 @@
+"""Reporting: progress lines, results files."""
