@@ -1,0 +1,142 @@
+"""Bad inputs through the real CLI: one clear message, the right exit code, nothing created.
+
+Each directory under ``tests/bad_inputs/`` is one case (see its README.md): a job
+file, any data or model file it needs, and ``expect.yaml``. The case is copied
+into a temporary directory and run as a subprocess::
+
+    calabaria calibrate CASE/job.yaml --output TMP/run --local-workers 1 [args]
+
+(and ``calabaria validate CASE/job.yaml`` when ``validate: true``), from that
+temporary directory, with no CALABARIA_* variables in the environment. Every case
+must exit with its ``exit`` code (2 bad input, 1 unreachable service), print
+exactly one ``error:`` message on stderr holding every ``stderr_contains``
+substring, print no traceback, and create nothing: the temporary directory holds
+the same files afterwards as before (so no ``--output`` directory and no SQLite
+study file).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+CORPUS = Path(__file__).parent / "bad_inputs"
+CALABARIA = Path(sys.executable).with_name("calabaria")
+CASES = sorted(p.name for p in CORPUS.iterdir() if (p / "expect.yaml").is_file())
+DEFAULT_TIMEOUT_S = 60
+
+
+def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("CALABARIA_") and k not in ("PARALLEL_TRIALS", "DASK_SCHEDULER_ADDRESS", "PYTHONPATH")}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
+
+
+def _fill(value: Any, tmp: Path) -> Any:
+    """Replace {tmp} (the test's temporary directory) and {case} (the case's copy in it)."""
+    if isinstance(value, str):
+        return value.replace("{tmp}", str(tmp)).replace("{case}", str(tmp / "case"))
+    if isinstance(value, list):
+        return [_fill(v, tmp) for v in value]
+    if isinstance(value, dict):
+        return {k: _fill(v, tmp) for k, v in value.items()}
+    return value
+
+
+def _run(args: list[str], cwd: Path, timeout: float = DEFAULT_TIMEOUT_S,
+         env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess, float]:
+    started = time.monotonic()
+    proc = subprocess.run([str(CALABARIA), *args], cwd=cwd, env=_env(env), capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+    return proc, time.monotonic() - started
+
+
+def _files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def _job_file(case_dir: Path, expect: dict[str, Any]) -> Path:
+    if expect.get("job"):
+        return case_dir / expect["job"]
+    for name in ("job.yaml", "job.json"):
+        if (case_dir / name).is_file():
+            return case_dir / name
+    raise AssertionError(f"{case_dir.name}: no job.yaml/job.json and no 'job' in expect.yaml")
+
+
+def _check_output(what: str, proc: subprocess.CompletedProcess, elapsed: float, expect: dict[str, Any]) -> None:
+    out, err = proc.stdout, proc.stderr
+    both = out + err
+    shown = f"\n--- {what}: exit {proc.returncode} in {elapsed:.1f} s\n--- stdout:\n{out}\n--- stderr:\n{err}"
+    assert "Traceback" not in both, f"a traceback was printed{shown}"
+    assert proc.returncode == expect["exit"], f"expected exit {expect['exit']}{shown}"
+    error_lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1, f"expected exactly one 'error:' line on stderr{shown}"
+    message = err[err.index("error:"):]
+    for piece in expect.get("stderr_contains", []):
+        assert piece in message, f"stderr message lacks {piece!r}{shown}"
+    for piece in expect.get("absent", []):
+        assert piece not in both, f"output contains {piece!r}{shown}"
+    limit = expect.get("max_seconds")
+    if limit is not None:
+        assert elapsed < limit, f"took {elapsed:.1f} s, limit {limit} s{shown}"
+
+
+def _trial_count(storage: str, study: str) -> int:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    loaded = optuna.load_study(study_name=study, storage=storage)
+    return len(loaded.get_trials(deepcopy=False))
+
+
+def test_corpus_is_big_enough() -> None:
+    assert len(CASES) >= 25, CASES
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input(case: str, tmp_path: Path) -> None:
+    source = CORPUS / case
+    expect = _fill(yaml.safe_load((source / "expect.yaml").read_text()), tmp_path)
+    case_dir = tmp_path / "case"
+    shutil.copytree(source, case_dir)
+    output = tmp_path / "run"
+    timeout = max(DEFAULT_TIMEOUT_S, 2 * expect.get("max_seconds", 0))
+    env = expect.get("env")
+
+    setup = expect.get("setup")
+    if setup:
+        proc, elapsed = _run(["calibrate", str(case_dir / setup["job"]), *setup.get("args", [])], tmp_path, timeout=120)
+        assert proc.returncode == 0, f"setup run failed ({elapsed:.1f} s):\n{proc.stdout}\n{proc.stderr}"
+        summary = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert summary["trials"].get("COMPLETE") == expect["study_trials"]["count"], summary
+
+    job_file = _job_file(case_dir, expect)
+    before = _files(tmp_path)
+
+    if expect.get("validate"):
+        proc, elapsed = _run(["validate", str(job_file)], tmp_path, timeout, env)
+        _check_output("validate", proc, elapsed, expect)
+
+    args = ["calibrate", str(job_file), "--output", str(output), "--local-workers", "1", *expect.get("args", [])]
+    proc, elapsed = _run(args, tmp_path, timeout, env)
+    _check_output("calibrate", proc, elapsed, expect)
+
+    assert not output.exists(), f"--output directory was created: {sorted(_files(output))}"
+    created = _files(tmp_path) - before
+    assert not created, f"files were created: {sorted(created)}"
+
+    trials = expect.get("study_trials")
+    if trials:
+        assert _trial_count(trials["storage"], trials["study"]) == trials["count"]

@@ -1,0 +1,288 @@
+"""Faults on real processes: killed Dask workers, a lost scheduler, a PostgreSQL restart,
+SIGTERM and SIGKILL of coordinators, failing replicates. After each, the invariants hold:
+trials = budget, none RUNNING, every FAIL has a reason, the best is the best COMPLETE trial."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from modelops_calabaria import Settings, run_calibration
+from modelops_calabaria.storage import open_optuna_storage, parse_storage_url
+
+from conftest import make_job, support_model, unique
+
+CLI = [sys.executable, "-m", "modelops_calabaria"]
+BIN = Path(sys.executable).parent
+
+
+def trials_of(storage: str, study: str):
+    return optuna.load_study(study_name=study, storage=open_optuna_storage(parse_storage_url(storage), 1)).get_trials(deepcopy=False)
+
+
+def check_invariants(storage: str, study: str, budget: int | None) -> list:
+    trials = trials_of(storage, study)
+    if budget is not None:
+        assert len(trials) == budget
+    assert not [t.number for t in trials if t.state == TrialState.RUNNING]
+    for t in trials:
+        if t.state == TrialState.FAIL:
+            assert t.user_attrs.get("fail_reason"), t
+    assert len({t.number for t in trials}) == len(trials)
+    return trials
+
+
+def write_job(tmp_path: Path, **overrides) -> tuple[Path, str]:
+    data = {
+        "study": unique("fault"),
+        "model": support_model("slow"),
+        "parameters": {"a": {"lower": 0.0, "upper": 2.0}, "b": {"lower": 0.0, "upper": 2.0}},
+        "fixed": {"delay": 0.3},
+        "targets": [{"name": "y", "output": "y", "data": {"t": [0, 1, 2], "y": [1.0, 2.0, 3.0]}, "score": "sse"}],
+        "n_replicates": 2,
+        "max_trials": 30,
+        "seed": 5,
+    }
+    data.update(overrides)
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path, data["study"]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CALABARIA_", "PARALLEL_TRIALS"))}
+    env.update(extra)
+    return env
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def told(storage: str, study: str, *, asked: bool = False) -> int:
+    """Trials finished (or, with ``asked``, created) so far; 0 before the study exists."""
+    try:
+        trials = trials_of(storage, study)
+    except KeyError:
+        return 0
+    return len(trials) if asked else sum(t.state.is_finished() for t in trials)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_killed_dask_worker_replicates_run_elsewhere(tmp_path):
+    from distributed import LocalCluster
+
+    cluster = LocalCluster(n_workers=2, threads_per_worker=2, processes=True, dashboard_address=":0", silence_logs=logging.ERROR)
+    storage = f"sqlite:///{tmp_path}/s.db"
+    job = make_job(tmp_path, model=support_model("slow"), fixed={"delay": 0.4}, max_trials=30)
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = run_calibration(job, Settings(storage=storage, scheduler=cluster.scheduler_address),
+                                                output_dir=tmp_path / "run", concurrency=4)
+        except BaseException as e:  # noqa: BLE001
+            outcome["error"] = e
+
+    thread = threading.Thread(target=run)
+    try:
+        thread.start()
+        wait_for(lambda: told(storage, job.study) >= 5, 60, "5 trials")
+        nanny = next(iter(cluster.workers.values()))
+        os.kill(nanny.process.process.pid, signal.SIGKILL)  # the worker process, not its nanny
+        thread.join(timeout=180)
+        assert not thread.is_alive() and "error" not in outcome, outcome
+    finally:
+        thread.join(timeout=60)
+        cluster.close()
+    trials = check_invariants(storage, job.study, 30)
+    assert all(t.state == TrialState.COMPLETE for t in trials)  # nothing lost: the replicates ran elsewhere
+    assert outcome["result"].this_run["told"] == 30  # nor counted twice
+
+
+@pytest.mark.slow
+def test_lost_scheduler_fails_clearly_and_tells_every_trial(tmp_path):
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    scheduler = subprocess.Popen([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = subprocess.Popen([str(BIN / "dask"), "worker", address, "--nthreads", "4", "--nworkers", "1", "--no-dashboard"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    storage = f"sqlite:///{tmp_path}/s.db"
+    job, study = write_job(tmp_path, max_trials=200)
+    try:
+        calib = subprocess.Popen([*CLI, "calibrate", str(job), "--storage", storage, "--scheduler", address,
+                                  "--output", str(tmp_path / "run")], env=clean_env(), stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+        wait_for(lambda: told(storage, study) >= 4, 60, "4 trials")
+        scheduler.kill()
+        started = time.monotonic()
+        out, err = calib.communicate(timeout=60)
+        assert time.monotonic() - started < 45  # no hang
+    finally:
+        for p in (scheduler, worker):
+            p.kill()
+        if calib.poll() is None:
+            calib.kill()
+    assert calib.returncode == 1, err[-2000:]
+    assert f"lost the Dask scheduler at {address}" in err and "Traceback" not in err
+    trials = check_invariants(storage, study, None)
+    assert 4 <= len(trials) < 200
+    assert any("ServiceUnavailableError" in t.user_attrs.get("fail_reason", "") or
+               "scheduler" in t.user_attrs.get("fail_reason", "") for t in trials if t.state == TrialState.FAIL)
+
+
+def _pg_cluster() -> tuple[str, str] | None:
+    if not shutil.which("pg_ctlcluster") or not Path("/etc/postgresql").is_dir():
+        return None
+    versions = sorted(os.listdir("/etc/postgresql"))
+    return (versions[-1], "main") if versions else None
+
+
+@pytest.mark.slow
+def test_postgresql_restart_mid_run(pg_url, scheduler, tmp_path):
+    cluster = _pg_cluster()
+    if cluster is None:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail("pg_ctlcluster is not available to restart PostgreSQL")
+        pytest.skip("pg_ctlcluster is not available")
+    job, study = write_job(tmp_path, max_trials=40, fixed={"delay": 0.2})
+    calib = subprocess.Popen([*CLI, "calibrate", str(job), "--storage", pg_url, "--scheduler", scheduler, "--workers", "4",
+                              "--output", str(tmp_path / "run")], env=clean_env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: told(pg_url, study) >= 8, 90, "8 trials")
+        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", *cluster, "restart"], check=True, timeout=120,
+                       capture_output=True)
+        out, err = calib.communicate(timeout=240)
+    finally:
+        if calib.poll() is None:
+            calib.kill()
+    assert calib.returncode == 0, err[-3000:]
+    assert "database error, retrying" in out  # the restart was felt, and survived
+    trials = check_invariants(pg_url, study, 40)
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+
+
+@pytest.mark.slow
+def test_sigterm_finishes_in_flight_trials_then_resume_completes(tmp_path, scheduler):
+    storage = f"sqlite:///{tmp_path}/s.db"
+    job, study = write_job(tmp_path, max_trials=40, fixed={"delay": 1.0})
+    cmd = [*CLI, "calibrate", str(job), "--storage", storage, "--scheduler", scheduler, "--workers", "3",
+           "--output", str(tmp_path / "run"), "--grace", "30"]
+    calib = subprocess.Popen(cmd, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: told(storage, study) >= 3, 60, "3 trials")
+        calib.send_signal(signal.SIGTERM)
+        out, err = calib.communicate(timeout=60)
+    finally:
+        if calib.poll() is None:
+            calib.kill()
+    assert calib.returncode == 0, err[-2000:]
+    trials = check_invariants(storage, study, None)
+    assert len(trials) < 40 and all(t.state == TrialState.COMPLETE for t in trials)  # in-flight ones finished
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["stop_reason"] == "SIGTERM" and results["trials"]["total"] == len(trials)
+    resumed = subprocess.run(cmd, env=clean_env(), capture_output=True, text=True, timeout=180)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    check_invariants(storage, study, 40)
+
+
+@pytest.mark.slow
+def test_sigterm_grace_cancels_hanging_trials_as_fail(tmp_path, scheduler):
+    storage = f"sqlite:///{tmp_path}/s.db"
+    job, study = write_job(tmp_path, max_trials=20, fixed={"delay": 30.0}, n_replicates=1)
+    calib = subprocess.Popen([*CLI, "calibrate", str(job), "--storage", storage, "--scheduler", scheduler, "--workers", "2",
+                              "--output", str(tmp_path / "run"), "--grace", "1"], env=clean_env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: told(storage, study, asked=True) >= 2, 60, "2 asked trials")
+        time.sleep(0.5)
+        calib.send_signal(signal.SIGTERM)
+        out, err = calib.communicate(timeout=30)
+    finally:
+        if calib.poll() is None:
+            calib.kill()
+    assert calib.returncode == 0, err[-2000:]
+    trials = check_invariants(storage, study, None)
+    assert trials and all(t.state == TrialState.FAIL for t in trials)
+    assert all("cancelled: SIGTERM" in t.user_attrs["fail_reason"] for t in trials)
+
+
+@pytest.mark.slow
+def test_sigkill_then_restart_recovers_and_completes_budget(tmp_path, scheduler):
+    storage = f"sqlite:///{tmp_path}/s.db"
+    job, study = write_job(tmp_path, max_trials=24, fixed={"delay": 0.8})
+    cmd = [*CLI, "calibrate", str(job), "--storage", storage, "--scheduler", scheduler, "--workers", "3",
+           "--output", str(tmp_path / "run")]
+    calib = subprocess.Popen(cmd, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: told(storage, study) >= 3, 60, "3 trials")
+        calib.send_signal(signal.SIGKILL)
+        calib.wait(timeout=10)
+    finally:
+        if calib.poll() is None:
+            calib.kill()
+    running = [t.number for t in trials_of(storage, study) if t.state == TrialState.RUNNING]
+    assert running, "nothing was in flight when the coordinator died"
+    resumed = subprocess.run(cmd, env=clean_env(), capture_output=True, text=True, timeout=180)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    trials = check_invariants(storage, study, 24)
+    for t in trials:
+        if t.number in running:
+            assert t.state == TrialState.FAIL and "coordinator lost" in t.user_attrs["fail_reason"]
+
+
+def test_replicate_retries(tmp_path, scheduler):
+    marker_dir = tmp_path / "markers"
+    marker_dir.mkdir()
+    base = dict(model=support_model("flaky"), fixed={"marker_dir": str(marker_dir)}, max_trials=6)
+    storage = f"sqlite:///{tmp_path}/s.db"
+    job = make_job(tmp_path, **base, replicate_retries=1)
+    run_calibration(job, Settings(storage=storage, scheduler=scheduler), output_dir=tmp_path / "r1")
+    assert all(t.state == TrialState.COMPLETE for t in check_invariants(storage, job.study, 6))
+    for f in marker_dir.iterdir():
+        f.unlink()
+    job = make_job(tmp_path, **base)  # no retries: the first attempt's failure fails the trial
+    with pytest.raises(Exception, match="no trial completed"):
+        run_calibration(job, Settings(storage=storage, scheduler=scheduler), output_dir=tmp_path / "r2", concurrency=1)
+    assert all("flaky first attempt" in t.user_attrs["fail_reason"] for t in check_invariants(storage, job.study, 6))
+
+
+def test_failure_storm_via_cli_exits_1_quoting_first_traceback(tmp_path, scheduler):
+    storage = f"sqlite:///{tmp_path}/s.db"
+    job, study = write_job(tmp_path, model=support_model("always_fails"), max_trials=500,
+                           stop={"max_consecutive_failures": 5})
+    proc = subprocess.run([*CLI, "calibrate", str(job), "--storage", storage, "--scheduler", scheduler,
+                           "--output", str(tmp_path / "run")], env=clean_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "consecutive failed trials" in proc.stderr and "broken model: missing input file" in proc.stderr
+    assert "Traceback" in proc.stderr  # the model's own traceback is quoted, as data
+    assert 'File "' in proc.stderr and "models.py" in proc.stderr
+    trials = check_invariants(storage, study, None)
+    assert 5 <= len(trials) < 500 and (tmp_path / "run" / "results.json").is_file()

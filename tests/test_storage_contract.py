@@ -1,0 +1,215 @@
+"""One contract, run against SQLite, journal file and PostgreSQL: budget, resume, extend,
+stale-trial recovery, status. Real files and a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from modelops_calabaria import Settings, run_calibration
+from modelops_calabaria.calibration.ledger import Coordinator, open_ledger
+from modelops_calabaria.calibration.liveness import LOST_REASON, recover_stale_trials
+from modelops_calabaria.calibration.study import COORDINATOR_ATTR
+from modelops_calabaria.reporting.status import study_status
+from modelops_calabaria.storage import open_optuna_storage, parse_storage_url
+
+from conftest import make_job, unique
+
+
+def _settings(scheduler: str, storage: str, **kw) -> Settings:
+    return Settings(storage=storage, scheduler=scheduler, log_format="json", **kw)
+
+
+def _trials(storage: str, study: str):
+    return optuna.load_study(study_name=study, storage=open_optuna_storage(parse_storage_url(storage), 1)).get_trials(deepcopy=False)
+
+
+def test_claims_never_exceed_budget_under_threads(storage_url):
+    target = parse_storage_url(storage_url)
+    ledger = open_ledger(target, 8)
+    study = unique("ledger")
+    assert ledger.ensure_budget(study, 50) == 50
+    assert ledger.ensure_budget(study, 999) == 50  # first creator wins
+    granted: list[int] = []
+    lock = threading.Lock()
+
+    def grab() -> None:
+        while True:
+            g = ledger.claim(study, 3)
+            if g == 0:
+                return
+            with lock:
+                granted.append(g)
+
+    threads = [threading.Thread(target=grab) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(granted) == 50 and max(granted) <= 3
+    assert ledger.budget(study) == (50, 50)
+    ledger.release(study, 2)
+    assert ledger.claim(study, 5) == 2
+    ledger.set_max_trials(study, 60)
+    assert ledger.claim(study, 20) == 10
+    ledger.close()
+
+
+def test_heartbeats_and_forget(storage_url):
+    ledger = open_ledger(parse_storage_url(storage_url), 1)
+    study = unique("hb")
+    ledger.beat(study, Coordinator("c1", "h", 1, 100.0))
+    ledger.beat(study, Coordinator("c1", "h", 1, 200.0))
+    ledger.beat(study, Coordinator("c2", "h", 2, 150.0))
+    seen = {c.coordinator_id: c.last_seen for c in ledger.coordinators(study)}
+    assert seen == {"c1": 200.0, "c2": 150.0}
+    ledger.forget(study, "c1")
+    assert [c.coordinator_id for c in ledger.coordinators(study)] == ["c2"]
+    ledger.close()
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_exact_budget_with_many_loops(storage_url, scheduler, tmp_path, fast_path):
+    """16 loops sharing reserved claims end with exactly the budget (a race once left slots unused)."""
+    job = make_job(tmp_path, max_trials=150, sampler="random")
+    result = run_calibration(job, _settings(scheduler, storage_url, fast_path=fast_path), output_dir=tmp_path / "run",
+                             concurrency=16)
+    trials = _trials(storage_url, job.study)
+    assert len(trials) == 150 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert sorted(t.number for t in trials) == list(range(150))
+    assert result.stop_reason == "budget spent"
+    assert open_ledger(parse_storage_url(storage_url), 1).budget(job.study) == (150, 150)
+
+
+def test_resume_and_extend(storage_url, scheduler, tmp_path):
+    job = make_job(tmp_path, max_trials=12)
+    s = _settings(scheduler, storage_url)
+    run_calibration(job, s, output_dir=tmp_path / "run", max_trials=5)
+    assert len(_trials(storage_url, job.study)) == 5
+    result = run_calibration(job, s, output_dir=tmp_path / "run")  # resumes up to the job's 12
+    assert len(_trials(storage_url, job.study)) == 12 and result.this_run["told"] == 7
+    result = run_calibration(job, s, output_dir=tmp_path / "run")  # nothing left to do
+    assert len(_trials(storage_url, job.study)) == 12 and result.this_run["told"] == 0
+    result = run_calibration(job, s, output_dir=tmp_path / "run", extend=4)
+    trials = _trials(storage_url, job.study)
+    assert len(trials) == 16 and result.this_run["told"] == 4
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+
+
+def test_stale_trials_of_a_dead_coordinator_fail_with_reason(storage_url, tmp_path):
+    target = parse_storage_url(storage_url)
+    storage = open_optuna_storage(target, 1)
+    ledger = open_ledger(target, 1)
+    study = optuna.create_study(study_name=unique("stale"), storage=storage)
+    dead, alive = study.ask(), study.ask()
+    orphan = study.ask()  # asked, but its owner died before recording itself
+    storage.set_trial_system_attr(dead._trial_id, COORDINATOR_ATTR, "dead-1")
+    storage.set_trial_system_attr(alive._trial_id, COORDINATOR_ATTR, "alive-1")
+    now = time.time()
+    ledger.beat(study.study_name, Coordinator("dead-1", "h", 1, now - 100))
+    ledger.beat(study.study_name, Coordinator("alive-1", "h", 2, now))
+    assert recover_stale_trials(study, ledger, grace_s=30) == [dead.number]  # orphan is younger than grace
+    assert recover_stale_trials(study, ledger, grace_s=30, at=now + 31 + 1) == [alive.number, orphan.number]
+    states = {t.number: (t.state, t.user_attrs.get("fail_reason", "")) for t in study.get_trials()}
+    assert states[dead.number][0] == TrialState.FAIL and LOST_REASON in states[dead.number][1]
+    assert "dead-1" in states[dead.number][1]
+    assert states[orphan.number][0] == TrialState.FAIL
+    assert ledger.coordinators(study.study_name) == []  # the dead were forgotten
+    ledger.close()
+
+
+def test_status_reports_trials_best_and_budget(storage_url, scheduler, tmp_path):
+    job = make_job(tmp_path, max_trials=6)
+    result = run_calibration(job, _settings(scheduler, storage_url), output_dir=tmp_path / "run")
+    info = study_status(job.study, storage_url)
+    assert info["trials"]["COMPLETE"] == 6 and info["trials"]["total"] == 6
+    assert info["budget"] == {"claimed": 6, "max_trials": 6}
+    assert info["best_loss"] == pytest.approx(result.best_loss)
+    assert info["best_params"] == result.best_params
+    assert info["coordinators"] == []  # a clean exit removes its heartbeat
+    assert info["trials_per_minute"] > 0
+
+
+def test_worker_joins_with_the_stored_job(storage_url, scheduler, tmp_path):
+    from modelops_calabaria.calibration.runner import load_joined_job
+
+    job = make_job(tmp_path, max_trials=4)
+    run_calibration(job, _settings(scheduler, storage_url), output_dir=tmp_path / "run")
+    joined = load_joined_job(job.study, parse_storage_url(storage_url), wait_s=0)
+    assert joined.parameters == job.parameters and joined.study == job.study
+    # the observed data travelled inline, so the worker needs no file
+    assert isinstance(joined.targets[0].data, dict)
+    run_calibration(joined, _settings(scheduler, storage_url), output_dir=tmp_path / "w", joining=True, extend=None)
+    ledger = open_ledger(parse_storage_url(storage_url), 1)
+    ledger.set_max_trials(job.study, 9)
+    ledger.close()
+    result = run_calibration(joined, _settings(scheduler, storage_url), output_dir=tmp_path / "w", joining=True)
+    assert result.this_run["told"] == 5 and len(_trials(storage_url, job.study)) == 9
+
+
+def test_worker_waits_for_a_missing_study_then_says_so(storage_url):
+    from modelops_calabaria.calibration.runner import load_joined_job
+    from modelops_calabaria.errors import StudyNotFoundError
+
+    started = time.monotonic()
+    with pytest.raises(StudyNotFoundError, match="does not exist"):
+        load_joined_job(unique("missing"), parse_storage_url(storage_url), wait_s=1.5, poll_s=0.5)
+    assert 1.4 <= time.monotonic() - started < 10
+
+
+def test_lost_trials_are_asked_again_when_enabled(storage_url):
+    from optuna.distributions import FloatDistribution
+
+    from modelops_calabaria.calibration.asktell import DirectAsker, MirroredAsker
+
+    space = {"a": FloatDistribution(0, 2), "b": FloatDistribution(0, 2)}
+    target = parse_storage_url(storage_url)
+    storage = open_optuna_storage(target, 1)
+    ledger = open_ledger(target, 4)
+    study = optuna.create_study(study_name=unique("retry"), storage=storage)
+    lost = DirectAsker(study, space, "dead-1").ask()
+    ledger.beat(study.study_name, Coordinator("dead-1", "h", 1, time.time() - 100))
+    assert recover_stale_trials(study, ledger, grace_s=30, retry=True) == [lost.number]
+    asker = MirroredAsker(study, space, "me", optuna.samplers.RandomSampler(seed=1),
+                          retries=lambda: ledger.pop_retry(study.study_name))
+    again = asker.ask()
+    assert again.params == lost.params and again.number != lost.number
+    assert study._storage.get_trial(again.trial_id).system_attrs["calabaria:retry_of_lost"] is True
+    assert asker.ask().params != lost.params  # the queue held it once
+    asker.close()
+    # concurrent pops take each queued point exactly once
+    for i in range(12):
+        ledger.push_retry(study.study_name, {"a": i / 10, "b": 0.5})
+    taken: list = []
+    lock = threading.Lock()
+
+    def pop() -> None:
+        while (p := ledger.pop_retry(study.study_name)) is not None:
+            with lock:
+                taken.append(p["a"])
+
+    threads = [threading.Thread(target=pop) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(taken) == [i / 10 for i in range(12)]
+    ledger.close()
+
+
+def test_relational_storages_index_trials_by_study_and_number(storage_url):
+    """Trial numbering reads max(number) per study on every ask: it must be an index lookup."""
+    import sqlalchemy as sa
+
+    target = parse_storage_url(storage_url)
+    storage = open_optuna_storage(target, 1)
+    if target.kind == "journal":
+        pytest.skip("journal storages have no tables")
+    indexes = sa.inspect(storage.engine).get_indexes("trials")
+    assert {"name": "calabaria_trials_study_number", "columns": ["study_id", "number"]} in [
+        {"name": i["name"], "columns": i["column_names"]} for i in indexes
+    ]
