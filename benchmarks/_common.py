@@ -114,7 +114,7 @@ def masked(url: str) -> str:
 @contextlib.contextmanager
 def local_cluster(*, scheduler: str | None, n_workers: int, threads_per_worker: int,
                   processes: bool = True) -> Iterator[str]:
-    """Yield a scheduler address: ``scheduler`` as given, or a LocalCluster started (and closed) here."""
+    """Yield a scheduler address: ``scheduler`` as given (``inline`` too), or a LocalCluster started (and closed) here."""
     if scheduler:
         yield scheduler
         return
@@ -141,6 +141,8 @@ def warm_up(address: str, model: str) -> int:
 
     ref = entrypoint(model)
     load_model(ref)  # the coordinator loads it too (run_calibration checks the job locally)
+    if address == "inline":  # no Dask: replicates run on the coordinator's threads
+        return os.cpu_count() or 1
     with Client(address, set_as_default=False, timeout="20s") as client:
         # exec returns None: the LoadedModel itself cannot travel back (its module is
         # registered under a per-process name on each worker).

@@ -55,7 +55,7 @@ def handle_errors(fn: F) -> F:
 
 JobFile = Annotated[Path, typer.Argument(help="Job file (YAML or JSON).", show_default=False)]
 Storage = Annotated[str | None, typer.Option("--storage", help="Study storage URL (postgresql://, sqlite:///, journal:///). Env CALABARIA_STORAGE.")]
-Scheduler = Annotated[str | None, typer.Option("--scheduler", help="Dask scheduler address; empty starts a local cluster. Env CALABARIA_SCHEDULER.")]
+Scheduler = Annotated[str | None, typer.Option("--scheduler", help="Dask scheduler address; empty starts a local cluster; 'inline' runs replicates in this process, without Dask. Env CALABARIA_SCHEDULER.")]
 Workers = Annotated[int | None, typer.Option("--workers", min=1, help="Trials at once: loops (parallel) or batch size (batched).")]
 Mode = Annotated[bool | None, typer.Option("--parallel/--batched", help="Execution mode. Env PARALLEL_TRIALS.", show_default=False)]
 LogFormat = Annotated[str | None, typer.Option("--log-format", help="json, console or auto.")]

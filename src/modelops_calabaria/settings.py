@@ -31,8 +31,10 @@ class Settings(BaseSettings):
         storage: Optuna storage URL (``postgresql://``, ``sqlite:///``,
             ``journal:///path``); empty = a SQLite file in the run directory.
         scheduler: Dask scheduler address (``tcp://host:8786``); empty = start
-            a local cluster.
-        local_workers: Worker processes of the local cluster (default: cores).
+            a local cluster; ``inline`` = no Dask, replicates run on threads of
+            the coordinator's process (debugging, measuring coordination).
+        local_workers: Worker processes of the local cluster, or threads with
+            ``inline`` (default: cores).
         log_format: ``json``, ``console``, or ``auto`` (console on a terminal).
         heartbeat_interval_s: How often a coordinator says it is alive.
         grace_period_s: A coordinator silent this long is lost; its RUNNING

@@ -43,7 +43,7 @@ from modelops_calabaria.models import canonical_ref, load_model
 from modelops_calabaria.reporting.progress import Progress
 from modelops_calabaria.reporting.results import RunResult, best_trial, state_counts, write_results
 from modelops_calabaria.settings import Settings, resolve_settings
-from modelops_calabaria.simulation.dask import DaskSimulationService
+from modelops_calabaria.simulation import SimulationService, connect_service
 from modelops_calabaria.simulation.task import SimContext
 from modelops_calabaria.storage import StorageTarget, check_creatable, open_optuna_storage, parse_storage_url, schema_lock
 from modelops_calabaria.targets.evaluate import CompiledTarget, compile_targets
@@ -172,7 +172,7 @@ def run_calibration(
         raise ConfigurationError(f"--extend must be >= 1, got {extend}")
     check_existing_study(prepared)  # before any cluster starts
     context = SimContext(prepared.model_ref, dict(job.fixed), prepared.targets, job.timeout_s, job.replicate_retries)
-    service = DaskSimulationService.connect(settings.scheduler, context, local_workers=settings.local_workers)
+    service = connect_service(settings.scheduler, context, local_workers=settings.local_workers)
     try:
         return _run_with_service(prepared, settings, service, max_trials, extend, concurrency, handle_signals,
                                  shutdown_grace_s, show_progress, joining)
@@ -181,7 +181,7 @@ def run_calibration(
 
 
 def _run_with_service(
-    p: Prepared, settings: Settings, service: DaskSimulationService, max_trials: int | None, extend: int | None,
+    p: Prepared, settings: Settings, service: SimulationService, max_trials: int | None, extend: int | None,
     concurrency: int | None, handle_signals: bool, shutdown_grace_s: float, show_progress: bool | None, joining: bool,
 ) -> RunResult:
     job = p.job
@@ -232,7 +232,7 @@ def _set_budget(study: optuna.Study, ledger: Ledger, job: CalibrationJob, settin
 
 
 def _drive(
-    p: Prepared, settings: Settings, service: DaskSimulationService, study: optuna.Study, ledger: Ledger,
+    p: Prepared, settings: Settings, service: SimulationService, study: optuna.Study, ledger: Ledger,
     parallel: bool, loops: int, slots: int, max_trials: int | None, extend: int | None, handle_signals: bool,
     shutdown_grace_s: float, show_progress: bool | None, joining: bool,
 ) -> RunResult:

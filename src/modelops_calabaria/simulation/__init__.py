@@ -2,6 +2,26 @@
 
 from modelops_calabaria.simulation.base import SimulationService, TrialHandle
 from modelops_calabaria.simulation.dask import DaskSimulationService
+from modelops_calabaria.simulation.inline import INLINE, InlineSimulationService
 from modelops_calabaria.simulation.task import ReplicateResult, SimContext, TrialEvaluation
 
-__all__ = ["DaskSimulationService", "ReplicateResult", "SimContext", "SimulationService", "TrialEvaluation", "TrialHandle"]
+__all__ = [
+    "DaskSimulationService", "InlineSimulationService", "ReplicateResult", "SimContext", "SimulationService",
+    "TrialEvaluation", "TrialHandle", "connect_service",
+]
+
+
+def connect_service(scheduler: str | None, context: SimContext, *, local_workers: int | None = None) -> SimulationService:
+    """The simulation service a ``scheduler`` setting names.
+
+    ``inline``: replicates run on ``local_workers`` threads of this process (no
+    Dask); empty: a local Dask cluster of ``local_workers`` processes; else the
+    address of a Dask scheduler.
+
+    Raises:
+        ServiceUnavailableError: the scheduler does not answer.
+        ConfigurationError: the address is malformed.
+    """
+    if scheduler is not None and scheduler.strip().lower() == INLINE:
+        return InlineSimulationService(context, local_workers)
+    return DaskSimulationService.connect(scheduler, context, local_workers=local_workers)

@@ -33,9 +33,11 @@ class SimulationService(Protocol):
 
     Attributes:
         slots: Simulations that can run at once (total worker threads).
+        address: Where simulations run, for logs (scheduler address or ``inline``).
     """
 
     slots: int
+    address: str
 
     def submit(self, trial_number: int, params: Mapping[str, Any], seeds: Sequence[int]) -> TrialHandle:
         """Start one replicate per seed, plus their reduction, for one trial."""
