@@ -86,7 +86,7 @@ def test_mirror_window_keeps_best_and_stays_bounded():
     study = new_study()
     asker = MirroredAsker(study, SPACE, "c", tpe(1), window=40, keep_best=10)
     drive(asker, 200)
-    mirror = asker._mirror.get_trials(deepcopy=False)
+    mirror = asker._front.mirror.trials()
     assert len(mirror) <= 40 + 40 // 4 + 1
     assert min(t.value for t in mirror if t.value is not None) == study.best_value
     assert len(study.trials) == 200 and all(t.state == TrialState.COMPLETE for t in study.trials)
@@ -97,7 +97,7 @@ def test_prefetched_samples_survive_a_mirror_rebuild():
     asker = MirroredAsker(study, SPACE, "c", tpe(2), window=20, keep_best=5, prefetch=3)
     drive(asker, 120, threads=3)
     assert len(study.trials) == 120 and all(t.state == TrialState.COMPLETE for t in study.trials)
-    assert not [t for t in asker._mirror.get_trials(deepcopy=False) if t.state == TrialState.RUNNING][4:]
+    assert not [t for t in asker._front.mirror.trials() if t.state == TrialState.RUNNING][4:]
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "memory"])
@@ -110,13 +110,13 @@ def test_mirror_sees_other_coordinators_trials(tmp_path, kind):
     running = other.ask()
     mine = MirroredAsker(study, SPACE, "me", tpe(3), sync_every_s=0.0)
     drive_one = mine.ask()
-    mirror = {tuple(sorted(t.params.items())): t for t in mine._mirror.get_trials(deepcopy=False)}
+    mirror = {tuple(sorted(t.params.items())): t for t in mine._front.mirror.trials()}
     assert mirror[tuple(sorted(t.params.items()))].value == -1.0
     assert mirror[tuple(sorted(running.params.items()))].state == TrialState.RUNNING  # a liar for TPE
     other.tell_complete(running, 5.0, {"f": 5.0}, 0.0)
     mine.tell_complete(drive_one, 1.0, {"f": 1.0}, 0.0)
     mine.ask()  # syncs
-    mirror = {tuple(sorted(t.params.items())): t for t in mine._mirror.get_trials(deepcopy=False)}
+    mirror = {tuple(sorted(t.params.items())): t for t in mine._front.mirror.trials()}
     assert mirror[tuple(sorted(running.params.items()))].value == 5.0
     mine.close()
     other.close()

@@ -41,6 +41,12 @@ class Settings(BaseSettings):
             trials become FAIL ("coordinator lost").
         fast_path: Sample in an in-memory mirror of the study and write each
             trial with one insert (False: plain Optuna ask on the shared storage).
+        replicates_per_task: Replicates one Dask task runs one after the other.
+            Empty = automatic: one until durations are measured, then as many
+            as fit in about 0.2 s while every slot still has a task.
+        sampler_process: With the fast path, sample in a child process, off the
+            coordinator's GIL. Empty = automatic (parallel mode with many loops
+            on a machine with more than one core).
     """
 
     model_config = SettingsConfigDict(env_prefix="CALABARIA_", extra="ignore", populate_by_name=True)
@@ -54,6 +60,8 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
     heartbeat_interval_s: float = Field(default=10.0, gt=0)
     fast_path: bool = True
+    sampler_process: bool | None = None
+    replicates_per_task: int | None = Field(default=None, ge=1)
     grace_period_s: float = Field(default=60.0, gt=0)
 
 

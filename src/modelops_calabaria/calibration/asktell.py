@@ -6,15 +6,14 @@ Two askers share one contract (``ask`` / ``tell_complete`` / ``tell_fail`` /
 - :class:`DirectAsker` runs Optuna's sampler against the shared storage, as
   plain ``study.ask`` does. Every ask re-reads the study and its cost grows
   with the number of trials.
-- :class:`MirroredAsker` (the default fast path) samples against an in-memory
-  mirror of the study and writes each new trial, with its parameters and
-  owner, to the shared storage in one insert. The mirror holds this
-  coordinator's trials as they are told and other coordinators' trials
-  fetched incrementally; RUNNING trials stay in it, so TPE's constant liar
-  keeps concurrent asks diverse. Past ``window`` finished trials the mirror
-  keeps the ``keep_best`` best and the most recent others, which bounds the
-  sampler's cost. In parallel mode a sampling thread keeps a few samples
-  ready, so a loop's ask is a queue pop plus one insert.
+- :class:`MirroredAsker` (the default fast path) samples from an in-memory
+  mirror of the study (``mirror.py``), in this process or in a sampler process
+  (``sampling.py``), and writes each new trial, with its parameters and owner,
+  to the shared storage in one insert. The mirror learns this coordinator's
+  tells as they happen and other coordinators' trials from an incremental
+  fetch; RUNNING trials stay in it, so TPE's constant liar keeps concurrent
+  asks diverse, and its size is bounded. In parallel mode points are sampled
+  ahead, so a loop's ask is mostly one insert.
 
 Tells are written by a small pool of writer threads, off the loops' critical
 path: on a relational storage in one transaction (state, value, and the
@@ -27,7 +26,6 @@ exists only in the mirror until a claimed slot turns it into a trial.
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -37,10 +35,11 @@ from typing import Any
 
 import optuna
 from optuna.distributions import BaseDistribution
-from optuna.storages._cached_storage import _CachedStorage
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from modelops_calabaria.calibration.rdbfast import create_running_trial, finish_trial
+from modelops_calabaria.calibration.mirror import Event, Key, Mirror
+from modelops_calabaria.calibration.rdbfast import create_running_trial, finish_trial, trial_ids_after, unwrap
+from modelops_calabaria.calibration.sampling import HybridSampler, InlineSampler
 from modelops_calabaria.calibration.study import COORDINATOR_ATTR, FAIL_REASON, RETRY_ATTR, TARGETS_ATTR
 from modelops_calabaria.dbretry import retry_db
 
@@ -54,7 +53,7 @@ class AskedTrial:
     number: int
     trial_id: int
     params: dict[str, Any]
-    handle: Any = field(default=None, repr=False)  # DirectAsker: optuna Trial; MirroredAsker: mirror trial id
+    handle: Any = field(default=None, repr=False)  # DirectAsker: optuna Trial; MirroredAsker: mirror key
 
 
 class _TellWriter:
@@ -81,7 +80,7 @@ class _TellWriter:
 
     def _write(self, trial_id: int, state: TrialState, value: float | None, attr: tuple[str, Any]) -> None:
         t0 = time.perf_counter()
-        backend = _backend(self._storage)
+        backend = unwrap(self._storage)
         if isinstance(backend, optuna.storages.RDBStorage):
             retry_db("tell", lambda: finish_trial(backend, trial_id, state, value, attr))
             self.tell_ms.append((time.perf_counter() - t0) * 1000)
@@ -131,9 +130,9 @@ class _AskerBase:
         template = _template(dict(params), {k: self.space[k] for k in params}, self.coordinator_id)
         template.system_attrs[RETRY_ATTR] = True
         number, trial_id = retry_db("ask", lambda: _create(self._storage, self.study._study_id, template))
-        return AskedTrial(number, trial_id, dict(params), self._mirror_retry(template))
+        return AskedTrial(number, trial_id, dict(params), self._mirror_retry(template, trial_id))
 
-    def _mirror_retry(self, template: FrozenTrial) -> Any:
+    def _mirror_retry(self, template: FrozenTrial, trial_id: int) -> Any:
         return None
 
     def tell_complete(self, trial: AskedTrial, loss: float, per_target: Mapping[str, float], busy_s: float) -> None:
@@ -202,164 +201,97 @@ def _template(params: dict[str, Any], dists: dict[str, BaseDistribution], owner:
 
 
 class MirroredAsker(_AskerBase):
-    """The fast path: sample in an in-memory mirror, create each trial with one insert."""
+    """The fast path: sample from a mirror of the study, create each trial with one insert.
+
+    The mirror (``mirror.py``) runs in this process (``sampler_process=False``)
+    or in a child process; either way this class does the storage I/O: it
+    creates the trials, writes the tells, and tells the mirror what happened
+    in the shared study (its own tells, other coordinators' trials fetched
+    at most every ``sync_every_s``).
+    """
 
     def __init__(self, study: optuna.Study, space: dict[str, BaseDistribution], coordinator_id: str,
                  sampler: optuna.samplers.BaseSampler, *, writers: int = 2, prefetch: int = 0,
-                 window: int = 300, keep_best: int = 100, sync_every_s: float = 1.0,
-                 retries: Callable[[], dict | None] | None = None) -> None:
+                 window: int = 150, keep_best: int = 50, sync_every_s: float = 1.0,
+                 retries: Callable[[], dict | None] | None = None, sampler_process: bool = False) -> None:
         super().__init__(study, space, coordinator_id, writers, retries)
-        self._sampler = sampler
-        self._window, self._keep_best = window, keep_best
         self._sync_every_s = sync_every_s
-        self._lock = threading.RLock()  # guards the maps and swapping the mirror
-        self._sampling = threading.Lock()  # one sample at a time; rebuilds happen only here
-        self._mirror_of: dict[int, int] = {}  # shared trial id -> mirror trial number
-        self._open_shared: set[int] = set()  # other coordinators' trials seen RUNNING
+        self._lock = threading.Lock()  # guards the maps below
+        self._sync_lock = threading.Lock()  # one sync at a time
+        self._key_of: dict[int, Key] = {}  # this coordinator's trials not yet told: shared id -> mirror key
+        self._own_recent: set[int] = set()  # this coordinator's trials created since the last sync
+        self._foreign_open: set[int] = set()  # other coordinators' trials seen RUNNING
+        self._unsampled: set[int] = set()  # created elsewhere, parameters not yet written (plain asks)
         self._max_seen = -1
-        self._last_sync = 0.0
-        self._generation = 0
-        self._last_renumber: dict[int, int] = {}
-        self._mirror = self._new_mirror()
-        self._sync(force=True)
-        self._ready: queue.Queue[Any] = queue.Queue(maxsize=max(1, prefetch))
-        self._stop = threading.Event()
-        self._prefetcher: threading.Thread | None = None
-        if prefetch > 0:
-            self._prefetcher = threading.Thread(target=self._prefetch, name="calabaria-sampler", daemon=True)
-            self._prefetcher.start()
-
-    # -- mirror ---------------------------------------------------------------------------
-
-    def _new_mirror(self) -> optuna.Study:
-        return optuna.create_study(storage=optuna.storages.InMemoryStorage(), sampler=self._sampler,
-                                   directions=self.study.directions)
-
-    def _add(self, t: FrozenTrial) -> int:
-        """Copy a shared trial into the mirror; return its mirror number."""
-        copy = optuna.trial.create_trial(
-            state=t.state, values=t.values, params=t.params, distributions=t.distributions,
-            system_attrs={k: v for k, v in t.system_attrs.items() if k.startswith("constant_liar")},
-        ) if t.state != TrialState.RUNNING else None
-        if copy is not None:
-            self._mirror.add_trial(copy)
-            return self._mirror._storage.get_n_trials(self._mirror._study_id) - 1
-        # A RUNNING trial of another coordinator: as a running trial, so the liar sees it.
-        mirror_id = self._mirror._storage.create_new_trial(self._mirror._study_id, template_trial=_mirror_running(t))
-        return self._mirror._storage.get_trial_number_from_id(mirror_id)
-
-    def _sync(self, *, force: bool = False) -> None:
-        """Fetch trials other coordinators created or finished since the last sync."""
-        now = time.monotonic()
-        if not force and now - self._last_sync < self._sync_every_s:
-            return
-        self._last_sync = now
-        storage, sid = _backend(self._storage), self.study._study_id
-        if isinstance(storage, optuna.storages.RDBStorage):
-            fetched = retry_db("sync", lambda: storage._get_trials(sid, None, set(self._open_shared), self._max_seen))
+        self._last_sync = time.monotonic()
+        events = self._fetch_events()  # the study so far, before the first point is sampled
+        args, kwargs = (sampler, study.directions, space), {"window": window, "keep_best": keep_best}
+        self._front: InlineSampler | HybridSampler
+        if sampler_process:
+            self._front = HybridSampler(Mirror(*args, **kwargs, prefix="local"), args, kwargs, max(1, prefetch), events)
         else:
+            self._front = InlineSampler(Mirror(*args, **kwargs), prefetch, events=events)
+
+    # -- the shared study -> the mirror -----------------------------------------------------
+
+    def _maybe_sync(self) -> None:
+        if time.monotonic() - self._last_sync < self._sync_every_s or not self._sync_lock.acquire(blocking=False):
+            return
+        try:
+            self._last_sync = time.monotonic()
+            for event in self._fetch_events():
+                self._front.post(event)
+        finally:
+            self._sync_lock.release()
+
+    def _fetch_events(self) -> list[Event]:
+        """Events for the trials other coordinators created or finished since the last fetch.
+
+        On a relational storage, one light query lists the new trial ids; only
+        other coordinators' trials are then loaded in full.
+        """
+        storage, sid = unwrap(self._storage), self.study._study_id
+        with self._lock:
+            known = set(self._key_of) | self._own_recent
+            recheck = self._foreign_open | self._unsampled
+        if isinstance(storage, optuna.storages.RDBStorage):
+            new_ids = retry_db("sync", lambda: trial_ids_after(storage, sid, self._max_seen))
+            top = max(new_ids, default=self._max_seen)
+            wanted = {i for i in new_ids if i not in known} | recheck
+            fetched = retry_db("sync", lambda: storage._get_trials(sid, None, wanted, top)) if wanted else []
+        else:
+            top = self._max_seen
             fetched = [t for t in retry_db("sync", lambda: storage.get_all_trials(sid, deepcopy=False))
-                       if t._trial_id > self._max_seen or t._trial_id in self._open_shared]
+                       if (t._trial_id > self._max_seen and t._trial_id not in known) or t._trial_id in recheck]
+        events: list[Event] = []
         with self._lock:
             for t in fetched:
                 tid = t._trial_id
-                self._max_seen = max(self._max_seen, tid)
-                if tid in self._mirror_of:
-                    if tid in self._open_shared and t.state in _FINISHED:
-                        self._finish_mirror(self._mirror_of[tid], t.state, t.value)
-                        self._open_shared.discard(tid)
+                top = max(top, tid)
+                if tid in self._key_of or tid in self._own_recent:
                     continue
-                if t.system_attrs.get(COORDINATOR_ATTR) == self.coordinator_id and t.state == TrialState.RUNNING:
-                    continue  # ours, being asked right now: ask() maps it
+                if tid in self._foreign_open:
+                    if t.state in _FINISHED:
+                        events.append(("finish", tid, t.state, t.value))
+                        self._foreign_open.discard(tid)
+                    continue
+                if t.system_attrs.get(COORDINATOR_ATTR) == self.coordinator_id:
+                    continue  # ours, created by an ask that has not mapped it yet: the mirror has its point
                 if t.params.keys() != self.space.keys():
-                    continue  # asked but not yet sampled by a direct asker elsewhere
-                self._mirror_of[tid] = self._add(t)
-                if t.state == TrialState.RUNNING:
-                    self._open_shared.add(tid)
-
-    def _finish_mirror(self, number: int, state: TrialState, value: float | None) -> None:
-        mirror_id = self._mirror._storage.get_trial_id_from_study_id_trial_number(self._mirror._study_id, number)
-        try:
-            self._mirror._storage.set_trial_state_values(mirror_id, state, None if value is None else [value])
-        except optuna.exceptions.UpdateFinishedTrialError:
-            pass
-
-    def _maybe_shrink(self) -> None:
-        """Past the window, rebuild the mirror from the best and the most recent trials."""
-        if self._mirror._storage.get_n_trials(self._mirror._study_id) <= self._window + self._window // 4:
-            return
-        trials = self._mirror.get_trials(deepcopy=False)
-        finished = [t for t in trials if t.state in _FINISHED]
-        if len(finished) <= self._window + self._window // 4:
-            return
-        complete = sorted((t for t in finished if t.state == TrialState.COMPLETE), key=lambda t: t.value)
-        if self.study.direction == optuna.study.StudyDirection.MAXIMIZE:
-            complete.reverse()
-        keep = {t.number for t in complete[: self._keep_best]}
-        for t in sorted(finished, key=lambda t: t.number, reverse=True):
-            if len(keep) >= self._window:
-                break
-            keep.add(t.number)
-        old, renumber = trials, {}
-        self._mirror = self._new_mirror()
-        for t in old:
-            if t.state == TrialState.RUNNING or t.number in keep:
-                if t.state == TrialState.RUNNING:
-                    mid = self._mirror._storage.create_new_trial(self._mirror._study_id, template_trial=_mirror_running(t))
-                    renumber[t.number] = self._mirror._storage.get_trial_number_from_id(mid)
-                else:
-                    self._mirror.add_trial(t)
-                    renumber[t.number] = len(renumber)
-        self._generation += 1
-        self._last_renumber = renumber
-        for tid, number in list(self._mirror_of.items()):
-            if number in renumber:
-                self._mirror_of[tid] = renumber[number]
-            else:
-                del self._mirror_of[tid]  # dropped from the window; never needed again
-
-    # -- asking ---------------------------------------------------------------------------
-
-    def _sample(self) -> tuple[int, Trial]:
-        """A new point from the mirror, tagged with the mirror generation it belongs to.
-
-        The sampler runs outside the lock (the in-memory storage is thread-safe), so
-        asks and tells do not wait for it; only one thread samples at a time.
-        """
-        with self._sampling:
-            with self._lock:
-                self._sync()
-                self._maybe_shrink()
-                mirror, generation = self._mirror, self._generation
-            return generation, mirror.ask(self.space)
-
-    def _current_number(self, generation: int, sample: Trial) -> int:
-        """The sample's number in the current mirror (a shrink may have renumbered it)."""
-        if generation == self._generation:
-            return sample.number
-        if generation == self._generation - 1 and sample.number in self._last_renumber:
-            return self._last_renumber[sample.number]
-        mirror_id = self._mirror._storage.create_new_trial(
-            self._mirror._study_id, template_trial=_mirror_running(self._mirror_frozen(sample)))
-        return self._mirror._storage.get_trial_number_from_id(mirror_id)
-
-    @staticmethod
-    def _mirror_frozen(sample: Trial) -> FrozenTrial:
-        return sample.study._storage.get_trial(sample._trial_id)
-
-    def _prefetch(self) -> None:
-        while not self._stop.is_set():
-            item: Any
-            try:
-                item = self._sample()
-            except BaseException as e:  # noqa: BLE001 - handed to the next ask
-                item = e
-            while not self._stop.is_set():
-                try:
-                    self._ready.put(item, timeout=0.2)
-                    break
-                except queue.Full:
+                    if t.state == TrialState.RUNNING:
+                        self._unsampled.add(tid)  # asked by a plain ask elsewhere: look again next time
+                    else:
+                        self._unsampled.discard(tid)
                     continue
+                self._unsampled.discard(tid)
+                events.append(("add", tid, dict(t.params), dict(t.distributions), t.state, t.value))
+                if t.state == TrialState.RUNNING:
+                    self._foreign_open.add(tid)
+            self._max_seen = max(self._max_seen, top)
+            self._own_recent = {i for i in self._own_recent if i > self._max_seen}
+        return events
+
+    # -- asking and telling -----------------------------------------------------------------
 
     def ask(self) -> AskedTrial:
         """Take a sampled point and create the shared trial for it in one insert."""
@@ -368,62 +300,42 @@ class MirroredAsker(_AskerBase):
         retried = self._ask_retry()
         if retried is not None:
             with self._lock:
-                self._mirror_of[retried.trial_id] = retried.handle
+                self._key_of[retried.trial_id] = retried.handle
+                self._own_recent.add(retried.trial_id)
             return retried
-        if self._prefetcher is not None:
-            item = self._ready.get()
-            if isinstance(item, BaseException):
-                raise item
-            generation, sample = item
-        else:
-            generation, sample = self._sample()
-        template = _template(dict(sample.params), {k: self.space[k] for k in sample.params}, self.coordinator_id)
-        number, trial_id = retry_db("ask", lambda: _create(self._storage, self.study._study_id, template))
+        self._maybe_sync()
+        key, params = self._front.take()
+        template = _template(params, {k: self.space[k] for k in params}, self.coordinator_id)
+        try:
+            number, trial_id = retry_db("ask", lambda: _create(self._storage, self.study._study_id, template))
+        except BaseException:
+            self._front.post(("finish", key, TrialState.FAIL, None))  # the point never became a trial
+            raise
         with self._lock:
-            self._mirror_of[trial_id] = self._current_number(generation, sample)
+            self._key_of[trial_id] = key
+            self._own_recent.add(trial_id)
         self.ask_ms.append((time.perf_counter() - t0) * 1000)
-        return AskedTrial(number, trial_id, dict(sample.params), sample.number)
+        return AskedTrial(number, trial_id, params, key)
 
-    def _mirror_retry(self, template: FrozenTrial) -> int:
-        with self._lock:
-            mirror_id = self._mirror._storage.create_new_trial(self._mirror._study_id, template_trial=_mirror_running(template))
-            return self._mirror._storage.get_trial_number_from_id(mirror_id)
+    def _mirror_retry(self, template: FrozenTrial, trial_id: int) -> Key:
+        key = ("retry", trial_id)
+        self._front.post(("add", key, dict(template.params), dict(template.distributions), TrialState.RUNNING, None))
+        return key
 
     def _on_tell(self, trial: AskedTrial, state: TrialState, value: float | None) -> None:
         with self._lock:
-            number = self._mirror_of.get(trial.trial_id)
-            if number is not None:
-                self._finish_mirror(number, state, value)
+            key = self._key_of.pop(trial.trial_id, None)
+        if key is not None:
+            self._front.post(("finish", key, state, value))
 
     def close(self) -> None:
-        self._stop.set()
-        if self._prefetcher is not None:
-            self._prefetcher.join(timeout=30)
+        self._front.close()
         super().close()
-
-
-def _mirror_running(t: FrozenTrial) -> FrozenTrial:
-    return FrozenTrial(
-        number=-1, state=TrialState.RUNNING, value=None, datetime_start=t.datetime_start, datetime_complete=None,
-        params=dict(t.params), distributions=dict(t.distributions), user_attrs={}, system_attrs={},
-        intermediate_values={}, trial_id=-1,
-    )
-
-
-def _backend(storage: optuna.storages.BaseStorage) -> optuna.storages.BaseStorage:
-    """The storage under Optuna's per-process cache wrapper (``study._storage`` is the wrapper).
-
-    Writing and reading past the cache is what another process does anyway; the
-    cache picks such trials up by id.
-    """
-    if isinstance(storage, _CachedStorage):
-        return storage._backend
-    return storage
 
 
 def _create(storage: optuna.storages.BaseStorage, study_id: int, template: FrozenTrial) -> tuple[int, int]:
     """Insert a trial from ``template``; return (number, trial id) in one round trip where possible."""
-    storage = _backend(storage)
+    storage = unwrap(storage)
     if isinstance(storage, optuna.storages.RDBStorage):
         return create_running_trial(storage, study_id, template.params, template.distributions, template.system_attrs)
     trial_id = storage.create_new_trial(study_id, template_trial=template)

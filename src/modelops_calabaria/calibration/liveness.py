@@ -20,6 +20,7 @@ import optuna
 from optuna.trial import TrialState
 
 from modelops_calabaria.calibration.ledger import Coordinator, Ledger, now
+from modelops_calabaria.calibration.rdbfast import running_trials
 from modelops_calabaria.calibration.study import COORDINATOR_ATTR, fail_trial
 from modelops_calabaria.errors import CalabariaError
 from modelops_calabaria.logging import get_logger
@@ -62,7 +63,7 @@ def recover_stale_trials(study: optuna.Study, ledger: Ledger, grace_s: float, *,
     coords = ledger.coordinators(name)
     alive = {c.coordinator_id for c in coords if at - c.last_seen <= grace_s and not _process_gone(c)}
     recovered = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    for t in running_trials(study._storage, study._study_id):
         owner = t.system_attrs.get(COORDINATOR_ATTR)
         if owner in alive:
             continue
@@ -93,7 +94,7 @@ def settle_orphans(study: optuna.Study, ledger: Ledger, grace_s: float, interval
         recover_stale_trials(study, ledger, grace_s, retry=retry)
         at = now()
         beating = {c.coordinator_id for c in ledger.coordinators(study.study_name) if at - c.last_seen <= 3 * interval_s}
-        orphans = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        orphans = [t.number for t in running_trials(study._storage, study._study_id)
                    if t.system_attrs.get(COORDINATOR_ATTR) not in beating]
         if not orphans or at >= deadline:
             return

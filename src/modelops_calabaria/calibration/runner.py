@@ -9,6 +9,7 @@ directory this call created is removed again if opening the study fails.
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import signal
 import statistics
@@ -50,6 +51,7 @@ from modelops_calabaria.targets.evaluate import CompiledTarget, compile_targets
 
 log = get_logger(__name__)
 OVERSUBSCRIPTION_WARNING = 4
+SAMPLER_PROCESS_MIN_LOOPS = 8  # below this, one core samples fast enough and a process costs its start-up
 
 
 @dataclass(frozen=True)
@@ -172,7 +174,8 @@ def run_calibration(
         raise ConfigurationError(f"--extend must be >= 1, got {extend}")
     check_existing_study(prepared)  # before any cluster starts
     context = SimContext(prepared.model_ref, dict(job.fixed), prepared.targets, job.timeout_s, job.replicate_retries)
-    service = connect_service(settings.scheduler, context, local_workers=settings.local_workers)
+    service = connect_service(settings.scheduler, context, local_workers=settings.local_workers,
+                              replicates_per_task=settings.replicates_per_task)
     try:
         return _run_with_service(prepared, settings, service, max_trials, extend, concurrency, handle_signals,
                                  shutdown_grace_s, show_progress, joining)
@@ -207,6 +210,14 @@ def _run_with_service(
                       handle_signals, shutdown_grace_s, show_progress, joining)
     finally:
         ledger.close()
+
+
+def use_sampler_process(settings: Settings, parallel: bool, loops: int) -> bool:
+    """Whether the sampler gets a process of its own: as set, else (auto) when
+    parallel loops are many enough to keep it busy and there is a core to spare."""
+    if settings.sampler_process is not None:
+        return settings.sampler_process
+    return parallel and loops >= SAMPLER_PROCESS_MIN_LOOPS and (os.cpu_count() or 1) >= 2
 
 
 def _set_budget(study: optuna.Study, ledger: Ledger, job: CalibrationJob, settings: Settings,
@@ -252,8 +263,12 @@ def _drive(
     writers = max(1, min(4, loops // 4))
     if settings.fast_path:
         prefetch = max(1, loops // 4) if parallel and loops > 1 else 0  # sequential runs stay reproducible
-        adapter: DirectAsker | MirroredAsker = MirroredAsker(study, space, coordinator_id, build_sampler(job),
-                                                             writers=writers, prefetch=prefetch, retries=retries)
+        in_process = use_sampler_process(settings, parallel, loops)
+        if in_process:
+            prefetch = loops  # steps in flight: enough to cover the round trip to the sampler process
+        adapter: DirectAsker | MirroredAsker = MirroredAsker(
+            study, space, coordinator_id, build_sampler(job), writers=writers, prefetch=prefetch, retries=retries,
+            sampler_process=in_process)
     else:
         adapter = DirectAsker(study, space, coordinator_id, retries)
     progress = Progress(budget, already=already, bar=show_progress)

@@ -11,12 +11,14 @@ __all__ = [
 ]
 
 
-def connect_service(scheduler: str | None, context: SimContext, *, local_workers: int | None = None) -> SimulationService:
+def connect_service(scheduler: str | None, context: SimContext, *, local_workers: int | None = None,
+                    replicates_per_task: int | None = None) -> SimulationService:
     """The simulation service a ``scheduler`` setting names.
 
     ``inline``: replicates run on ``local_workers`` threads of this process (no
     Dask); empty: a local Dask cluster of ``local_workers`` processes; else the
-    address of a Dask scheduler.
+    address of a Dask scheduler. ``replicates_per_task`` (Dask only): replicates
+    one task runs one after the other; empty = chosen from measured durations.
 
     Raises:
         ServiceUnavailableError: the scheduler does not answer.
@@ -24,4 +26,5 @@ def connect_service(scheduler: str | None, context: SimContext, *, local_workers
     """
     if scheduler is not None and scheduler.strip().lower() == INLINE:
         return InlineSimulationService(context, local_workers)
-    return DaskSimulationService.connect(scheduler, context, local_workers=local_workers)
+    return DaskSimulationService.connect(scheduler, context, local_workers=local_workers,
+                                         replicates_per_task=replicates_per_task)

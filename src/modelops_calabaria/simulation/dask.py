@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import logging
 import os
+import math
 import socket
+import time
+import threading
 import uuid
 from collections.abc import Mapping, Sequence
 from concurrent.futures import CancelledError
@@ -25,7 +28,8 @@ from distributed import Client, Future, LocalCluster
 
 from modelops_calabaria.errors import ConfigurationError, ServiceUnavailableError
 from modelops_calabaria.logging import get_logger
-from modelops_calabaria.simulation.task import SimContext, TrialEvaluation, reduce_trial, run_replicate
+from modelops_calabaria.simulation.batching import DurationStats, replicates_per_task
+from modelops_calabaria.simulation.task import SimContext, TrialEvaluation, reduce_trial, run_replicate, run_replicates
 
 log = get_logger(__name__)
 
@@ -48,10 +52,13 @@ class DaskTrialHandle:
     """The futures of one submitted trial: its replicates, and their reduction when it runs
     on a worker (``final``); without one the replicates' scores are reduced here."""
 
-    def __init__(self, service: DaskSimulationService, replicates: list[Future], final: Future | None) -> None:
+    def __init__(self, service: DaskSimulationService, replicates: list[Future], final: Future | None,
+                 n_replicates: int) -> None:
         self._service = service
         self._replicates = replicates
         self.final = final
+        self._n = n_replicates
+        self._counted = True  # in the service's trials in flight until its result is read
 
     @property
     def awaited(self) -> list[Future]:
@@ -61,8 +68,12 @@ class DaskTrialHandle:
     def result(self) -> TrialEvaluation:
         try:
             if self.final is not None:
-                return self.final.result()
-            return reduce_trial(self._service.context, self._service.client.gather(self._replicates))
+                evaluation = self.final.result()
+            else:
+                evaluation = reduce_trial(self._service.context, self._service.client.gather(self._replicates))
+            if evaluation.error is None:
+                self._service.durations.observe(evaluation.busy_s, self._n)
+            return evaluation
         except CancelledError as e:
             # Cancelled by us (shutdown) is a trial failure; cancelled because the
             # scheduler went away is fatal for the whole run.
@@ -74,6 +85,10 @@ class DaskTrialHandle:
         except Exception as e:  # noqa: BLE001 - infrastructure errors: the cluster may be gone
             self._service.raise_if_lost(e)
             return TrialEvaluation({}, None, 0.0, error=f"simulation infrastructure error: {type(e).__name__}: {e}")
+        finally:
+            if self._counted:
+                self._counted = False
+                self._service.trial_done()
 
     def cancel(self) -> None:
         self._service.client.cancel([*self.awaited, *self._replicates], force=True)
@@ -82,7 +97,8 @@ class DaskTrialHandle:
 class DaskSimulationService:
     """Runs replicates on a Dask cluster (thread-safe)."""
 
-    def __init__(self, client: Client, context: SimContext, *, owned_cluster: LocalCluster | None = None) -> None:
+    def __init__(self, client: Client, context: SimContext, *, owned_cluster: LocalCluster | None = None,
+                 replicates_per_task: int | None = None) -> None:
         self.client = client
         self.context = context
         self._cluster = owned_cluster
@@ -90,10 +106,17 @@ class DaskSimulationService:
         # Replicates return scalars only unless a target scores the replicate mean, whose
         # aligned series then meet on a worker: simulated values never reach the coordinator.
         self._reduce_on_worker = any(t.aggregation == "score_of_mean" for t in context.targets)
+        self.replicates_per_task = replicates_per_task  # None: chosen per trial from measured durations
+        self.durations = DurationStats()
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self.last_per_task = 1
+        self._slots, self._slots_at = 1, -math.inf
         self.address = client.scheduler.address if client.scheduler else "?"
 
     @classmethod
-    def connect(cls, scheduler: str | None, context: SimContext, *, local_workers: int | None = None) -> DaskSimulationService:
+    def connect(cls, scheduler: str | None, context: SimContext, *, local_workers: int | None = None,
+                replicates_per_task: int | None = None) -> DaskSimulationService:
         """Connect to ``scheduler`` or, when empty, start a local process cluster.
 
         Raises:
@@ -105,7 +128,8 @@ class DaskSimulationService:
             cluster = LocalCluster(
                 n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=logging.ERROR
             )
-            return cls(Client(cluster, set_as_default=False), context, owned_cluster=cluster)
+            return cls(Client(cluster, set_as_default=False), context, owned_cluster=cluster,
+                       replicates_per_task=replicates_per_task)
         if "://" not in scheduler and ":" not in scheduler:
             raise ConfigurationError(f"scheduler address {scheduler!r} is not an address", hint="use tcp://HOST:8786, or leave it empty to start a local cluster")
         _probe(scheduler)
@@ -118,11 +142,16 @@ class DaskSimulationService:
             ) from e
         except ValueError as e:
             raise ConfigurationError(f"scheduler address {scheduler!r} is invalid: {e}", hint="use tcp://HOST:8786") from e
-        return cls(client, context)
+        return cls(client, context, replicates_per_task=replicates_per_task)
 
     @property
     def slots(self) -> int:
-        return max(1, sum(self.client.nthreads().values()))
+        """Worker threads in the cluster, asked of the scheduler at most every few seconds."""
+        now = time.monotonic()
+        if now - self._slots_at > 5.0:
+            self._slots = max(1, sum(self.client.nthreads().values()))
+            self._slots_at = now
+        return self._slots
 
     def submit(self, trial_number: int, params: Mapping[str, Any], seeds: Sequence[int]) -> DaskTrialHandle:
         if self.client.status not in ("running", "connecting"):
@@ -130,15 +159,38 @@ class DaskSimulationService:
                                           hint="check that the scheduler is running and reachable, then re-run: finished trials are kept")
         params = dict(params)
         n = len(seeds)
-        # One map call: the trial's replicates reach the scheduler in one graph update, not n.
-        reps = self.client.map(
-            run_replicate, [self.context] * n, [params] * n, list(seeds), list(range(n)),
-            key=[f"calabaria-rep-{self._run}-{trial_number}-{r}" for r in range(n)], pure=False,
-        )
+        with self._lock:
+            self._in_flight += 1
+            in_flight = self._in_flight
+        per_task = self._per_task(n, in_flight)
+        self.last_per_task = per_task
+        if per_task == 1:
+            # One map call: the trial's replicates reach the scheduler in one graph update, not n.
+            reps = self.client.map(
+                run_replicate, [self.context] * n, [params] * n, list(seeds), list(range(n)),
+                key=[f"calabaria-rep-{self._run}-{trial_number}-{r}" for r in range(n)], pure=False,
+            )
+        else:
+            firsts = list(range(0, n, per_task))
+            reps = self.client.map(
+                run_replicates, [self.context] * len(firsts), [params] * len(firsts),
+                [list(seeds[f:f + per_task]) for f in firsts], firsts,
+                key=[f"calabaria-rep-{self._run}-{trial_number}-{f}" for f in firsts], pure=False,
+            )
         if not self._reduce_on_worker:
-            return DaskTrialHandle(self, reps, None)
+            return DaskTrialHandle(self, reps, None, n)
         final = self.client.submit(reduce_trial, self.context, reps, key=f"calabaria-trial-{self._run}-{trial_number}", pure=False)
-        return DaskTrialHandle(self, reps, final)
+        return DaskTrialHandle(self, reps, final, n)
+
+    def _per_task(self, n: int, in_flight: int) -> int:
+        if self.replicates_per_task is not None:
+            return max(1, min(self.replicates_per_task, n))
+        return replicates_per_task(n, self.durations.mean, in_flight, self.slots)
+
+    def trial_done(self) -> None:
+        """A submitted trial's result was read: it no longer counts as in flight."""
+        with self._lock:
+            self._in_flight -= 1
 
     def gather(self, handles: Sequence[DaskTrialHandle]) -> list[TrialEvaluation]:  # type: ignore[override]
         # One wait for the whole batch, on this service's client (not a process-wide default one).

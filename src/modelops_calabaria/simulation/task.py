@@ -106,8 +106,17 @@ def run_replicate(ctx: SimContext, params: Mapping[str, Any], seed: int, index: 
     return result
 
 
-def reduce_trial(ctx: SimContext, results: Sequence[ReplicateResult]) -> TrialEvaluation:
-    """Aggregate a trial's replicates on the worker; only scalars go back."""
+def run_replicates(ctx: SimContext, params: Mapping[str, Any], seeds: Sequence[int], first: int) -> list[ReplicateResult]:
+    """Run replicates ``first``, ``first + 1``, ... (one per seed) one after the other, in one task.
+
+    For short simulations: one task's scheduling overhead serves several replicates.
+    """
+    return [run_replicate(ctx, params, seed, first + i) for i, seed in enumerate(seeds)]
+
+
+def reduce_trial(ctx: SimContext, results: Sequence[ReplicateResult | Sequence[ReplicateResult]]) -> TrialEvaluation:
+    """Aggregate a trial's replicates (or chunks of them) on the worker; only scalars go back."""
+    results = [r for item in results for r in ([item] if isinstance(item, ReplicateResult) else item)]
     busy = float(sum(r.duration_s for r in results))
     failed = [r for r in results if r.error is not None]
     if failed:
