@@ -29,6 +29,7 @@ import optuna
 import sqlalchemy as sa
 import sqlalchemy.exc
 
+from modelops_calabaria.calibration.rdbfast import install_pg_functions
 from modelops_calabaria.errors import ConfigurationError, ServiceUnavailableError
 from modelops_calabaria.redaction import redact
 
@@ -213,6 +214,7 @@ def open_optuna_storage(target: StorageTarget, loops: int) -> optuna.storages.Ba
             # index that is a scan of the study's trials, and asks slow down as a study grows.
             with storage.engine.begin() as conn:
                 conn.execute(sa.text("CREATE INDEX IF NOT EXISTS calabaria_trials_study_number ON trials (study_id, number)"))
+            install_pg_functions(storage)  # one round trip per trial creation on PostgreSQL
             return storage
     except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as e:
         reason = redact(str(e.orig) if getattr(e, "orig", None) else str(e)).strip().splitlines()[0]

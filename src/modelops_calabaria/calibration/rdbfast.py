@@ -12,6 +12,14 @@ Core on Optuna's own table objects, and holds the lock for three short statement
    its system attributes;
 3. commit.
 
+On PostgreSQL the same steps run inside one server-side function
+(:data:`PG_CREATE_FUNCTION`, installed by :func:`install_pg_functions` when the
+storage is opened) called in autocommit mode: one round trip, and the lock is
+held only while the server runs it. Holding it across client round trips let
+16 loops queue behind a lock whose holder was itself waiting for the
+coordinator's GIL between statements (ask p95 ~100 ms in the throughput
+benchmark).
+
 Only parameters from the job's fixed search space are written (checked at
 start against the study's stored job), so Optuna's per-parameter distribution
 compatibility queries are not needed.
@@ -21,6 +29,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -70,9 +79,65 @@ _IDS_AFTER = sa.select(_TRIALS.c.trial_id).where(_TRIALS.c.study_id == sa.bindpa
                                                  _TRIALS.c.trial_id > sa.bindparam("after"))
 
 
+# Versioned: services of different versions may share a database.
+PG_CREATE_FUNCTION_NAME = "calabaria_create_trial_v1"
+PG_CREATE_FUNCTION = f"""
+CREATE OR REPLACE FUNCTION {PG_CREATE_FUNCTION_NAME}(
+    p_study integer, p_start timestamp, p_names text[], p_values double precision[], p_dists text[],
+    p_keys text[], p_jsons text[], OUT o_trial_id integer, OUT o_number integer)
+LANGUAGE plpgsql AS $$
+BEGIN
+    -- Each statement takes a fresh snapshot (READ COMMITTED): max(number) sees every
+    -- trial committed before the lock was granted.
+    PERFORM 1 FROM studies WHERE study_id = p_study FOR UPDATE;
+    SELECT COALESCE(MAX(number) + 1, 0) INTO o_number FROM trials WHERE study_id = p_study;
+    INSERT INTO trials (number, study_id, state, datetime_start)
+        VALUES (o_number, p_study, 'RUNNING', p_start) RETURNING trial_id INTO o_trial_id;
+    INSERT INTO trial_params (trial_id, param_name, param_value, distribution_json)
+        SELECT o_trial_id, u.n, u.v, u.d FROM unnest(p_names, p_values, p_dists) AS u(n, v, d);
+    INSERT INTO trial_system_attributes (trial_id, key, value_json)
+        SELECT o_trial_id, u.k, u.j FROM unnest(p_keys, p_jsons) AS u(k, j);
+END $$
+"""
+_CALL_CREATE = sa.text(
+    f"SELECT o_trial_id, o_number FROM {PG_CREATE_FUNCTION_NAME}("
+    ":sid, :start, CAST(:names AS text[]), CAST(:vals AS double precision[]), CAST(:dists AS text[]), "
+    "CAST(:keys AS text[]), CAST(:jsons AS text[]))"
+)
+_WITH_PG_FUNCTION: weakref.WeakSet[RDBStorage] = weakref.WeakSet()
+
+
+def install_pg_functions(storage: RDBStorage) -> bool:
+    """Install the trial-creation function on a PostgreSQL storage (call under the schema lock).
+
+    Returns False, and the Core path stays in use, when the database refuses
+    (e.g. a user without CREATE on the schema).
+    """
+    if storage.engine.dialect.name != "postgresql":
+        return False
+    try:
+        with storage.engine.begin() as conn:
+            conn.execute(sa.text(PG_CREATE_FUNCTION))
+    except sa.exc.ProgrammingError:
+        return False
+    _WITH_PG_FUNCTION.add(storage)
+    return True
+
+
 def create_running_trial(storage: RDBStorage, study_id: int, params: Mapping[str, Any],
                          distributions: Mapping[str, BaseDistribution], system_attrs: Mapping[str, Any]) -> tuple[int, int]:
     """Insert a RUNNING trial with ``params`` and ``system_attrs``; return ``(number, trial_id)``."""
+    if storage in _WITH_PG_FUNCTION:
+        names = list(params)
+        with storage.engine.connect() as c:
+            c = c.execution_options(isolation_level="AUTOCOMMIT")  # the function's statement is the transaction
+            trial_id, number = c.execute(_CALL_CREATE, {
+                "sid": study_id, "start": dt.datetime.now(), "names": names,
+                "vals": [float(distributions[n].to_internal_repr(params[n])) for n in names],
+                "dists": [distribution_to_json(distributions[n]) for n in names],
+                "keys": list(system_attrs), "jsons": [json.dumps(v) for v in system_attrs.values()],
+            }).one()
+        return int(number), int(trial_id)
     with storage.engine.begin() as c:
         # The study row lock first, as Optuna takes it: numbering is serialised, and
         # taking it after the trial insert (whose foreign key share-locks the study row)
