@@ -213,3 +213,40 @@ def test_relational_storages_index_trials_by_study_and_number(storage_url):
     assert {"name": "calabaria_trials_study_number", "columns": ["study_id", "number"]} in [
         {"name": i["name"], "columns": i["column_names"]} for i in indexes
     ]
+
+
+def test_concurrent_trial_creation_numbers_densely(storage_url):
+    """8 threads x 25 creations on one study: numbers 0..199, each once, with parameters and owner
+    (on PostgreSQL through the server-side function, elsewhere through the Core statements)."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    from modelops_calabaria.calibration import rdbfast
+
+    target = parse_storage_url(storage_url)
+    if target.kind == "journal":
+        pytest.skip("journal storages go through Optuna's own create")
+    storage = open_optuna_storage(target, 8)
+    assert (storage in rdbfast._WITH_PG_FUNCTION) == (target.kind == "postgresql")
+    study = optuna.create_study(study_name=unique("numbers"), storage=storage)
+    dists = {"x": FloatDistribution(0, 1), "c": CategoricalDistribution(["a", "b"])}
+    created: list = []
+    lock = threading.Lock()
+
+    def create(worker: int) -> None:
+        for i in range(25):
+            got = rdbfast.create_running_trial(storage, study._study_id, {"x": i / 25, "c": "ab"[worker % 2]}, dists,
+                                               {COORDINATOR_ATTR: f"w{worker}"})
+            with lock:
+                created.append((worker, i, got))
+
+    threads = [threading.Thread(target=create, args=(w,)) for w in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(number for _, _, (number, _) in created) == list(range(200))
+    trials = {t._trial_id: t for t in study.get_trials(deepcopy=False)}
+    for worker, i, (number, trial_id) in created:
+        t = trials[trial_id]
+        assert t.number == number and t.state == TrialState.RUNNING
+        assert t.params == {"x": i / 25, "c": "ab"[worker % 2]} and t.system_attrs[COORDINATOR_ATTR] == f"w{worker}"
