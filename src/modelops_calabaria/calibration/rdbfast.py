@@ -15,7 +15,8 @@ Core on Optuna's own table objects, and holds the lock for three short statement
 On PostgreSQL the same steps run inside one server-side function
 (:data:`PG_CREATE_FUNCTION`, installed by :func:`install_pg_functions` when the
 storage is opened) called in autocommit mode: one round trip, and the lock is
-held only while the server runs it. Holding it across client round trips let
+held only while the server runs it. Completing a trial is one function call
+too (:data:`PG_FINISH_FUNCTION`). Holding it across client round trips let
 16 loops queue behind a lock whose holder was itself waiting for the
 coordinator's GIL between statements (ask p95 ~100 ms in the throughput
 benchmark).
@@ -99,6 +100,29 @@ BEGIN
         SELECT o_trial_id, u.k, u.j FROM unnest(p_keys, p_jsons) AS u(k, j);
 END $$
 """
+PG_FINISH_FUNCTION_NAME = "calabaria_finish_trial_v1"
+PG_FINISH_FUNCTION = f"""
+CREATE OR REPLACE FUNCTION {PG_FINISH_FUNCTION_NAME}(
+    p_trial integer, p_state text, p_end timestamp, p_value double precision, p_kind text,
+    p_key text, p_json text, OUT o_done boolean)
+LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE trials SET state = p_state::trialstate, datetime_complete = p_end
+        WHERE trial_id = p_trial AND state = 'RUNNING';
+    o_done := FOUND;
+    IF NOT o_done THEN
+        RETURN;  -- finished elsewhere meanwhile (recovered as stale): the first word stands
+    END IF;
+    IF p_kind IS NOT NULL THEN
+        INSERT INTO trial_values (trial_id, objective, value, value_type)
+            VALUES (p_trial, 0, p_value, p_kind::trialvaluetype);
+    END IF;
+    INSERT INTO trial_user_attributes (trial_id, key, value_json) VALUES (p_trial, p_key, p_json);
+END $$
+"""
+_CALL_FINISH = sa.text(
+    f"SELECT o_done FROM {PG_FINISH_FUNCTION_NAME}(:tid, :state, :end, :value, :kind, :key, :json)"
+)
 _CALL_CREATE = sa.text(
     f"SELECT o_trial_id, o_number FROM {PG_CREATE_FUNCTION_NAME}("
     ":sid, :start, CAST(:names AS text[]), CAST(:vals AS double precision[]), CAST(:dists AS text[]), "
@@ -108,7 +132,7 @@ _WITH_PG_FUNCTION: weakref.WeakSet[RDBStorage] = weakref.WeakSet()
 
 
 def install_pg_functions(storage: RDBStorage) -> bool:
-    """Install the trial-creation function on a PostgreSQL storage (call under the schema lock).
+    """Install the trial creation and completion functions on a PostgreSQL storage (call under the schema lock).
 
     Returns False, and the Core path stays in use, when the database refuses
     (e.g. a user without CREATE on the schema).
@@ -118,6 +142,7 @@ def install_pg_functions(storage: RDBStorage) -> bool:
     try:
         with storage.engine.begin() as conn:
             conn.execute(sa.text(PG_CREATE_FUNCTION))
+            conn.execute(sa.text(PG_FINISH_FUNCTION))
     except sa.exc.ProgrammingError:
         return False
     _WITH_PG_FUNCTION.add(storage)
@@ -165,6 +190,15 @@ def finish_trial(storage: RDBStorage, trial_id: int, state: TrialState, value: f
     Returns False (and writes nothing) when the trial was already finished
     elsewhere, e.g. recovered as stale: the first word stands.
     """
+    if storage in _WITH_PG_FUNCTION:
+        stored, kind = models.TrialValueModel.value_to_stored_repr(value) if value is not None else (None, None)
+        key, attr = user_attr
+        with storage.engine.connect() as c:
+            c = c.execution_options(isolation_level="AUTOCOMMIT")  # the function's statement is the transaction
+            return bool(c.execute(_CALL_FINISH, {
+                "tid": trial_id, "state": state.name, "end": dt.datetime.now(), "value": stored,
+                "kind": None if kind is None else kind.name, "key": key, "json": json.dumps(attr),
+            }).scalar_one())
     with storage.engine.begin() as c:
         finished = c.execute(_FINISH, {"tid": trial_id, "state": state, "end": dt.datetime.now()}).first()
         if finished is None:
