@@ -66,3 +66,17 @@ def test_score_of_mean_targets_reduce_batched_replicates_on_a_worker(tmp_path, s
         study = optuna.load_study(study_name=job.study, storage=open_optuna_storage(parse_storage_url(storage), 1))
         values.append([t.value for t in study.trials])
     assert values[0] == values[1]
+
+
+def test_setting_comes_from_job_then_environment(monkeypatch):
+    from modelops_calabaria.errors import ConfigurationError
+    from modelops_calabaria.settings import resolve_settings
+
+    monkeypatch.delenv("CALABARIA_REPLICATES_PER_TASK", raising=False)
+    assert resolve_settings({}).replicates_per_task is None
+    assert resolve_settings({"replicates_per_task": 2}).replicates_per_task == 2
+    monkeypatch.setenv("CALABARIA_REPLICATES_PER_TASK", "3")
+    assert resolve_settings({"replicates_per_task": 2}).replicates_per_task == 3
+    monkeypatch.setenv("CALABARIA_REPLICATES_PER_TASK", "0")
+    with pytest.raises(ConfigurationError, match="replicates_per_task"):
+        resolve_settings({})

@@ -170,6 +170,7 @@ class ExecutionSpec(_Spec):
     parallel_trials: bool | None = None
     storage: str | None = None
     scheduler: str | None = None
+    replicates_per_task: int | None = Field(default=None, ge=1, description="replicates one Dask task runs; empty = automatic")
 
 
 class CalibrationJob(_Spec):
