@@ -127,3 +127,15 @@ def test_runs_with_the_sampler_process_spend_the_exact_budget(tmp_path, schedule
     assert len(trials) == 60 and all(t.state == TrialState.COMPLETE for t in trials)
     assert result.trials["RUNNING"] == 0
     assert len({tuple(sorted(t.params.items())) for t in trials}) == 60  # the liar kept points apart
+
+
+def test_mirror_rebuild_keeps_sampler_state_in_system_attrs():
+    """CMA-ES keeps its optimizer in trial system attributes: a window rebuild must carry them."""
+    mirror = Mirror(optuna.samplers.CmaEsSampler(seed=0), MIN, SPACE, window=20, keep_best=5)
+    for _ in range(80):
+        key, p = mirror.sample()
+        mirror.apply([("finish", key, TrialState.COMPLETE, loss(p))])
+    trials = mirror.trials()
+    assert len(trials) <= 26
+    assert all(any(k.startswith("cma:") for k in t.system_attrs) for t in trials)
+    assert min(t.value for t in trials) < 0.05  # still converging after three rebuilds

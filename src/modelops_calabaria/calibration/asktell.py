@@ -26,6 +26,7 @@ exists only in the mirror until a claimed slot turns it into a trial.
 
 from __future__ import annotations
 
+import pickle
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -42,8 +43,10 @@ from modelops_calabaria.calibration.rdbfast import create_running_trial, finish_
 from modelops_calabaria.calibration.sampling import HybridSampler, InlineSampler
 from modelops_calabaria.calibration.study import COORDINATOR_ATTR, FAIL_REASON, RETRY_ATTR, TARGETS_ATTR
 from modelops_calabaria.dbretry import retry_db
+from modelops_calabaria.logging import get_logger
 
 _FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
+log = get_logger(__name__)
 
 
 @dataclass
@@ -228,7 +231,13 @@ class MirroredAsker(_AskerBase):
         args, kwargs = (sampler, study.directions, space), {"window": window, "keep_best": keep_best}
         self._front: InlineSampler | HybridSampler
         if sampler_process:
-            self._front = HybridSampler(Mirror(*args, **kwargs, prefix="local"), args, kwargs, max(1, prefetch), events)
+            try:
+                self._front = HybridSampler(Mirror(*args, **kwargs, prefix="local"), args, kwargs, max(1, prefetch),
+                                            events)
+            except (OSError, pickle.PicklingError, TypeError, AttributeError) as e:
+                # A sampler that cannot travel to another process still samples here.
+                log.warning("sampling in the coordinator: the sampler process could not start", error=str(e))
+                self._front = InlineSampler(Mirror(*args, **kwargs), prefetch, events=events)
         else:
             self._front = InlineSampler(Mirror(*args, **kwargs), prefetch, events=events)
 

@@ -136,18 +136,24 @@ class Mirror:
                 break
             keep.add(t.number)
         self._study = self._new_study()
+        storage, sid = self._study._storage, self._study._study_id
         renumber: dict[int, int] = {}
         for t in trials:
+            # Whole trials, system attributes included: samplers such as CMA-ES keep their
+            # state there.
             if t.state == TrialState.RUNNING:
-                renumber[t.number] = self._add(t.params, t.distributions, t.state, None)
+                running = _running(t.params, t.distributions, t.system_attrs)
+                renumber[t.number] = storage.get_trial_number_from_id(storage.create_new_trial(sid, template_trial=running))
             elif t.number in keep:
-                renumber[t.number] = self._add(t.params, t.distributions, t.state, t.value)
+                self._study.add_trial(t)
+                renumber[t.number] = storage.get_n_trials(sid) - 1
         self._number = {key: renumber[n] for key, n in self._number.items() if n in renumber}
 
 
-def _running(params: Mapping[str, Any], dists: Mapping[str, BaseDistribution]) -> FrozenTrial:
+def _running(params: Mapping[str, Any], dists: Mapping[str, BaseDistribution],
+             system_attrs: Mapping[str, Any] | None = None) -> FrozenTrial:
     return FrozenTrial(
         number=-1, state=TrialState.RUNNING, value=None, datetime_start=None, datetime_complete=None,
-        params=dict(params), distributions=dict(dists), user_attrs={}, system_attrs={},
+        params=dict(params), distributions=dict(dists), user_attrs={}, system_attrs=dict(system_attrs or {}),
         intermediate_values={}, trial_id=-1,
     )
