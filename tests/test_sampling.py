@@ -139,3 +139,19 @@ def test_mirror_rebuild_keeps_sampler_state_in_system_attrs():
     assert len(trials) <= 26
     assert all(any(k.startswith("cma:") for k in t.system_attrs) for t in trials)
     assert min(t.value for t in trials) < 0.05  # still converging after three rebuilds
+
+
+def test_trials_added_running_survive_rebuilds_after_they_finish():
+    """Points another sampler produced (a hybrid's first points, other coordinators' trials)
+    arrive RUNNING, finish later, and must be copied like any other trial when the window rebuilds."""
+    mirror = Mirror(tpe(4), MIN, SPACE, window=20, keep_best=5)
+    for i in range(60):
+        p = {"x": (i % 10) - 4.5, "y": (i // 10) - 2.5}
+        mirror.apply([("add", ("other", i), p, SPACE, TrialState.RUNNING, None),
+                      ("finish", ("other", i), TrialState.COMPLETE, loss(p))])
+        key, q = mirror.sample()
+        mirror.apply([("finish", key, TrialState.FAIL if i % 7 == 0 else TrialState.COMPLETE, loss(q))])
+    trials = mirror.trials()
+    assert len(trials) <= 26 and all(t.datetime_start is not None for t in trials)
+    added_best = min(loss({"x": (i % 10) - 4.5, "y": (i // 10) - 2.5}) for i in range(60))
+    assert min(t.value for t in trials if t.value is not None) <= added_best  # the best are kept

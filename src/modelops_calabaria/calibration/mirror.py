@@ -24,6 +24,7 @@ Not thread-safe: one owner calls it at a time.
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -66,12 +67,12 @@ class Mirror:
         for event in events:
             if event[0] == "add":
                 _, key, params, dists, state, value = event
-                number = self._add(params, dists, TrialState(state), value)
+                number = self._add(params, dists, TrialState(state), _value(state, value))
                 if TrialState(state) == TrialState.RUNNING:
                     self._number[key] = number  # only a running trial is ever finished
             elif event[0] == "finish":
                 _, key, state, value = event
-                self._finish(key, TrialState(state), value)
+                self._finish(key, TrialState(state), _value(state, value))
             else:
                 raise ValueError(f"unknown mirror event {event[0]!r}")
 
@@ -150,10 +151,16 @@ class Mirror:
         self._number = {key: renumber[n] for key, n in self._number.items() if n in renumber}
 
 
+def _value(state: TrialState, value: float | None) -> float | None:
+    """Only a COMPLETE trial has a value (Optuna refuses to copy a FAIL trial that has one)."""
+    return value if TrialState(state) == TrialState.COMPLETE else None
+
+
 def _running(params: Mapping[str, Any], dists: Mapping[str, BaseDistribution],
              system_attrs: Mapping[str, Any] | None = None) -> FrozenTrial:
+    # A start time, as a sampled trial has: Optuna refuses to copy a finished trial without one.
     return FrozenTrial(
-        number=-1, state=TrialState.RUNNING, value=None, datetime_start=None, datetime_complete=None,
+        number=-1, state=TrialState.RUNNING, value=None, datetime_start=datetime.datetime.now(), datetime_complete=None,
         params=dict(params), distributions=dict(dists), user_attrs={}, system_attrs=dict(system_attrs or {}),
         intermediate_values={}, trial_id=-1,
     )
