@@ -155,3 +155,14 @@ def test_trials_added_running_survive_rebuilds_after_they_finish():
     assert len(trials) <= 26 and all(t.datetime_start is not None for t in trials)
     added_best = min(loss({"x": (i % 10) - 4.5, "y": (i // 10) - 2.5}) for i in range(60))
     assert min(t.value for t in trials if t.value is not None) <= added_best  # the best are kept
+
+
+def test_long_run_with_the_sampler_process_rebuilds_its_window(tmp_path):
+    """400 trials: past the mirror's window on both sides of the hand-over."""
+    storage = f"sqlite:///{tmp_path}/s.db"
+    job = make_job(tmp_path, max_trials=400, n_replicates=1)
+    settings = Settings(parallel_trials=True, storage=storage, scheduler="inline", local_workers=4, log_format="json",
+                        sampler_process=True)
+    result = run_calibration(job, settings, output_dir=tmp_path / "run", concurrency=8)
+    assert result.trials["COMPLETE"] == 400 and result.trials["total"] == 400
+    assert result.best_loss < 0.05
