@@ -17,7 +17,6 @@ import uuid
 from dataclasses import dataclass
 
 import optuna
-from optuna.trial import TrialState
 
 from modelops_calabaria.calibration.ledger import Coordinator, Ledger, now
 from modelops_calabaria.calibration.rdbfast import running_trials
