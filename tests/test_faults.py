@@ -4,6 +4,7 @@ trials = budget, none RUNNING, every FAIL has a reason, the best is the best COM
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import os
@@ -179,14 +180,18 @@ def test_postgresql_restart_mid_run(pg_url, scheduler, tmp_path):
         wait_for(lambda: told(pg_url, study) >= 8, 90, "8 trials")
         subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", *cluster, "restart"], check=True, timeout=120,
                        capture_output=True)
+        back_up = datetime.datetime.now()
         out, err = calib.communicate(timeout=240)
     finally:
         if calib.poll() is None:
             calib.kill()
     assert calib.returncode == 0, err[-3000:]
-    assert "database error, retrying" in out  # the restart was felt, and survived
     trials = check_invariants(pg_url, study, 40)
     assert all(t.state == TrialState.COMPLETE for t in trials)
+    # The run went on across the restart. Whether it logged a retry depends on timing:
+    # pre-ping replaces dead pooled connections silently, and a statement in flight
+    # at the moment of the restart is retried.
+    assert any(t.datetime_complete > back_up for t in trials), "every trial finished before the restart"
 
 
 @pytest.mark.slow
