@@ -291,3 +291,40 @@ def test_failure_storm_via_cli_exits_1_quoting_first_traceback(tmp_path, schedul
     assert 'File "' in proc.stderr and "models.py" in proc.stderr
     trials = check_invariants(storage, study, None)
     assert 5 <= len(trials) < 500 and (tmp_path / "run" / "results.json").is_file()
+
+
+def _sampler_child(parent: int) -> int | None:
+    """The pid of ``parent``'s sampler process (a multiprocessing spawn child, not its resource tracker)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == parent and "spawn_main" in cmdline and "resource_tracker" not in cmdline:
+            return int(entry.name)
+    return None
+
+
+@pytest.mark.slow
+def test_sampler_process_killed_fails_the_run_cleanly(tmp_path, scheduler):
+    storage = f"sqlite:///{tmp_path}/s.db"
+    job, study = write_job(tmp_path, max_trials=300, fixed={"delay": 0.1})
+    calib = subprocess.Popen([*CLI, "calibrate", str(job), "--storage", storage, "--scheduler", scheduler,
+                              "--workers", "8", "--output", str(tmp_path / "run")],
+                             env=clean_env(CALABARIA_SAMPLER_PROCESS="true"), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: told(storage, study) >= 10 and _sampler_child(calib.pid) is not None, 90,
+                 "10 trials and the sampler process")
+        os.kill(_sampler_child(calib.pid), signal.SIGKILL)
+        out, err = calib.communicate(timeout=120)
+    finally:
+        if calib.poll() is None:
+            calib.kill()
+    assert calib.returncode == 1, err[-3000:]
+    assert "the sampler process died" in err and "Traceback" not in err, err[-3000:]
+    trials = check_invariants(storage, study, None)  # every asked trial told, none left RUNNING
+    assert 10 <= len(trials) < 300
