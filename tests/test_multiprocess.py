@@ -107,7 +107,9 @@ def test_four_processes_starting_together_on_an_empty_database(pg_url, scheduler
         storage = open_optuna_storage(parse_storage_url(url), 1)
         assert [s.study_name for s in optuna.get_all_study_summaries(storage)] == [study]
         trials = trials_of(url, study)
-        assert len(trials) == 40 and all(t.state == TrialState.COMPLETE for t in trials)
+        assert len(trials) == 40 and all(t.state == TrialState.COMPLETE for t in trials), [
+            (t.number, t.state.name, t.user_attrs.get("fail_reason"), t.system_attrs.get("calabaria:coordinator"))
+            for t in trials if t.state != TrialState.COMPLETE]
         storage.engine.dispose()
     finally:
         with admin.connect() as c:

@@ -250,3 +250,43 @@ def test_concurrent_trial_creation_numbers_densely(storage_url):
         t = trials[trial_id]
         assert t.number == number and t.state == TrialState.RUNNING
         assert t.params == {"x": i / 25, "c": "ab"[worker % 2]} and t.system_attrs[COORDINATOR_ATTR] == f"w{worker}"
+
+
+def test_reconcile_is_a_compare_and_set(storage_url):
+    ledger = open_ledger(parse_storage_url(storage_url), 2)
+    name = unique("reconcile")
+    ledger.ensure_budget(name, 10)
+    assert ledger.claim(name, 3) == 3
+    assert not ledger.reconcile(name, 1, expected_claimed=2)  # someone claimed meanwhile: nothing changes
+    assert ledger.budget(name) == (3, 10)
+    assert ledger.reconcile(name, 1, expected_claimed=3)
+    assert ledger.budget(name) == (1, 10)
+    ledger.close()
+
+
+def test_a_coordinator_that_beats_while_recovery_reads_the_ledger_keeps_its_trials(storage_url):
+    """The interleaving CI caught: coordinator B's recovery reads the ledger, A beats and creates a trial,
+    B reads RUNNING trials. Recovery now reads trials first, so A's new trial is not failed as lost."""
+    from modelops_calabaria.calibration.asktell import DirectAsker
+    from optuna.distributions import FloatDistribution
+
+    target = parse_storage_url(storage_url)
+    storage = open_optuna_storage(target, 2)
+    ledger = open_ledger(target, 2)
+    study = optuna.create_study(study_name=unique("interleave"), storage=storage)
+    created = []
+    real_coordinators = ledger.coordinators
+
+    def coordinators_while_a_starts(name):
+        seen = real_coordinators(name)
+        if not created:  # A starts right after B read the ledger
+            ledger.beat(name, Coordinator("A", "elsewhere", 1, time.time()))
+            created.append(DirectAsker(study, {"x": FloatDistribution(0, 1)}, "A").ask())
+        return seen
+
+    ledger.coordinators = coordinators_while_a_starts
+    assert recover_stale_trials(study, ledger, grace_s=30) == []
+    assert [t.state for t in _trials(storage_url, study.study_name)] == [TrialState.RUNNING]
+    ledger.coordinators = real_coordinators
+    assert recover_stale_trials(study, ledger, grace_s=30) == []  # A is alive: still its trial
+    ledger.close()

@@ -60,8 +60,9 @@ class Ledger(Protocol):
     def release(self, study: str, n: int) -> None:
         """Give back ``n`` claimed slots that did not become trials."""
 
-    def reconcile(self, study: str, n_trials: int) -> None:
-        """Set ``claimed`` to ``n_trials`` (used when no other coordinator is alive)."""
+    def reconcile(self, study: str, n_trials: int, expected_claimed: int) -> bool:
+        """Set ``claimed`` to ``n_trials`` if it is still ``expected_claimed`` (used when no
+        other coordinator is alive); False, and nothing changed, if someone claimed meanwhile."""
 
     def budget(self, study: str) -> tuple[int, int]:
         """``(claimed, max_trials)``; ``(0, 0)`` when the study has no budget yet."""
@@ -113,9 +114,12 @@ class MemoryLedger:
         with self._lock:
             self._budget[study][0] -= n
 
-    def reconcile(self, study: str, n_trials: int) -> None:
+    def reconcile(self, study: str, n_trials: int, expected_claimed: int) -> bool:
         with self._lock:
+            if self._budget[study][0] != expected_claimed:
+                return False
             self._budget[study][0] = n_trials
+            return True
 
     def budget(self, study: str) -> tuple[int, int]:
         with self._lock:
@@ -190,9 +194,12 @@ class FileLedger:
         with self._state() as s:
             s["budget"][study]["claimed"] -= n
 
-    def reconcile(self, study: str, n_trials: int) -> None:
+    def reconcile(self, study: str, n_trials: int, expected_claimed: int) -> bool:
         with self._state() as s:
+            if s["budget"][study]["claimed"] != expected_claimed:
+                return False
             s["budget"][study]["claimed"] = n_trials
+            return True
 
     def budget(self, study: str) -> tuple[int, int]:
         with self._state() as s:
@@ -306,9 +313,10 @@ class SqlLedger:
         self._tx("release", lambda c: c.execute(
             _BUDGET.update().where(_BUDGET.c.study_name == study).values(claimed=_BUDGET.c.claimed - n)))
 
-    def reconcile(self, study: str, n_trials: int) -> None:
-        self._tx("reconcile", lambda c: c.execute(
-            _BUDGET.update().where(_BUDGET.c.study_name == study).values(claimed=n_trials)))
+    def reconcile(self, study: str, n_trials: int, expected_claimed: int) -> bool:
+        return bool(self._tx("reconcile", lambda c: c.execute(
+            _BUDGET.update().where(_BUDGET.c.study_name == study, _BUDGET.c.claimed == expected_claimed)
+            .values(claimed=n_trials)).rowcount))
 
     def budget(self, study: str) -> tuple[int, int]:
         row = self._tx("budget", lambda c: c.execute(

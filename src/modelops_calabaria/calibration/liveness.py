@@ -59,10 +59,14 @@ def recover_stale_trials(study: optuna.Study, ledger: Ledger, grace_s: float, *,
     """
     at = now() if at is None else at
     name = study.study_name
+    # Trials first, coordinators second: a coordinator beats before it creates its first
+    # trial, so every owner of a trial read here has beaten by the time the ledger is read.
+    # The other order let a coordinator that started a moment later lose its first trials.
+    running = running_trials(study._storage, study._study_id)
     coords = ledger.coordinators(name)
     alive = {c.coordinator_id for c in coords if at - c.last_seen <= grace_s and not _process_gone(c)}
     recovered = []
-    for t in running_trials(study._storage, study._study_id):
+    for t in running:
         owner = t.system_attrs.get(COORDINATOR_ATTR)
         if owner in alive:
             continue
@@ -91,10 +95,10 @@ def settle_orphans(study: optuna.Study, ledger: Ledger, grace_s: float, interval
     deadline = now() + grace_s + interval_s
     while True:
         recover_stale_trials(study, ledger, grace_s, retry=retry)
+        running = running_trials(study._storage, study._study_id)  # before the ledger: see recover_stale_trials
         at = now()
         beating = {c.coordinator_id for c in ledger.coordinators(study.study_name) if at - c.last_seen <= 3 * interval_s}
-        orphans = [t.number for t in running_trials(study._storage, study._study_id)
-                   if t.system_attrs.get(COORDINATOR_ATTR) not in beating]
+        orphans = [t.number for t in running if t.system_attrs.get(COORDINATOR_ATTR) not in beating]
         if not orphans or at >= deadline:
             return
         log.info("waiting for trials of a silent coordinator to become stale", trials=orphans, grace_s=grace_s)

@@ -229,6 +229,10 @@ def _set_budget(study: optuna.Study, ledger: Ledger, job: CalibrationJob, settin
     stored_max = ledger.ensure_budget(name, wanted)
     if joining:
         return stored_max
+    # Read in this order: claims, trials, coordinators. A coordinator beats before it
+    # claims, so one that claimed before the first read shows up in the last; one that
+    # claims later changes `claimed`, and the compare-and-set below then does nothing.
+    claimed, _ = ledger.budget(name)
     n_trials = len(study.get_trials(deepcopy=False))
     new_max = max(stored_max, n_trials) + extend if extend else wanted
     if new_max != stored_max:
@@ -236,9 +240,8 @@ def _set_budget(study: optuna.Study, ledger: Ledger, job: CalibrationJob, settin
     # Claims that never became trials (a coordinator killed between claim and ask) are
     # given back when nobody else is working on the study.
     live = [c for c in ledger.coordinators(name) if time.time() - c.last_seen <= settings.grace_period_s]
-    claimed, _ = ledger.budget(name)
     if not live and claimed != n_trials:
-        ledger.reconcile(name, n_trials)
+        ledger.reconcile(name, n_trials, expected_claimed=claimed)
     return new_max
 
 
