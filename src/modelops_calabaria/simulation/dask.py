@@ -110,7 +110,6 @@ class DaskSimulationService:
         self.durations = DurationStats()
         self._lock = threading.Lock()
         self._in_flight = 0
-        self.last_per_task = 1
         self._slots, self._slots_at = 1, -math.inf
         self.address = client.scheduler.address if client.scheduler else "?"
 
@@ -163,7 +162,6 @@ class DaskSimulationService:
             self._in_flight += 1
             in_flight = self._in_flight
         per_task = self._per_task(n, in_flight)
-        self.last_per_task = per_task
         if per_task == 1:
             # One map call: the trial's replicates reach the scheduler in one graph update, not n.
             reps = self.client.map(
