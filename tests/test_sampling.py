@@ -95,7 +95,7 @@ def test_sampler_process_ignores_signals_and_its_death_is_a_clear_error():
 
 
 def test_hybrid_sampler_starts_here_and_hands_over_to_the_process():
-    hybrid = HybridSampler(Mirror(tpe(2), MIN, SPACE, prefix="local"), (tpe(2), MIN, SPACE), {}, depth=4)
+    hybrid = HybridSampler((tpe(2), MIN, SPACE), {}, depth=4)
     try:
         first = hybrid.take()  # at once: the process is not up yet
         assert first[0].startswith("local") and not hybrid.handed_over

@@ -232,8 +232,7 @@ class MirroredAsker(_AskerBase):
         self._front: InlineSampler | HybridSampler
         if sampler_process:
             try:
-                self._front = HybridSampler(Mirror(*args, **kwargs, prefix="local"), args, kwargs, max(1, prefetch),
-                                            events)
+                self._front = HybridSampler(args, kwargs, max(1, prefetch), events)
             except (OSError, pickle.PicklingError, TypeError, AttributeError) as e:
                 # A sampler that cannot travel to another process still samples here.
                 log.warning("sampling in the coordinator: the sampler process could not start", error=str(e))

@@ -242,8 +242,8 @@ class HybridSampler:
     RUNNING trials, so both mirrors describe the same study when it takes over.
     """
 
-    def __init__(self, local: Mirror, args: tuple, kwargs: dict, depth: int, events: list[Event] | None = None) -> None:
-        self._local = InlineSampler(local, 0, events=events)
+    def __init__(self, args: tuple, kwargs: dict, depth: int, events: list[Event] | None = None) -> None:
+        self._local = InlineSampler(Mirror(*args, **kwargs, prefix="local"), 0, events=events)
         self._child = ProcessSampler(args, {**kwargs, "reseed": True}, depth=depth, events=events)
         self._space = dict(args[2])
         self._lock = threading.Lock()
