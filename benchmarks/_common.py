@@ -133,8 +133,9 @@ def local_cluster(*, scheduler: str | None, n_workers: int, threads_per_worker: 
         cluster.close(timeout=20)
 
 
-def warm_up(address: str, model: str) -> int:
-    """Import the model (and the service) on every worker before timing; return the cluster's slots."""
+def warm_up(address: str, model: str, overrides: dict[str, str] | None = None) -> int:
+    """Import the model (and the service) on every worker before timing; return the cluster's slots
+    (with ``inline``: the ``local_workers`` override, else the cores, as the service counts them)."""
     from distributed import Client
 
     from modelops_calabaria.models import load_model
@@ -142,7 +143,7 @@ def warm_up(address: str, model: str) -> int:
     ref = entrypoint(model)
     load_model(ref)  # the coordinator loads it too (run_calibration checks the job locally)
     if address == "inline":  # no Dask: replicates run on the coordinator's threads
-        return os.cpu_count() or 1
+        return int((overrides or {}).get("local_workers") or os.cpu_count() or 1)
     with Client(address, set_as_default=False, timeout="20s") as client:
         # exec returns None: the LoadedModel itself cannot travel back (its module is
         # registered under a per-process name on each worker).

@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     failed = False
     with local_cluster(scheduler=a.scheduler, n_workers=a.workers, threads_per_worker=a.threads) as address:
-        warm_up(address, "instant")
+        warm_up(address, "instant", a.overrides)
         for url in a.storage:
             try:
                 result["storages"][masked(url)] = measure_storage(url, a, address)

@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     env = machine()
     results: dict[str, dict[str, Any]] = {}
     with local_cluster(scheduler=a.scheduler, **shape) as address:
-        slots = warm_up(address, a.model)
+        slots = warm_up(address, a.model, a.overrides)
         where = ("external scheduler" if a.scheduler else
                  "{n_workers} worker(s) x {threads_per_worker} thread(s), processes={processes}".format(**shape))
         print(f"storage {masked(a.storage)}, model {a.model}, {slots} slots ({where}), "
