@@ -78,7 +78,8 @@ from optuna.distributions import FloatDistribution
 import synthetic
 from modelops_calabaria import run_calibration
 from modelops_calabaria.calibration import runner as runner_module
-from modelops_calabaria.storage import open_optuna_storage, parse_storage_url
+from modelops_calabaria.backend.factory import open_optuna_storage
+from modelops_calabaria.storage import parse_storage_url
 
 SPACE = {"x0": FloatDistribution(0.0, 1.0), "x1": FloatDistribution(0.0, 1.0)}
 

@@ -6,7 +6,7 @@ import optuna
 import pytest
 
 from modelops_calabaria import Settings, run_calibration
-from modelops_calabaria.simulation.batching import DurationStats, replicates_per_task
+from modelops_calabaria.simulation.replicates_per_task import DurationStats, replicates_per_task
 
 from conftest import make_job, support_model
 
@@ -43,7 +43,8 @@ def test_batched_replicates_give_identical_results(tmp_path, scheduler):
         job = make_job(tmp_path, study="batching", model=support_model("noisy_linear"), n_replicates=5, max_trials=10)
         settings = Settings(storage=storage, scheduler=scheduler, log_format="json", replicates_per_task=per_task)
         run_calibration(job, settings, output_dir=tmp_path / f"r{per_task}", concurrency=1)
-        from modelops_calabaria.storage import open_optuna_storage, parse_storage_url
+        from modelops_calabaria.backend.factory import open_optuna_storage
+        from modelops_calabaria.storage import parse_storage_url
 
         study = optuna.load_study(study_name="batching", storage=open_optuna_storage(parse_storage_url(storage), 1))
         histories.append([(t.params, t.value, t.user_attrs["targets"]) for t in study.trials])
@@ -61,7 +62,8 @@ def test_score_of_mean_targets_reduce_batched_replicates_on_a_worker(tmp_path, s
         settings = Settings(storage=storage, scheduler=scheduler, log_format="json", replicates_per_task=per_task)
         result = run_calibration(job, settings, output_dir=tmp_path / f"r{per_task}", concurrency=1)
         assert result.trials["COMPLETE"] == 6
-        from modelops_calabaria.storage import open_optuna_storage, parse_storage_url
+        from modelops_calabaria.backend.factory import open_optuna_storage
+        from modelops_calabaria.storage import parse_storage_url
 
         study = optuna.load_study(study_name=job.study, storage=open_optuna_storage(parse_storage_url(storage), 1))
         values.append([t.value for t in study.trials])

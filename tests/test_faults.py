@@ -23,7 +23,8 @@ import yaml
 from optuna.trial import TrialState
 
 from modelops_calabaria import Settings, run_calibration
-from modelops_calabaria.storage import open_optuna_storage, parse_storage_url
+from modelops_calabaria.backend.factory import open_optuna_storage
+from modelops_calabaria.storage import parse_storage_url
 
 from conftest import make_job, support_model, unique
 

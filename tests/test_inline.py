@@ -18,7 +18,8 @@ def settings(storage: str, parallel: bool = True, scheduler: str = "inline", thr
 
 
 def trials_of(job, storage: str) -> list:
-    from modelops_calabaria.storage import open_optuna_storage, parse_storage_url
+    from modelops_calabaria.backend.factory import open_optuna_storage
+    from modelops_calabaria.storage import parse_storage_url
 
     study = optuna.load_study(study_name=job.study, storage=open_optuna_storage(parse_storage_url(storage), 1))
     return study.get_trials(deepcopy=False)

@@ -17,7 +17,9 @@ import sqlalchemy as sa
 import yaml
 from optuna.trial import TrialState
 
-from modelops_calabaria.storage import open_optuna_storage, parse_storage_url
+from modelops_calabaria.backend.factory import open_optuna_storage
+
+from modelops_calabaria.storage import parse_storage_url
 
 from conftest import support_model, unique
 

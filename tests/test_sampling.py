@@ -121,7 +121,8 @@ def test_runs_with_the_sampler_process_spend_the_exact_budget(tmp_path, schedule
     job = make_job(tmp_path, max_trials=60)
     settings = Settings(parallel_trials=True, storage=storage, scheduler=scheduler, log_format="json", sampler_process=True)
     result = run_calibration(job, settings, output_dir=tmp_path / "run", concurrency=12)
-    from modelops_calabaria.storage import open_optuna_storage, parse_storage_url
+    from modelops_calabaria.backend.factory import open_optuna_storage
+    from modelops_calabaria.storage import parse_storage_url
 
     trials = optuna.load_study(study_name=job.study, storage=open_optuna_storage(parse_storage_url(storage), 1)).trials
     assert len(trials) == 60 and all(t.state == TrialState.COMPLETE for t in trials)

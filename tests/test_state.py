@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from modelops_calabaria.calibration.seeds import replicate_seeds
-from modelops_calabaria.calibration.state import RunState
+from modelops_calabaria.calibration.run_state import RunState
 from modelops_calabaria.job import StopSpec
 from modelops_calabaria.settings import resolve_settings
 

@@ -11,11 +11,12 @@ import pytest
 from optuna.trial import TrialState
 
 from modelops_calabaria import Settings, run_calibration
-from modelops_calabaria.calibration.ledger import Coordinator, open_ledger
-from modelops_calabaria.calibration.liveness import LOST_REASON, recover_stale_trials
+from modelops_calabaria.backend.ledger import Coordinator, open_ledger
+from modelops_calabaria.calibration.recovery import LOST_REASON, recover_stale_trials
 from modelops_calabaria.calibration.study import COORDINATOR_ATTR
 from modelops_calabaria.reporting.status import study_status
-from modelops_calabaria.storage import open_optuna_storage, parse_storage_url
+from modelops_calabaria.backend.factory import open_optuna_storage
+from modelops_calabaria.storage import parse_storage_url
 
 from conftest import make_job, unique
 
@@ -220,7 +221,7 @@ def test_concurrent_trial_creation_numbers_densely(storage_url):
     (on PostgreSQL through the server-side function, elsewhere through the Core statements)."""
     from optuna.distributions import CategoricalDistribution, FloatDistribution
 
-    from modelops_calabaria.calibration import rdbfast
+    from modelops_calabaria.backend import relational as rdbfast
 
     target = parse_storage_url(storage_url)
     if target.kind == "journal":

@@ -21,7 +21,8 @@ def settings(scheduler: str, storage: str, parallel: bool, fast_path: bool = Tru
 
 
 def load(job, storage: str) -> optuna.Study:
-    from modelops_calabaria.storage import open_optuna_storage, parse_storage_url
+    from modelops_calabaria.backend.factory import open_optuna_storage
+    from modelops_calabaria.storage import parse_storage_url
 
     return optuna.load_study(study_name=job.study, storage=open_optuna_storage(parse_storage_url(storage), 1))
 

@@ -1,4 +1,4 @@
-"""Study storage: URL handling and opening Optuna storages.
+"""Study storage locations: parsing and normalising storage URLs.
 
 Accepted URLs (see docs/scaling.md):
 
@@ -9,28 +9,20 @@ Accepted URLs (see docs/scaling.md):
 - ``journal:///path/study.log`` or a path ending ``.log`` / ``.journal``;
 - ``memory``: in-process only (tests and benchmarks).
 
-The pool is sized to the number of loops, connections are pre-pinged and
-recycled so that ones dropped while idle are replaced, and passwords are masked
-in every form shown to a user (:attr:`StorageTarget.display`).
+Passwords are masked in every form shown to a user
+(:attr:`StorageTarget.display`). Opening a storage is the study backend's job
+(:mod:`modelops_calabaria.backend`).
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-import optuna
-import sqlalchemy as sa
-import sqlalchemy.exc
-
-from modelops_calabaria.calibration.rdbfast import install_pg_functions
-from modelops_calabaria.errors import ConfigurationError, ServiceUnavailableError
+from modelops_calabaria.errors import ConfigurationError
 from modelops_calabaria.redaction import redact
 
 StorageKind = Literal["postgresql", "sqlite", "journal", "memory"]
@@ -128,98 +120,3 @@ def parse_storage_url(url: str | None, default_path: Path | None = None) -> Stor
         hint="set --storage, CALABARIA_STORAGE or the job's execution.storage to postgresql://USER:PASSWORD@HOST:5432/DB, "
              "sqlite:///path/study.db or journal:///path/study.log (or a .db/.log path)",
     )
-
-
-def engine_kwargs(target: StorageTarget, loops: int) -> dict:
-    """SQLAlchemy engine options for a storage used by ``loops`` threads."""
-    if target.kind == "postgresql":
-        return {
-            "pool_size": loops + 2,  # every loop plus the heartbeat thread and the main thread
-            "max_overflow": 4,
-            "pool_pre_ping": True,  # replace connections the server dropped while idle
-            "pool_recycle": 300,
-            "pool_timeout": 60,
-            "connect_args": {"connect_timeout": 10, "application_name": "calabaria"},
-        }
-    # SQLite serialises writers; wait for the lock instead of failing at once.
-    return {"connect_args": {"timeout": 60}}
-
-
-_SCHEMA_LOCK_KEY = 727274  # pg_advisory_lock key shared by every calabaria process
-
-
-@contextmanager
-def schema_lock(target: StorageTarget) -> Iterator[None]:
-    """Serialise schema and study creation across processes (and threads) starting at once.
-
-    PostgreSQL: a session advisory lock. SQLite: ``flock`` on ``<file>.lock``
-    (per open file, so it also separates threads of one process). An
-    unreachable server is not reported here: the caller's own connection
-    reports it with a clear message.
-    """
-    if target.kind == "sqlite" and target.path is not None and target.path.parent.is_dir():
-        with open(target.path.with_name(target.path.name + ".lock"), "a+") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
-        return
-    if target.kind != "postgresql":
-        yield
-        return
-    engine = sa.create_engine(target.url, poolclass=sa.pool.NullPool, connect_args={"connect_timeout": 10})
-    try:
-        conn = engine.connect()
-    except sqlalchemy.exc.DBAPIError:
-        engine.dispose()
-        yield
-        return
-    try:
-        conn.execute(sa.text(f"SELECT pg_advisory_lock({_SCHEMA_LOCK_KEY})"))
-        try:
-            yield
-        finally:
-            conn.execute(sa.text(f"SELECT pg_advisory_unlock({_SCHEMA_LOCK_KEY})"))
-    finally:
-        conn.close()
-        engine.dispose()
-
-
-def open_optuna_storage(target: StorageTarget, loops: int) -> optuna.storages.BaseStorage:
-    """Open (and create tables in) the Optuna storage.
-
-    Raises:
-        ServiceUnavailableError: the database cannot be reached (password masked).
-        ConfigurationError: the directory of a SQLite or journal file cannot be created.
-    """
-    if target.kind == "memory":
-        return optuna.storages.InMemoryStorage()
-    if target.kind in ("journal", "sqlite"):
-        assert target.path is not None
-        try:
-            target.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise ConfigurationError(f"cannot create the directory of the study file {target.path}: {e.strerror or e}",
-                                     hint="choose a path in a writable directory (check --storage / --output)") from e
-    if target.kind == "journal":
-        backend = optuna.storages.journal.JournalFileBackend(
-            str(target.path), lock_obj=optuna.storages.journal.JournalFileOpenLock(str(target.path))
-        )
-        return optuna.storages.JournalStorage(backend)
-    try:
-        with schema_lock(target):
-            storage = optuna.storages.RDBStorage(target.url, engine_kwargs=engine_kwargs(target, loops))
-            # Trial creation numbers a trial max(number) + 1 within its study: without this
-            # index that is a scan of the study's trials, and asks slow down as a study grows.
-            with storage.engine.begin() as conn:
-                conn.execute(sa.text("CREATE INDEX IF NOT EXISTS calabaria_trials_study_number ON trials (study_id, number)"))
-            install_pg_functions(storage)  # one round trip per trial creation on PostgreSQL
-            return storage
-    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as e:
-        reason = redact(str(e.orig) if getattr(e, "orig", None) else str(e)).strip().splitlines()[0]
-        raise ServiceUnavailableError(
-            f"cannot open the study database {target.display}: {reason}",
-            hint="check that the database server is running and the URL's host, port, user and database are right"
-            if target.kind == "postgresql" else f"check that {target.path} is a SQLite file in a writable directory",
-        ) from None  # not "from e": the driver's message and URL may carry the password

@@ -39,7 +39,7 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from modelops_calabaria.calibration.mirror import Event, Key, Mirror
-from modelops_calabaria.calibration.rdbfast import create_running_trial, finish_trial, trial_ids_after, unwrap
+from modelops_calabaria.backend.relational import create_running_trial, finish_trial, trial_ids_after, unwrap
 from modelops_calabaria.calibration.sampling import HybridSampler, InlineSampler
 from modelops_calabaria.calibration.study import COORDINATOR_ATTR, FAIL_REASON, RETRY_ATTR, TARGETS_ATTR
 from modelops_calabaria.dbretry import retry_db

@@ -24,9 +24,9 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from modelops_calabaria.calibration.ledger import Ledger, open_ledger
-from modelops_calabaria.calibration.liveness import Heartbeat, new_coordinator_id, recover_stale_trials, settle_orphans
-from modelops_calabaria.calibration.state import RunState
+from modelops_calabaria.backend.ledger import Ledger, open_ledger
+from modelops_calabaria.calibration.recovery import Heartbeat, new_coordinator_id, recover_stale_trials, settle_orphans
+from modelops_calabaria.calibration.run_state import RunState
 from modelops_calabaria.calibration.asktell import DirectAsker, MirroredAsker
 from modelops_calabaria.calibration.study import (
     build_sampler,
@@ -46,7 +46,9 @@ from modelops_calabaria.reporting.results import RunResult, best_trial, state_co
 from modelops_calabaria.settings import Settings, resolve_settings
 from modelops_calabaria.simulation import SimulationService, connect_service
 from modelops_calabaria.simulation.task import SimContext
-from modelops_calabaria.storage import StorageTarget, check_creatable, open_optuna_storage, parse_storage_url, schema_lock
+from modelops_calabaria.backend.factory import open_optuna_storage
+from modelops_calabaria.backend.relational import schema_lock
+from modelops_calabaria.storage import StorageTarget, check_creatable, parse_storage_url
 from modelops_calabaria.targets.evaluate import CompiledTarget, compile_targets
 
 log = get_logger(__name__)

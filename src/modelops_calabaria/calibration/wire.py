@@ -26,9 +26,9 @@ from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 
 
-from modelops_calabaria.calibration.ledger import Ledger
+from modelops_calabaria.backend.ledger import Ledger
 from modelops_calabaria.calibration.seeds import replicate_seeds
-from modelops_calabaria.calibration.state import RunState
+from modelops_calabaria.calibration.run_state import RunState
 from modelops_calabaria.calibration.asktell import AskedTrial, DirectAsker, MirroredAsker
 from modelops_calabaria.job import CalibrationJob
 from modelops_calabaria.logging import get_logger

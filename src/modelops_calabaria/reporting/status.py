@@ -8,13 +8,14 @@ from typing import Any
 
 import optuna
 
-from modelops_calabaria.calibration.ledger import open_ledger
+from modelops_calabaria.backend.ledger import open_ledger
 from modelops_calabaria.calibration.study import stored_job_of
 from modelops_calabaria.dbretry import retry_db
 from modelops_calabaria.errors import StudyNotFoundError
 from modelops_calabaria.reporting.results import best_trial, state_counts
 from modelops_calabaria.settings import Settings
-from modelops_calabaria.storage import open_optuna_storage, parse_storage_url
+from modelops_calabaria.backend.factory import open_optuna_storage
+from modelops_calabaria.storage import parse_storage_url
 
 
 def study_status(study_name: str, storage_url: str, *, grace_s: float | None = None, window_s: float = 600.0) -> dict[str, Any]:

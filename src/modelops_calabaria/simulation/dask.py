@@ -28,7 +28,7 @@ from distributed import Client, Future, LocalCluster
 
 from modelops_calabaria.errors import ConfigurationError, ServiceUnavailableError
 from modelops_calabaria.logging import get_logger
-from modelops_calabaria.simulation.batching import DurationStats, replicates_per_task
+from modelops_calabaria.simulation.replicates_per_task import DurationStats, replicates_per_task
 from modelops_calabaria.simulation.task import SimContext, TrialEvaluation, reduce_trial, run_replicate, run_replicates
 
 log = get_logger(__name__)

@@ -29,18 +29,23 @@ compatibility queries are not needed.
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import json
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as sa
+import sqlalchemy.exc
 from optuna.distributions import BaseDistribution, distribution_to_json
 import optuna
 from optuna.storages import RDBStorage
 from optuna.storages._cached_storage import _CachedStorage
 from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial, TrialState
+
+from modelops_calabaria.storage import StorageTarget
 
 _STUDIES = models.StudyModel.__table__
 _TRIALS = models.TrialModel.__table__
@@ -235,3 +240,59 @@ def running_trials(storage: optuna.storages.BaseStorage, study_id: int) -> list[
     if isinstance(backend, RDBStorage):
         return backend._get_trials(study_id, (TrialState.RUNNING,), set(), -1)
     return backend.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+
+
+def engine_kwargs(target: StorageTarget, loops: int) -> dict:
+    """SQLAlchemy engine options for a storage used by ``loops`` threads."""
+    if target.kind == "postgresql":
+        return {
+            "pool_size": loops + 2,  # every loop plus the heartbeat thread and the main thread
+            "max_overflow": 4,
+            "pool_pre_ping": True,  # replace connections the server dropped while idle
+            "pool_recycle": 300,
+            "pool_timeout": 60,
+            "connect_args": {"connect_timeout": 10, "application_name": "calabaria"},
+        }
+    # SQLite serialises writers; wait for the lock instead of failing at once.
+    return {"connect_args": {"timeout": 60}}
+
+
+_SCHEMA_LOCK_KEY = 727274  # pg_advisory_lock key shared by every calabaria process
+
+
+@contextmanager
+def schema_lock(target: StorageTarget) -> Iterator[None]:
+    """Serialise schema and study creation across processes (and threads) starting at once.
+
+    PostgreSQL: a session advisory lock. SQLite: ``flock`` on ``<file>.lock``
+    (per open file, so it also separates threads of one process). An
+    unreachable server is not reported here: the caller's own connection
+    reports it with a clear message.
+    """
+    if target.kind == "sqlite" and target.path is not None and target.path.parent.is_dir():
+        with open(target.path.with_name(target.path.name + ".lock"), "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+        return
+    if target.kind != "postgresql":
+        yield
+        return
+    engine = sa.create_engine(target.url, poolclass=sa.pool.NullPool, connect_args={"connect_timeout": 10})
+    try:
+        conn = engine.connect()
+    except sqlalchemy.exc.DBAPIError:
+        engine.dispose()
+        yield
+        return
+    try:
+        conn.execute(sa.text(f"SELECT pg_advisory_lock({_SCHEMA_LOCK_KEY})"))
+        try:
+            yield
+        finally:
+            conn.execute(sa.text(f"SELECT pg_advisory_unlock({_SCHEMA_LOCK_KEY})"))
+    finally:
+        conn.close()
+        engine.dispose()

@@ -32,7 +32,8 @@ import sqlalchemy as sa
 import sqlalchemy.exc
 
 from modelops_calabaria.dbretry import retry_db
-from modelops_calabaria.storage import StorageTarget, engine_kwargs, schema_lock
+from modelops_calabaria.backend.relational import engine_kwargs, schema_lock
+from modelops_calabaria.storage import StorageTarget
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import optuna
 
-from modelops_calabaria.calibration.ledger import Coordinator, Ledger, now
-from modelops_calabaria.calibration.rdbfast import running_trials
+from modelops_calabaria.backend.ledger import Coordinator, Ledger, now
+from modelops_calabaria.backend.relational import running_trials
 from modelops_calabaria.calibration.study import COORDINATOR_ATTR, fail_trial
 from modelops_calabaria.errors import CalabariaError
 from modelops_calabaria.logging import get_logger

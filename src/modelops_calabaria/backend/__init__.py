@@ -1,0 +1,1 @@
+"""The study backend: Optuna's storage and the coordination ledger behind one interface."""
