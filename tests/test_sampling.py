@@ -13,7 +13,7 @@ from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
 from modelops_calabaria import Settings, run_calibration
-from modelops_calabaria.calibration.mirror import Mirror
+from modelops_calabaria.calibration.mirror import AddTrial, FinishTrial, Mirror
 from modelops_calabaria.calibration.sampling import HybridSampler, InlineSampler, ProcessSampler, SamplerProcessError
 
 from conftest import make_job
@@ -36,7 +36,7 @@ def drive(front, n: int) -> list[dict]:
     for _ in range(n):
         key, params = front.take()
         points.append(params)
-        front.post(("finish", key, TrialState.COMPLETE, loss(params)))
+        front.post(FinishTrial(key, TrialState.COMPLETE, loss(params)))
     return points
 
 
@@ -46,22 +46,22 @@ def test_mirror_keys_survive_a_rebuild_and_the_window_keeps_the_best():
     best = None
     for _ in range(120):
         key, p = mirror.sample()
-        mirror.apply([("finish", key, TrialState.COMPLETE, loss(p))])
+        mirror.apply([FinishTrial(key, TrialState.COMPLETE, loss(p))])
         best = loss(p) if best is None else min(best, loss(p))
     trials = mirror.trials()
     assert len([t for t in trials if t.state == TrialState.COMPLETE]) <= 25
     assert min(t.value for t in trials if t.value is not None) == best
     for key, p in open_points:  # finishing a point sampled before the rebuilds finds the right trial
-        mirror.apply([("finish", key, TrialState.COMPLETE, -1.0)])
+        mirror.apply([FinishTrial(key, TrialState.COMPLETE, -1.0)])
         assert [t.params for t in mirror.trials() if t.value == -1.0][-1] == p
     assert not [t for t in mirror.trials() if t.state == TrialState.RUNNING]
 
 
 def test_mirror_follows_added_trials():
     mirror = Mirror(tpe(0), MIN, SPACE)
-    mirror.apply([("add", 7, {"x": 1.0, "y": -2.0}, SPACE, TrialState.RUNNING, None),
-                  ("add", 8, {"x": 0.0, "y": 0.0}, SPACE, TrialState.COMPLETE, 5.0)])
-    mirror.apply([("finish", 7, TrialState.COMPLETE, 0.0)])
+    mirror.apply([AddTrial(7, {"x": 1.0, "y": -2.0}, SPACE, TrialState.RUNNING, None),
+                  AddTrial(8, {"x": 0.0, "y": 0.0}, SPACE, TrialState.COMPLETE, 5.0)])
+    mirror.apply([FinishTrial(7, TrialState.COMPLETE, 0.0)])
     assert sorted((t.params["x"], t.value) for t in mirror.trials()) == [(0.0, 5.0), (1.0, 0.0)]
     with pytest.raises(ValueError, match="unknown mirror event"):
         mirror.apply([("drop", 7)])
@@ -99,13 +99,13 @@ def test_hybrid_sampler_starts_here_and_hands_over_to_the_process():
     try:
         first = hybrid.take()  # at once: the process is not up yet
         assert first[0].startswith("local") and not hybrid.handed_over
-        hybrid.post(("finish", first[0], TrialState.COMPLETE, loss(first[1])))
+        hybrid.post(FinishTrial(first[0], TrialState.COMPLETE, loss(first[1])))
         deadline = time.monotonic() + 30
         keys = []
         while not hybrid.handed_over and time.monotonic() < deadline:
             key, p = hybrid.take()
             keys.append(key)
-            hybrid.post(("finish", key, TrialState.COMPLETE, loss(p)))
+            hybrid.post(FinishTrial(key, TrialState.COMPLETE, loss(p)))
             time.sleep(0.01)
         assert hybrid.handed_over
         later = [hybrid.take()[0] for _ in range(5)]
@@ -135,7 +135,7 @@ def test_mirror_rebuild_keeps_sampler_state_in_system_attrs():
     mirror = Mirror(optuna.samplers.CmaEsSampler(seed=0), MIN, SPACE, window=20, keep_best=5)
     for _ in range(80):
         key, p = mirror.sample()
-        mirror.apply([("finish", key, TrialState.COMPLETE, loss(p))])
+        mirror.apply([FinishTrial(key, TrialState.COMPLETE, loss(p))])
     trials = mirror.trials()
     assert len(trials) <= 26
     assert all(any(k.startswith("cma:") for k in t.system_attrs) for t in trials)
@@ -148,10 +148,10 @@ def test_trials_added_running_survive_rebuilds_after_they_finish():
     mirror = Mirror(tpe(4), MIN, SPACE, window=20, keep_best=5)
     for i in range(60):
         p = {"x": (i % 10) - 4.5, "y": (i // 10) - 2.5}
-        mirror.apply([("add", ("other", i), p, SPACE, TrialState.RUNNING, None),
-                      ("finish", ("other", i), TrialState.COMPLETE, loss(p))])
+        mirror.apply([AddTrial(("other", i), p, SPACE, TrialState.RUNNING, None),
+                      FinishTrial(("other", i), TrialState.COMPLETE, loss(p))])
         key, q = mirror.sample()
-        mirror.apply([("finish", key, TrialState.FAIL if i % 7 == 0 else TrialState.COMPLETE, loss(q))])
+        mirror.apply([FinishTrial(key, TrialState.FAIL if i % 7 == 0 else TrialState.COMPLETE, loss(q))])
     trials = mirror.trials()
     assert len(trials) <= 26 and all(t.datetime_start is not None for t in trials)
     added_best = min(loss({"x": (i % 10) - 4.5, "y": (i // 10) - 2.5}) for i in range(60))

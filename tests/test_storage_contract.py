@@ -11,7 +11,8 @@ import pytest
 from optuna.trial import TrialState
 
 from modelops_calabaria import Settings, run_calibration
-from modelops_calabaria.backend.ledger import Coordinator, open_ledger
+from modelops_calabaria.backend.factory import open_ledger
+from modelops_calabaria.backend.ledger import Coordinator
 from modelops_calabaria.calibration.recovery import LOST_REASON, recover_stale_trials
 from modelops_calabaria.calibration.study import COORDINATOR_ATTR
 from modelops_calabaria.reporting.status import study_status

@@ -129,15 +129,22 @@ def worker(
 @app.command()
 @handle_errors
 def status(
-    study: Annotated[str, typer.Option("--study", help="Study name.")],
-    storage: Annotated[str, typer.Option("--storage", envvar="CALABARIA_STORAGE", help="Storage URL of the study.")],
+    run_dir: Annotated[Path | None, typer.Argument(help="A run directory (runs/STUDY): its study and storage.", show_default=False)] = None,
+    study: Annotated[str | None, typer.Option("--study", help="Study name.")] = None,
+    storage: Annotated[str | None, typer.Option("--storage", envvar="CALABARIA_STORAGE", help="Storage URL of the study.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Trials by state, best loss and parameters, throughput and live coordinators of a study."""
-    from modelops_calabaria.reporting.status import study_status
+    """Trials by state, best loss and parameters, throughput and live coordinators of a study (reads only)."""
+    from modelops_calabaria.reporting.status import locate_run, study_status
 
     configure_logging("console", stream=sys.stderr)
-    info = study_status(study, storage)
+    if run_dir is not None:
+        found_study, storage = locate_run(run_dir, storage)
+        study = study or found_study
+    if not study or not storage:
+        raise ConfigurationError("status needs a run directory, or --study NAME and --storage URL",
+                                 hint="e.g. `calabaria status runs/STUDY`")
+    info = study_status(study, storage, grace_s=resolve_settings({}).grace_period_s)
     if as_json:
         typer.echo(json.dumps(info, indent=2, default=str))
         return
@@ -145,7 +152,7 @@ def status(
     typer.echo("trials: " + ", ".join(f"{k} {v}" for k, v in info["trials"].items() if v))
     typer.echo(f"budget: {info['budget']['claimed']}/{info['budget']['max_trials']} claimed")
     typer.echo(f"best loss: {info['best_loss']}  params: {info['best_params']}")
-    typer.echo(f"trials per minute (last 10 min): {info['trials_per_minute']}")
+    typer.echo(f"trials per minute (last {info['rate_window_s'] / 60:.1f} min): {info['trials_per_minute']}")
     typer.echo(f"live coordinators: {len(info['coordinators'])}")
     for c in info["coordinators"]:
         typer.echo(f"  {c['id']} on {c['host']} (pid {c['pid']}), last heartbeat {c['seconds_ago']:.0f} s ago")

@@ -81,3 +81,9 @@ class SimulationError(CalabariaError):
     """A simulation replicate failed; carries the model's traceback text."""
 
     exit_code = 1
+
+
+class SamplerProcessError(CalabariaError):
+    """The sampler's process died (exit 1). Trials told so far are kept; re-run to resume."""
+
+    exit_code = 1

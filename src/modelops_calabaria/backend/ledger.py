@@ -5,10 +5,13 @@ its heartbeats are recorded only inside ``study.optimize``. The ledger does
 both, next to the study: tables in the same database for SQL storages, a
 lock-guarded JSON file beside a journal file, a dict for in-memory studies.
 
-Contract (every backend, tested by ``tests/test_ledger_contract.py``):
+Contract (every backend, tested by ``tests/test_storage_contract.py``):
 
 - ``claim`` is atomic across threads and processes: the sum of granted slots
-  never exceeds ``max_trials``.
+  never exceeds ``max_trials``. Claims are also counted per coordinator
+  (``owner``), so that ``settle`` can give back the slots a dead coordinator
+  claimed and never turned into trials (its local reserve, or a claim killed
+  before its ask): the budget stays exact through a SIGKILL.
 - ``beat`` upserts the coordinator's ``last_seen`` (wall-clock seconds; hosts
   are assumed NTP-synchronised to well within the grace period).
 - Methods are thread-safe; connection failures are retried, then raised as
@@ -32,8 +35,6 @@ import sqlalchemy as sa
 import sqlalchemy.exc
 
 from modelops_calabaria.dbretry import retry_db
-from modelops_calabaria.backend.relational import engine_kwargs, schema_lock
-from modelops_calabaria.storage import StorageTarget
 
 
 @dataclass(frozen=True)
@@ -55,11 +56,15 @@ class Ledger(Protocol):
     def set_max_trials(self, study: str, max_trials: int) -> None:
         """Overwrite the budget's maximum (resume with a new max, ``--extend``, stop rules)."""
 
-    def claim(self, study: str, n: int = 1) -> int:
-        """Atomically take up to ``n`` slots; return how many were granted (0 = spent)."""
+    def claim(self, study: str, n: int = 1, owner: str | None = None) -> int:
+        """Atomically take up to ``n`` slots for ``owner``; return how many were granted (0 = spent)."""
 
-    def release(self, study: str, n: int) -> None:
-        """Give back ``n`` claimed slots that did not become trials."""
+    def release(self, study: str, n: int, owner: str | None = None) -> None:
+        """Give back ``n`` slots ``owner`` claimed that did not become trials."""
+
+    def settle(self, study: str, owner: str, n_trials: int) -> int:
+        """A dead ``owner`` asked ``n_trials`` trials: give back the rest of its claims, once
+        (a second caller finds nothing); return how many slots were given back."""
 
     def reconcile(self, study: str, n_trials: int, expected_claimed: int) -> bool:
         """Set ``claimed`` to ``n_trials`` if it is still ``expected_claimed`` (used when no
@@ -95,6 +100,7 @@ class MemoryLedger:
         self._budget: dict[str, list[int]] = {}
         self._coords: dict[str, dict[str, Coordinator]] = {}
         self._retries: dict[str, list[dict]] = {}
+        self._owned: dict[tuple[str, str], int] = {}
 
     def ensure_budget(self, study: str, max_trials: int) -> int:
         with self._lock:
@@ -104,16 +110,28 @@ class MemoryLedger:
         with self._lock:
             self._budget.setdefault(study, [0, max_trials])[1] = max_trials
 
-    def claim(self, study: str, n: int = 1) -> int:
+    def claim(self, study: str, n: int = 1, owner: str | None = None) -> int:
         with self._lock:
             b = self._budget[study]
             granted = max(0, min(n, b[1] - b[0]))
             b[0] += granted
+            if owner is not None and granted:
+                self._owned[(study, owner)] = self._owned.get((study, owner), 0) + granted
             return granted
 
-    def release(self, study: str, n: int) -> None:
+    def release(self, study: str, n: int, owner: str | None = None) -> None:
         with self._lock:
             self._budget[study][0] -= n
+            if owner is not None and (study, owner) in self._owned:
+                self._owned[(study, owner)] -= n
+
+    def settle(self, study: str, owner: str, n_trials: int) -> int:
+        with self._lock:
+            owned = self._owned.pop((study, owner), None)
+            back = max(0, (owned or 0) - n_trials)
+            if back:
+                self._budget[study][0] -= back
+            return back
 
     def reconcile(self, study: str, n_trials: int, expected_claimed: int) -> bool:
         with self._lock:
@@ -138,6 +156,7 @@ class MemoryLedger:
     def forget(self, study: str, coordinator_id: str) -> None:
         with self._lock:
             self._coords.get(study, {}).pop(coordinator_id, None)
+            self._owned.pop((study, coordinator_id), None)
 
     def push_retry(self, study: str, params: dict) -> None:
         with self._lock:
@@ -184,16 +203,30 @@ class FileLedger:
         with self._state() as s:
             s.setdefault("budget", {}).setdefault(study, {"claimed": 0, "max": max_trials})["max"] = max_trials
 
-    def claim(self, study: str, n: int = 1) -> int:
+    def claim(self, study: str, n: int = 1, owner: str | None = None) -> int:
         with self._state() as s:
             b = s["budget"][study]
             granted = max(0, min(n, b["max"] - b["claimed"]))
             b["claimed"] += granted
+            if owner is not None and granted:
+                owned = s.setdefault("owned", {}).setdefault(study, {})
+                owned[owner] = owned.get(owner, 0) + granted
             return granted
 
-    def release(self, study: str, n: int) -> None:
+    def release(self, study: str, n: int, owner: str | None = None) -> None:
         with self._state() as s:
             s["budget"][study]["claimed"] -= n
+            owned = s.get("owned", {}).get(study, {})
+            if owner in owned:
+                owned[owner] -= n
+
+    def settle(self, study: str, owner: str, n_trials: int) -> int:
+        with self._state() as s:
+            owned = s.get("owned", {}).get(study, {}).pop(owner, None)
+            back = max(0, (owned or 0) - n_trials)
+            if back:
+                s["budget"][study]["claimed"] -= back
+            return back
 
     def reconcile(self, study: str, n_trials: int, expected_claimed: int) -> bool:
         with self._state() as s:
@@ -220,6 +253,7 @@ class FileLedger:
     def forget(self, study: str, coordinator_id: str) -> None:
         with self._state() as s:
             s.get("coordinators", {}).get(study, {}).pop(coordinator_id, None)
+            s.get("owned", {}).get(study, {}).pop(coordinator_id, None)
 
     def push_retry(self, study: str, params: dict) -> None:
         with self._state() as s:
@@ -251,6 +285,13 @@ _RETRIES = sa.Table(
     sa.Column("study_name", sa.String(512), nullable=False, index=True),
     sa.Column("params_json", sa.Text, nullable=False),
 )
+_OWNED = sa.Table(
+    "calabaria_claims",
+    _META,
+    sa.Column("study_name", sa.String(512), primary_key=True),
+    sa.Column("coordinator_id", sa.String(64), primary_key=True),
+    sa.Column("claimed", sa.Integer, nullable=False),
+)
 _COORDS = sa.Table(
     "calabaria_coordinators",
     _META,
@@ -270,9 +311,10 @@ class SqlLedger:
     is one transaction, retried through connection failures.
     """
 
-    def __init__(self, target: StorageTarget, loops: int = 1) -> None:
-        self._engine = sa.create_engine(target.url, **_ledger_engine_kwargs(target, loops))
-        with schema_lock(target):
+    def __init__(self, engine: sa.Engine, *, create: bool = True, owns_engine: bool = False) -> None:
+        self._engine = engine  # the trial store's engine: one pool per coordinator
+        self._owns_engine = owns_engine
+        if create:  # the caller holds the schema lock
             retry_db("ledger set-up", lambda: _META.create_all(self._engine, checkfirst=True))
 
     def _tx(self, what: str, body: Callable[[sa.Connection], T]) -> T:
@@ -298,21 +340,47 @@ class SqlLedger:
         self._tx("budget", lambda c: c.execute(
             _BUDGET.update().where(_BUDGET.c.study_name == study).values(max_trials=max_trials)))
 
-    def claim(self, study: str, n: int = 1) -> int:
+    def claim(self, study: str, n: int = 1, owner: str | None = None) -> int:
         b = _BUDGET.c
         # One statement: SET expressions see the old row, so last_grant = min(old + n, max) - old.
         capped = sa.case((b.claimed + n <= b.max_trials, b.claimed + n), else_=b.max_trials)
-        row = self._tx("claim", lambda c: c.execute(
-            _BUDGET.update()
-            .where(b.study_name == study, b.claimed < b.max_trials)
-            .values(claimed=capped, last_grant=capped - b.claimed)
-            .returning(b.last_grant)
-        ).first())
-        return int(row[0]) if row else 0
 
-    def release(self, study: str, n: int) -> None:
-        self._tx("release", lambda c: c.execute(
-            _BUDGET.update().where(_BUDGET.c.study_name == study).values(claimed=_BUDGET.c.claimed - n)))
+        def take(c: sa.Connection) -> int:
+            row = c.execute(
+                _BUDGET.update()
+                .where(b.study_name == study, b.claimed < b.max_trials)
+                .values(claimed=capped, last_grant=capped - b.claimed)
+                .returning(b.last_grant)
+            ).first()
+            granted = int(row[0]) if row else 0
+            if owner is not None and granted:
+                _add_owned(c, study, owner, granted)  # same transaction: a claim is never half-recorded
+            return granted
+
+        return self._tx("claim", take)
+
+    def release(self, study: str, n: int, owner: str | None = None) -> None:
+        def give_back(c: sa.Connection) -> None:
+            c.execute(_BUDGET.update().where(_BUDGET.c.study_name == study).values(claimed=_BUDGET.c.claimed - n))
+            if owner is not None:
+                _add_owned(c, study, owner, -n)
+
+        self._tx("release", give_back)
+
+    def settle(self, study: str, owner: str, n_trials: int) -> int:
+        o = _OWNED.c
+
+        def take_back(c: sa.Connection) -> int:
+            # The delete is the compare-and-set: only one recoverer gets the row.
+            row = c.execute(_OWNED.delete().where(o.study_name == study, o.coordinator_id == owner)
+                            .returning(o.claimed)).first()
+            back = max(0, int(row[0]) - n_trials) if row else 0
+            if back:
+                c.execute(_BUDGET.update().where(_BUDGET.c.study_name == study)
+                          .values(claimed=_BUDGET.c.claimed - back))
+            return back
+
+        return self._tx("settle", take_back)
 
     def reconcile(self, study: str, n_trials: int, expected_claimed: int) -> bool:
         return bool(self._tx("reconcile", lambda c: c.execute(
@@ -344,8 +412,13 @@ class SqlLedger:
 
     def forget(self, study: str, coordinator_id: str) -> None:
         k = _COORDS.c
-        self._tx("heartbeat", lambda c: c.execute(
-            _COORDS.delete().where(k.study_name == study, k.coordinator_id == coordinator_id)))
+        o = _OWNED.c
+
+        def delete(c: sa.Connection) -> None:
+            c.execute(_COORDS.delete().where(k.study_name == study, k.coordinator_id == coordinator_id))
+            c.execute(_OWNED.delete().where(o.study_name == study, o.coordinator_id == coordinator_id))
+
+        self._tx("heartbeat", delete)
 
     def push_retry(self, study: str, params: dict) -> None:
         self._tx("retry", lambda c: c.execute(_RETRIES.insert().values(study_name=study, params_json=json.dumps(params))))
@@ -360,24 +433,16 @@ class SqlLedger:
         return json.loads(row[0]) if row else None
 
     def close(self) -> None:
-        self._engine.dispose()
+        if self._owns_engine:
+            self._engine.dispose()
 
 
-def _ledger_engine_kwargs(target: StorageTarget, loops: int) -> dict:
-    kw = engine_kwargs(target, loops)
-    if target.kind == "postgresql":
-        kw = {**kw, "pool_size": loops + 1, "max_overflow": 2}
-    return kw
-
-
-def open_ledger(target: StorageTarget, loops: int = 1) -> Ledger:
-    """The ledger that lives beside ``target``'s study."""
-    if target.kind == "memory":
-        return MemoryLedger()
-    if target.kind == "journal":
-        assert target.path is not None
-        return FileLedger(target.path.with_name(target.path.name + ".calabaria.json"))
-    return SqlLedger(target, loops)
+def _add_owned(c: sa.Connection, study: str, owner: str, n: int) -> None:
+    o = _OWNED.c
+    updated = c.execute(_OWNED.update().where(o.study_name == study, o.coordinator_id == owner)
+                        .values(claimed=o.claimed + n)).rowcount
+    if not updated and n > 0:
+        c.execute(_OWNED.insert().values(study_name=study, coordinator_id=owner, claimed=n))
 
 
 def now() -> float:

@@ -45,7 +45,29 @@ from optuna.storages._cached_storage import _CachedStorage
 from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial, TrialState
 
+from modelops_calabaria.backend.base import COORDINATOR_ATTR, FAIL_REASON, PoppedTrial, StoredTrial
+from modelops_calabaria.backend.generic import GenericBackend
+from modelops_calabaria.backend.ledger import SqlLedger
 from modelops_calabaria.storage import StorageTarget
+
+# The Optuna release this module was written against, and what it relies on in that
+# release's schema (checked by tests/test_schema_guard.py against the installed Optuna
+# and a real database).
+WRITTEN_FOR_OPTUNA = "5.0.0"
+OPTUNA_SCHEMA_VERSION = 12
+OPTUNA_ALEMBIC_REVISION = "v3.2.0.a"
+COLUMNS_USED = {
+    "studies": {"study_id"},
+    "trials": {"trial_id", "number", "study_id", "state", "datetime_start", "datetime_complete"},
+    "trial_params": {"trial_id", "param_name", "param_value", "distribution_json"},
+    "trial_system_attributes": {"trial_id", "key", "value_json"},
+    "trial_user_attributes": {"trial_id", "key", "value_json"},
+    "trial_values": {"trial_id", "objective", "value", "value_type"},
+}
+ENUMS_USED = {
+    "trialstate": {"RUNNING", "COMPLETE", "FAIL", "WAITING"},
+    "trialvaluetype": {"FINITE", "INF_POS", "INF_NEG"},
+}
 
 _STUDIES = models.StudyModel.__table__
 _TRIALS = models.TrialModel.__table__
@@ -81,6 +103,14 @@ _FINISH = (
 )
 _INSERT_VALUE = _VALUES.insert()
 _INSERT_USER_ATTR = _USER_ATTRS.insert()
+_WAITING = sa.select(_TRIALS.c.trial_id).where(
+    _TRIALS.c.study_id == sa.bindparam("sid"), _TRIALS.c.state == TrialState.WAITING).order_by(_TRIALS.c.trial_id).limit(1)
+_TAKE_WAITING = (
+    _TRIALS.update()
+    .where(_TRIALS.c.trial_id == sa.bindparam("tid"), _TRIALS.c.state == TrialState.WAITING)
+    .values(state=TrialState.RUNNING, datetime_start=sa.bindparam("start", type_=_TRIALS.c.datetime_start.type))
+    .returning(_TRIALS.c.number)
+)
 _IDS_AFTER = sa.select(_TRIALS.c.trial_id).where(_TRIALS.c.study_id == sa.bindparam("sid"),
                                                  _TRIALS.c.trial_id > sa.bindparam("after"))
 
@@ -105,11 +135,11 @@ BEGIN
         SELECT o_trial_id, u.k, u.j FROM unnest(p_keys, p_jsons) AS u(k, j);
 END $$
 """
-PG_FINISH_FUNCTION_NAME = "calabaria_finish_trial_v1"
+PG_FINISH_FUNCTION_NAME = "calabaria_finish_trial_v2"
 PG_FINISH_FUNCTION = f"""
 CREATE OR REPLACE FUNCTION {PG_FINISH_FUNCTION_NAME}(
     p_trial integer, p_state text, p_end timestamp, p_value double precision, p_kind text,
-    p_key text, p_json text, OUT o_done boolean)
+    p_keys text[], p_jsons text[], OUT o_done boolean)
 LANGUAGE plpgsql AS $$
 BEGIN
     UPDATE trials SET state = p_state::trialstate, datetime_complete = p_end
@@ -122,11 +152,13 @@ BEGIN
         INSERT INTO trial_values (trial_id, objective, value, value_type)
             VALUES (p_trial, 0, p_value, p_kind::trialvaluetype);
     END IF;
-    INSERT INTO trial_user_attributes (trial_id, key, value_json) VALUES (p_trial, p_key, p_json);
+    INSERT INTO trial_user_attributes (trial_id, key, value_json)
+        SELECT p_trial, u.k, u.j FROM unnest(p_keys, p_jsons) AS u(k, j);
 END $$
 """
 _CALL_FINISH = sa.text(
-    f"SELECT o_done FROM {PG_FINISH_FUNCTION_NAME}(:tid, :state, :end, :value, :kind, :key, :json)"
+    f"SELECT o_done FROM {PG_FINISH_FUNCTION_NAME}(:tid, :state, :end, :value, :kind, "
+    "CAST(:keys AS text[]), CAST(:jsons AS text[]))"
 )
 _CALL_CREATE = sa.text(
     f"SELECT o_trial_id, o_number FROM {PG_CREATE_FUNCTION_NAME}("
@@ -189,20 +221,20 @@ def create_running_trial(storage: RDBStorage, study_id: int, params: Mapping[str
 
 
 def finish_trial(storage: RDBStorage, trial_id: int, state: TrialState, value: float | None,
-                 user_attr: tuple[str, Any]) -> bool:
-    """Finish a RUNNING trial in one transaction: state, value and one user attribute.
+                 user_attrs: Mapping[str, Any]) -> bool:
+    """Finish a RUNNING trial in one transaction: state, value and its user attributes.
 
     Returns False (and writes nothing) when the trial was already finished
     elsewhere, e.g. recovered as stale: the first word stands.
     """
     if storage in _WITH_PG_FUNCTION:
         stored, kind = models.TrialValueModel.value_to_stored_repr(value) if value is not None else (None, None)
-        key, attr = user_attr
         with storage.engine.connect() as c:
             c = c.execution_options(isolation_level="AUTOCOMMIT")  # the function's statement is the transaction
             return bool(c.execute(_CALL_FINISH, {
                 "tid": trial_id, "state": state.name, "end": dt.datetime.now(), "value": stored,
-                "kind": None if kind is None else kind.name, "key": key, "json": json.dumps(attr),
+                "kind": None if kind is None else kind.name, "keys": list(user_attrs),
+                "jsons": [json.dumps(v) for v in user_attrs.values()],
             }).scalar_one())
     with storage.engine.begin() as c:
         finished = c.execute(_FINISH, {"tid": trial_id, "state": state, "end": dt.datetime.now()}).first()
@@ -211,9 +243,11 @@ def finish_trial(storage: RDBStorage, trial_id: int, state: TrialState, value: f
         if value is not None:
             stored, kind = models.TrialValueModel.value_to_stored_repr(value)
             c.execute(_INSERT_VALUE, {"trial_id": trial_id, "objective": 0, "value": stored, "value_type": kind})
-        key, attr = user_attr
-        c.execute(_INSERT_USER_ATTR, {"trial_id": trial_id, "key": key, "value_json": json.dumps(attr)})
+        if user_attrs:
+            c.execute(_INSERT_USER_ATTR, [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)}
+                                          for k, v in user_attrs.items()])
     return True
+
 
 def trial_ids_after(storage: RDBStorage, study_id: int, after: int) -> list[int]:
     """Ids of the study's trials with id > ``after``: one indexed query, no ORM loading."""
@@ -221,33 +255,15 @@ def trial_ids_after(storage: RDBStorage, study_id: int, after: int) -> list[int]
         return [row[0] for row in conn.execute(_IDS_AFTER, {"sid": study_id, "after": after})]
 
 
-def unwrap(storage: optuna.storages.BaseStorage) -> optuna.storages.BaseStorage:
-    """The storage under Optuna's per-process cache wrapper (``study._storage`` is the wrapper).
-
-    Writing and reading past the cache is what another process does anyway; the
-    cache picks such trials up by id.
-    """
-    return storage._backend if isinstance(storage, _CachedStorage) else storage
-
-
-def running_trials(storage: optuna.storages.BaseStorage, study_id: int) -> list[FrozenTrial]:
-    """The study's RUNNING trials, read from the storage itself.
-
-    Through Optuna's cache wrapper the same question would first load every
-    trial created since its last read: thousands per heartbeat in a fast run.
-    """
-    backend = unwrap(storage)
-    if isinstance(backend, RDBStorage):
-        return backend._get_trials(study_id, (TrialState.RUNNING,), set(), -1)
-    return backend.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
-
-
 def engine_kwargs(target: StorageTarget, loops: int) -> dict:
     """SQLAlchemy engine options for a storage used by ``loops`` threads."""
     if target.kind == "postgresql":
         return {
-            "pool_size": loops + 2,  # every loop plus the heartbeat thread and the main thread
-            "max_overflow": 4,
+            # At most loops + 4 connections: a loop holds one while it claims or asks, and
+            # the tell writers, the heartbeat thread and the main thread share the rest
+            # (docs/scaling.md). One pool serves trials and ledger alike.
+            "pool_size": loops + 2,
+            "max_overflow": 2,
             "pool_pre_ping": True,  # replace connections the server dropped while idle
             "pool_recycle": 300,
             "pool_timeout": 60,
@@ -296,3 +312,82 @@ def schema_lock(target: StorageTarget) -> Iterator[None]:
     finally:
         conn.close()
         engine.dispose()
+
+
+def pop_waiting_trial(storage: RDBStorage, study_id: int, owner_attrs: Mapping[str, Any]) -> PoppedTrial | None:
+    """Set the study's oldest WAITING trial RUNNING with ``owner_attrs``, in one transaction.
+
+    The state change is a compare-and-set (``WHERE state = 'WAITING'``), and on
+    PostgreSQL the candidate row is locked with ``SKIP LOCKED``: concurrent
+    coordinators take different trials, each trial exactly once.
+    """
+    pick = _WAITING.with_for_update(skip_locked=True) if storage.engine.dialect.name == "postgresql" else _WAITING
+    with storage.engine.begin() as c:
+        while True:
+            trial_id = c.execute(pick, {"sid": study_id}).scalar()
+            if trial_id is None:
+                return None
+            number = c.execute(_TAKE_WAITING, {"tid": trial_id, "start": dt.datetime.now()}).scalar()
+            if number is not None:
+                break  # taken here; None: another coordinator took it first, look again
+        rows = c.execute(sa.select(_SYSTEM_ATTRS.c.key, _SYSTEM_ATTRS.c.value_json)
+                         .where(_SYSTEM_ATTRS.c.trial_id == trial_id)).all()
+        if owner_attrs:
+            c.execute(_INSERT_SYSTEM_ATTRS, [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)}
+                                             for k, v in owner_attrs.items()])
+    fixed = next((json.loads(v) for k, v in rows if k == "fixed_params"), None) or {}
+    return PoppedTrial(int(trial_id), int(number), dict(fixed))
+
+
+class RelationalBackend(GenericBackend):
+    """PostgreSQL and SQLite: trials created, finished and listed with the hand-written SQL above.
+
+    Every statement goes through the storage's one engine, which the ledger shares.
+    """
+
+    def __init__(self, storage: RDBStorage, ledger: SqlLedger | None = None) -> None:
+        super().__init__(storage, ledger or SqlLedger(storage.engine, create=False))
+        self._rdb = storage
+
+    def create_trial(self, study_id: int, params: Mapping[str, Any], distributions: Mapping[str, BaseDistribution],
+                     system_attrs: Mapping[str, Any]) -> tuple[int, int]:
+        return create_running_trial(self._rdb, study_id, params, distributions, system_attrs)
+
+    def finish_trial(self, trial_id: int, state: TrialState, value: float | None, user_attrs: Mapping[str, Any]) -> bool:
+        return finish_trial(self._rdb, trial_id, state, value, user_attrs)
+
+    def fail_if_running(self, trial_id: int, reason: str) -> bool:
+        return finish_trial(self._rdb, trial_id, TrialState.FAIL, None, {FAIL_REASON: reason})
+
+    def pop_waiting(self, study_id: int, owner_attrs: Mapping[str, Any]) -> PoppedTrial | None:
+        return pop_waiting_trial(self._rdb, study_id, owner_attrs)
+
+    def trials_owned(self, study_id: int, owner: str) -> int:
+        a = _SYSTEM_ATTRS.c
+        query = (sa.select(sa.func.count()).select_from(_SYSTEM_ATTRS.join(_TRIALS, _TRIALS.c.trial_id == a.trial_id))
+                 .where(_TRIALS.c.study_id == study_id, a.key == COORDINATOR_ATTR, a.value_json == json.dumps(owner)))
+        with self._rdb.engine.connect() as c:
+            return int(c.execute(query).scalar_one())
+
+    def set_params(self, trial_id: int, params: Mapping[str, Any], distributions: Mapping[str, BaseDistribution]) -> None:
+        if params:
+            with self._rdb.engine.begin() as c:
+                c.execute(_INSERT_PARAMS, [
+                    {"trial_id": trial_id, "param_name": n, "param_value": distributions[n].to_internal_repr(v),
+                     "distribution_json": distribution_to_json(distributions[n])} for n, v in params.items()])
+
+    def running_trials(self, study_id: int) -> list[StoredTrial]:
+        # Past Optuna's cache wrapper, which would first load every trial created since its last read.
+        return [StoredTrial(t._trial_id, t) for t in self._rdb._get_trials(study_id, (TrialState.RUNNING,), set(), -1)]
+
+    def trials_since(self, study_id: int, cursor: int, skip: set[int], recheck: set[int]) -> tuple[list[StoredTrial], int]:
+        # One light query lists the new ids; only the ones wanted are then loaded in full.
+        new_ids = trial_ids_after(self._rdb, study_id, cursor)
+        top = max(new_ids, default=cursor)
+        wanted = {i for i in new_ids if i not in skip} | recheck
+        fetched = self._rdb._get_trials(study_id, None, wanted, top) if wanted else []
+        return [StoredTrial(t._trial_id, t) for t in fetched], top
+
+    def close(self) -> None:
+        self.ledger.close()
+        self._rdb.engine.dispose()

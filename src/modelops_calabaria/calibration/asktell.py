@@ -1,7 +1,10 @@
 """Asking and telling trials on the shared study: the coordinator's hot path.
 
-Two askers share one contract (``ask`` / ``tell_complete`` / ``tell_fail`` /
-``close``; thread-safe):
+Two askers share one contract, :class:`Asker` (``ask`` / ``tell_complete`` /
+``tell_fail`` / ``close``; thread-safe). Both take an enqueued trial
+(``study.enqueue_trial``) before sampling a new one, each enqueued trial once
+across every coordinator. All storage I/O goes through the study backend
+(``backend/``):
 
 - :class:`DirectAsker` runs Optuna's sampler against the shared storage, as
   plain ``study.ask`` does. Every ask re-reads the study and its cost grows
@@ -16,8 +19,9 @@ Two askers share one contract (``ask`` / ``tell_complete`` / ``tell_fail`` /
   ahead, so a loop's ask is mostly one insert.
 
 Tells are written by a small pool of writer threads, off the loops' critical
-path: on a relational storage in one transaction (state, value, and the
-per-target values or the failure reason), elsewhere in two Optuna calls. ``close`` waits for every write and raises the first write
+path: state, value and user attributes (the per-target values as ``targets``
+and ``loss:<target>``, ``busy_s``, or the failure reason) in one transaction on
+a relational storage, in a few Optuna calls elsewhere. ``close`` waits for every write and raises the first write
 error, so no trial is left untold.
 
 The budget claim happens before ``ask`` (in the wire): a pre-sampled point
@@ -32,16 +36,25 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import optuna
 from optuna.distributions import BaseDistribution
-from optuna.trial import FrozenTrial, Trial, TrialState
+from optuna.trial import TrialState
 
-from modelops_calabaria.calibration.mirror import Event, Key, Mirror
-from modelops_calabaria.backend.relational import create_running_trial, finish_trial, trial_ids_after, unwrap
-from modelops_calabaria.calibration.sampling import HybridSampler, InlineSampler
-from modelops_calabaria.calibration.study import COORDINATOR_ATTR, FAIL_REASON, RETRY_ATTR, TARGETS_ATTR
+from modelops_calabaria.backend.base import (
+    BUSY_ATTR,
+    COORDINATOR_ATTR,
+    FAIL_REASON,
+    LOSS_ATTR_PREFIX,
+    RETRY_ATTR,
+    TARGETS_ATTR,
+    StudyBackend,
+)
+from modelops_calabaria.backend.factory import backend_of
+from modelops_calabaria.backend.plain_ask import ask_plain
+from modelops_calabaria.calibration.mirror import AddTrial, Event, FinishTrial, Key, Mirror
+from modelops_calabaria.calibration.sampling import HybridSampler, InlineSampler, SamplerFront
 from modelops_calabaria.dbretry import retry_db
 from modelops_calabaria.logging import get_logger
 
@@ -59,41 +72,54 @@ class AskedTrial:
     handle: Any = field(default=None, repr=False)  # DirectAsker: optuna Trial; MirroredAsker: mirror key
 
 
+class Asker(Protocol):
+    """Creates trials on the shared study and finishes them (thread-safe)."""
+
+    study: optuna.Study
+    coordinator_id: str
+
+    def ask(self) -> AskedTrial:
+        """Create a RUNNING trial owned by this coordinator (after a budget slot was claimed)."""
+
+    def tell_complete(self, trial: AskedTrial, loss: float, per_target: Mapping[str, float], busy_s: float) -> None:
+        """Finish ``trial`` COMPLETE."""
+
+    def tell_fail(self, trial: AskedTrial, reason: str, busy_s: float = 0.0) -> None:
+        """Finish ``trial`` FAIL with ``reason``."""
+
+    def close(self) -> None:
+        """Wait until every tell is written; raise the first write error."""
+
+    def latencies(self) -> tuple[list[float], list[float]]:
+        """Ask and tell latencies in milliseconds."""
+
+
 class _TellWriter:
     """Writes tells to the shared storage on a few threads (``threads=0``: in the
     caller's thread, before ``submit`` returns); ``close`` drains them."""
 
-    def __init__(self, storage: optuna.storages.BaseStorage, threads: int) -> None:
-        self._storage = storage
+    def __init__(self, backend: StudyBackend, threads: int) -> None:
+        self._store = backend
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="calabaria-tell") if threads else None
         self._pending: set[Future] = set()
         self._lock = threading.Lock()
         self._error: BaseException | None = None
         self.tell_ms: list[float] = []
 
-    def submit(self, trial_id: int, state: TrialState, value: float | None, attr: tuple[str, Any]) -> None:
+    def submit(self, trial_id: int, state: TrialState, value: float | None, attrs: Mapping[str, Any]) -> None:
         self.raise_error()
         if self._pool is None:
-            self._write(trial_id, state, value, attr)
+            self._write(trial_id, state, value, attrs)
             return
-        future = self._pool.submit(self._write, trial_id, state, value, attr)
+        future = self._pool.submit(self._write, trial_id, state, value, attrs)
         with self._lock:
             self._pending.add(future)
         future.add_done_callback(self._done)
 
-    def _write(self, trial_id: int, state: TrialState, value: float | None, attr: tuple[str, Any]) -> None:
+    def _write(self, trial_id: int, state: TrialState, value: float | None, attrs: Mapping[str, Any]) -> None:
         t0 = time.perf_counter()
-        backend = unwrap(self._storage)
-        if isinstance(backend, optuna.storages.RDBStorage):
-            retry_db("tell", lambda: finish_trial(backend, trial_id, state, value, attr))
-            self.tell_ms.append((time.perf_counter() - t0) * 1000)
-            return
-        try:
-            retry_db("tell", lambda: self._storage.set_trial_user_attr(trial_id, *attr))
-            retry_db("tell", lambda: self._storage.set_trial_state_values(
-                trial_id, state, None if value is None else [value]))
-        except optuna.exceptions.UpdateFinishedTrialError:
-            pass  # finished elsewhere meanwhile (recovered as stale): the first word stands
+        # False: finished elsewhere meanwhile (recovered as stale): the first word stands.
+        retry_db("tell", lambda: self._store.finish_trial(trial_id, state, value, attrs))
         self.tell_ms.append((time.perf_counter() - t0) * 1000)
 
     def _done(self, future: Future) -> None:
@@ -114,12 +140,13 @@ class _TellWriter:
 
 class _AskerBase:
     def __init__(self, study: optuna.Study, space: dict[str, BaseDistribution], coordinator_id: str, writers: int,
-                 retries: Callable[[], dict | None] | None = None) -> None:
+                 retries: Callable[[], dict | None] | None = None, backend: StudyBackend | None = None) -> None:
         self.study = study
         self.space = space
         self.coordinator_id = coordinator_id
-        self._storage = study._storage
-        self._writer = _TellWriter(self._storage, writers)
+        self.backend = backend or backend_of(study)
+        self.study_id = retry_db("study lookup", lambda: self.backend.study_id(study.study_name))
+        self._writer = _TellWriter(self.backend, writers)
         self._retries = retries
         self.ask_ms: list[float] = []
 
@@ -130,24 +157,27 @@ class _AskerBase:
         params = self._retries()  # the ledger retries its own database calls
         if params is None:
             return None
-        template = _template(dict(params), {k: self.space[k] for k in params}, self.coordinator_id)
-        template.system_attrs[RETRY_ATTR] = True
-        number, trial_id = retry_db("ask", lambda: _create(self._storage, self.study._study_id, template))
-        return AskedTrial(number, trial_id, dict(params), self._mirror_retry(template, trial_id))
+        dists = {k: self.space[k] for k in params}
+        owner = {COORDINATOR_ATTR: self.coordinator_id, RETRY_ATTR: True}
+        number, trial_id = retry_db("ask", lambda: self.backend.create_trial(self.study_id, params, dists, owner))
+        return AskedTrial(number, trial_id, dict(params), self._mirror_retry(dict(params), dists, trial_id))
 
-    def _mirror_retry(self, template: FrozenTrial, trial_id: int) -> Any:
+    def _mirror_retry(self, params: dict[str, Any], dists: dict[str, BaseDistribution], trial_id: int) -> Any:
         return None
 
     def tell_complete(self, trial: AskedTrial, loss: float, per_target: Mapping[str, float], busy_s: float) -> None:
         """Finish ``trial`` COMPLETE with its per-target values (written asynchronously)."""
         self._on_tell(trial, TrialState.COMPLETE, loss)
-        self._writer.submit(trial.trial_id, TrialState.COMPLETE, float(loss),
-                            (TARGETS_ATTR, {k: float(v) for k, v in per_target.items()}))
+        targets = {k: float(v) for k, v in per_target.items()}
+        attrs: dict[str, Any] = {TARGETS_ATTR: targets, BUSY_ATTR: round(float(busy_s), 6)}
+        attrs.update({LOSS_ATTR_PREFIX + k: v for k, v in targets.items()})  # numeric, for tools that sort on it
+        self._writer.submit(trial.trial_id, TrialState.COMPLETE, float(loss), attrs)
 
     def tell_fail(self, trial: AskedTrial, reason: str, busy_s: float = 0.0) -> None:
         """Finish ``trial`` FAIL with ``reason`` (written asynchronously)."""
         self._on_tell(trial, TrialState.FAIL, None)
-        self._writer.submit(trial.trial_id, TrialState.FAIL, None, (FAIL_REASON, reason[:8000]))
+        self._writer.submit(trial.trial_id, TrialState.FAIL, None,
+                            {FAIL_REASON: reason[:8000], BUSY_ATTR: round(float(busy_s), 6)})
 
     def _on_tell(self, trial: AskedTrial, state: TrialState, value: float | None) -> None:
         pass
@@ -169,8 +199,8 @@ class DirectAsker(_AskerBase):
     """
 
     def __init__(self, study: optuna.Study, space: dict[str, BaseDistribution], coordinator_id: str,
-                 retries: Callable[[], dict | None] | None = None) -> None:
-        super().__init__(study, space, coordinator_id, writers=0, retries=retries)
+                 retries: Callable[[], dict | None] | None = None, backend: StudyBackend | None = None) -> None:
+        super().__init__(study, space, coordinator_id, writers=0, retries=retries, backend=backend)
 
     def ask(self) -> AskedTrial:
         """Create a RUNNING trial with sampled parameters, owned by this coordinator.
@@ -184,23 +214,9 @@ class DirectAsker(_AskerBase):
         retried = self._ask_retry()
         if retried is not None:
             return retried
-        study = self.study
-        template = _template({}, {}, self.coordinator_id)
-        trial_id = retry_db("ask", lambda: self._storage.create_new_trial(study._study_id, template_trial=template))
-        study._thread_local.cached_all_trials = None  # as study.ask does: see other processes' trials
-        trial = retry_db("ask", lambda: Trial(study, trial_id))  # runs the sampler's relative sampling
-        for name, dist in self.space.items():
-            retry_db("ask", lambda name=name, dist=dist: trial._suggest(name, dist))
+        trial, trial_id = ask_plain(self.study, self.backend, self.study_id, self.space, {COORDINATOR_ATTR: self.coordinator_id})
         self.ask_ms.append((time.perf_counter() - t0) * 1000)
         return AskedTrial(trial.number, trial_id, dict(trial.params), trial)
-
-
-def _template(params: dict[str, Any], dists: dict[str, BaseDistribution], owner: str) -> FrozenTrial:
-    return FrozenTrial(
-        number=-1, state=TrialState.RUNNING, value=None, datetime_start=None, datetime_complete=None,
-        params=params, distributions=dists, user_attrs={}, system_attrs={COORDINATOR_ATTR: owner},
-        intermediate_values={}, trial_id=-1,
-    )
 
 
 class MirroredAsker(_AskerBase):
@@ -216,8 +232,10 @@ class MirroredAsker(_AskerBase):
     def __init__(self, study: optuna.Study, space: dict[str, BaseDistribution], coordinator_id: str,
                  sampler: optuna.samplers.BaseSampler, *, writers: int = 2, prefetch: int = 0,
                  window: int = 150, keep_best: int = 50, sync_every_s: float = 1.0,
-                 retries: Callable[[], dict | None] | None = None, sampler_process: bool = False) -> None:
-        super().__init__(study, space, coordinator_id, writers, retries)
+                 retries: Callable[[], dict | None] | None = None, sampler_process: bool = False,
+                 backend: StudyBackend | None = None) -> None:
+        super().__init__(study, space, coordinator_id, writers, retries, backend)
+        self._waiting = True  # enqueued trials may exist: look at the first ask
         self._sync_every_s = sync_every_s
         self._lock = threading.Lock()  # guards the maps below
         self._sync_lock = threading.Lock()  # one sync at a time
@@ -229,7 +247,7 @@ class MirroredAsker(_AskerBase):
         self._last_sync = time.monotonic()
         events = self._fetch_events()  # the study so far, before the first point is sampled
         args, kwargs = (sampler, study.directions, space), {"window": window, "keep_best": keep_best}
-        self._front: InlineSampler | HybridSampler
+        self._front: SamplerFront
         if sampler_process:
             try:
                 self._front = HybridSampler(args, kwargs, max(1, prefetch), events)
@@ -253,38 +271,29 @@ class MirroredAsker(_AskerBase):
             self._sync_lock.release()
 
     def _fetch_events(self) -> list[Event]:
-        """Events for the trials other coordinators created or finished since the last fetch.
-
-        On a relational storage, one light query lists the new trial ids; only
-        other coordinators' trials are then loaded in full.
-        """
-        storage, sid = unwrap(self._storage), self.study._study_id
+        """Events for the trials other coordinators created or finished since the last fetch."""
         with self._lock:
             known = set(self._key_of) | self._own_recent
             recheck = self._foreign_open | self._unsampled
-        if isinstance(storage, optuna.storages.RDBStorage):
-            new_ids = retry_db("sync", lambda: trial_ids_after(storage, sid, self._max_seen))
-            top = max(new_ids, default=self._max_seen)
-            wanted = {i for i in new_ids if i not in known} | recheck
-            fetched = retry_db("sync", lambda: storage._get_trials(sid, None, wanted, top)) if wanted else []
-        else:
-            top = self._max_seen
-            fetched = [t for t in retry_db("sync", lambda: storage.get_all_trials(sid, deepcopy=False))
-                       if (t._trial_id > self._max_seen and t._trial_id not in known) or t._trial_id in recheck]
+        fetched, top = retry_db("sync", lambda: self.backend.trials_since(self.study_id, self._max_seen, known, recheck))
         events: list[Event] = []
         with self._lock:
-            for t in fetched:
-                tid = t._trial_id
+            for stored in fetched:
+                tid, t = stored.trial_id, stored.trial
                 top = max(top, tid)
                 if tid in self._key_of or tid in self._own_recent:
                     continue
                 if tid in self._foreign_open:
                     if t.state in _FINISHED:
-                        events.append(("finish", tid, t.state, t.value))
+                        events.append(FinishTrial(tid, t.state, t.value))
                         self._foreign_open.discard(tid)
                     continue
                 if t.system_attrs.get(COORDINATOR_ATTR) == self.coordinator_id:
                     continue  # ours, created by an ask that has not mapped it yet: the mirror has its point
+                if t.state == TrialState.WAITING:
+                    self._unsampled.add(tid)  # enqueued: some coordinator's next ask takes it
+                    self._waiting = True
+                    continue
                 if t.params.keys() != self.space.keys():
                     if t.state == TrialState.RUNNING:
                         self._unsampled.add(tid)  # asked by a plain ask elsewhere: look again next time
@@ -292,7 +301,7 @@ class MirroredAsker(_AskerBase):
                         self._unsampled.discard(tid)
                     continue
                 self._unsampled.discard(tid)
-                events.append(("add", tid, dict(t.params), dict(t.distributions), t.state, t.value))
+                events.append(AddTrial(tid, dict(t.params), dict(t.distributions), t.state, t.value))
                 if t.state == TrialState.RUNNING:
                     self._foreign_open.add(tid)
             self._max_seen = max(self._max_seen, top)
@@ -312,12 +321,17 @@ class MirroredAsker(_AskerBase):
                 self._own_recent.add(retried.trial_id)
             return retried
         self._maybe_sync()
+        enqueued = self._ask_enqueued() if self._waiting else None
+        if enqueued is not None:
+            self.ask_ms.append((time.perf_counter() - t0) * 1000)
+            return enqueued
         key, params = self._front.take()
-        template = _template(params, {k: self.space[k] for k in params}, self.coordinator_id)
+        dists = {k: self.space[k] for k in params}
+        owner = {COORDINATOR_ATTR: self.coordinator_id}
         try:
-            number, trial_id = retry_db("ask", lambda: _create(self._storage, self.study._study_id, template))
+            number, trial_id = retry_db("ask", lambda: self.backend.create_trial(self.study_id, params, dists, owner))
         except BaseException:
-            self._front.post(("finish", key, TrialState.FAIL, None))  # the point never became a trial
+            self._front.post(FinishTrial(key, TrialState.FAIL, None))  # the point never became a trial
             raise
         with self._lock:
             self._key_of[trial_id] = key
@@ -325,27 +339,37 @@ class MirroredAsker(_AskerBase):
         self.ask_ms.append((time.perf_counter() - t0) * 1000)
         return AskedTrial(number, trial_id, params, key)
 
-    def _mirror_retry(self, template: FrozenTrial, trial_id: int) -> Key:
+    def _ask_enqueued(self) -> AskedTrial | None:
+        """Take an enqueued trial, if any: its fixed values, the rest from a sampled point."""
+        popped = retry_db("ask", lambda: self.backend.pop_waiting(self.study_id, {COORDINATOR_ATTR: self.coordinator_id}))
+        if popped is None:
+            self._waiting = False  # until a fetch sees another one
+            return None
+        params = {k: popped.fixed_params[k] for k in self.space if k in popped.fixed_params}
+        if params.keys() != self.space.keys():
+            sampled_key, sampled = self._front.take()
+            self._front.post(FinishTrial(sampled_key, TrialState.FAIL, None))  # only its missing values are used
+            params = {k: params.get(k, sampled[k]) for k in self.space}
+        retry_db("ask", lambda: self.backend.set_params(popped.trial_id, params, self.space))
+        key = ("enqueued", popped.trial_id)
+        self._front.post(AddTrial(key, dict(params), dict(self.space), TrialState.RUNNING, None))
+        with self._lock:
+            self._key_of[popped.trial_id] = key
+            self._own_recent.add(popped.trial_id)
+            self._unsampled.discard(popped.trial_id)
+        return AskedTrial(popped.number, popped.trial_id, params, key)
+
+    def _mirror_retry(self, params: dict[str, Any], dists: dict[str, BaseDistribution], trial_id: int) -> Key:
         key = ("retry", trial_id)
-        self._front.post(("add", key, dict(template.params), dict(template.distributions), TrialState.RUNNING, None))
+        self._front.post(AddTrial(key, params, dists, TrialState.RUNNING, None))
         return key
 
     def _on_tell(self, trial: AskedTrial, state: TrialState, value: float | None) -> None:
         with self._lock:
             key = self._key_of.pop(trial.trial_id, None)
         if key is not None:
-            self._front.post(("finish", key, state, value))
+            self._front.post(FinishTrial(key, state, value))
 
     def close(self) -> None:
         self._front.close()
         super().close()
-
-
-def _create(storage: optuna.storages.BaseStorage, study_id: int, template: FrozenTrial) -> tuple[int, int]:
-    """Insert a trial from ``template``; return (number, trial id) in one round trip where possible."""
-    storage = unwrap(storage)
-    if isinstance(storage, optuna.storages.RDBStorage):
-        return create_running_trial(storage, study_id, template.params, template.distributions, template.system_attrs)
-    trial_id = storage.create_new_trial(study_id, template_trial=template)
-    return storage.get_trial_number_from_id(trial_id), trial_id
-

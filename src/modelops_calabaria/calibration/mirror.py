@@ -3,15 +3,15 @@
 A :class:`Mirror` owns an in-memory Optuna study and the job's sampler. The
 coordinator describes the shared study to it with events, and asks it for
 points; it never touches a database, so it can live in the coordinator's
-process or in a sampler process (``sampler_process.py``) unchanged.
+process or in a sampler process (``sampling.py``) unchanged. It uses Optuna's
+public API only.
 
-Events (plain tuples, cheap to pickle):
+Events (small frozen dataclasses, cheap to pickle):
 
-- ``("add", key, params, distributions, state, value)``: a trial sampled
-  elsewhere (another coordinator's, or a lost trial asked again), RUNNING or
-  finished. RUNNING trials stay in the mirror, so TPE's constant liar keeps
-  concurrent points apart.
-- ``("finish", key, state, value)``: a trial the mirror holds finished.
+- :class:`AddTrial`: a trial sampled elsewhere (another coordinator's, an
+  enqueued trial, or a lost trial asked again), RUNNING or finished. RUNNING
+  trials stay in the mirror, so TPE's constant liar keeps concurrent points apart.
+- :class:`FinishTrial`: a trial the mirror holds finished.
 
 Keys: a point the mirror sampled is ``"<prefix><n>"`` (``s0``, ``s1``...); trials added by event keep the
 key the coordinator gave them (the shared trial id). Past ``window`` finished
@@ -26,14 +26,40 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Iterable, Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Union
 
 import optuna
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-Event = tuple
+from modelops_calabaria.backend.generic import GenericBackend
+from modelops_calabaria.backend.ledger import MemoryLedger
+
 Key = Any
+
+
+@dataclass(frozen=True)
+class AddTrial:
+    """A trial the mirror did not sample: add it, RUNNING or finished."""
+
+    key: Key
+    params: dict[str, Any]
+    distributions: dict[str, BaseDistribution]
+    state: TrialState
+    value: float | None
+
+
+@dataclass(frozen=True)
+class FinishTrial:
+    """A trial the mirror holds finished (a no-op if it left the window meanwhile)."""
+
+    key: Key
+    state: TrialState
+    value: float | None
+
+
+Event = Union[AddTrial, FinishTrial]
 _FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
 
 
@@ -57,45 +83,52 @@ class Mirror:
         self._study = self._new_study()
 
     def _new_study(self) -> optuna.Study:
-        return optuna.create_study(storage=optuna.storages.InMemoryStorage(), sampler=self._sampler,
-                                   directions=self._directions)
+        self._store = GenericBackend(optuna.storages.InMemoryStorage(), MemoryLedger())
+        study = optuna.create_study(storage=self._store.optuna_storage, sampler=self._sampler, directions=self._directions)
+        self._sid = self._store.study_id(study.study_name)
+        self._tid: dict[int, int] = {}  # trial number -> trial id, for running trials
+        return study
+
+    def _add_running(self, params: Mapping[str, Any], dists: Mapping[str, BaseDistribution],
+                     system_attrs: Mapping[str, Any] | None = None) -> int:
+        number, tid = self._store.create_trial(self._sid, params, dists, system_attrs or {})
+        self._tid[number] = tid
+        return number
 
     # -- events ---------------------------------------------------------------------------
 
     def apply(self, events: Iterable[Event]) -> None:
-        """Apply ``add`` and ``finish`` events in order."""
+        """Apply :class:`AddTrial` and :class:`FinishTrial` events in order."""
         for event in events:
-            if event[0] == "add":
-                _, key, params, dists, state, value = event
-                number = self._add(params, dists, TrialState(state), _value(state, value))
-                if TrialState(state) == TrialState.RUNNING:
-                    self._number[key] = number  # only a running trial is ever finished
-            elif event[0] == "finish":
-                _, key, state, value = event
-                self._finish(key, TrialState(state), _value(state, value))
+            if isinstance(event, AddTrial):
+                state = TrialState(event.state)
+                number = self._add(event.params, event.distributions, state, _value(state, event.value))
+                if state == TrialState.RUNNING:
+                    self._number[event.key] = number  # only a running trial is ever finished
+            elif isinstance(event, FinishTrial):
+                state = TrialState(event.state)
+                self._finish(event.key, state, _value(state, event.value))
             else:
-                raise ValueError(f"unknown mirror event {event[0]!r}")
+                raise ValueError(f"unknown mirror event {event!r}")
 
     def _add(self, params: Mapping[str, Any], dists: Mapping[str, BaseDistribution], state: TrialState,
              value: float | None) -> int:
-        storage, sid = self._study._storage, self._study._study_id
         if state == TrialState.RUNNING:
-            return storage.get_trial_number_from_id(storage.create_new_trial(sid, template_trial=_running(params, dists)))
+            return self._add_running(params, dists)
         self._study.add_trial(optuna.trial.create_trial(
             state=state, values=None if value is None else [value], params=dict(params), distributions=dict(dists)))
-        return storage.get_n_trials(sid) - 1
+        return self._store.optuna_storage.get_n_trials(self._sid) - 1
 
     def _finish(self, key: Key, state: TrialState, value: float | None) -> None:
         number = self._number.get(key)
         if number is None:
             return  # dropped from the window meanwhile
-        storage, sid = self._study._storage, self._study._study_id
-        trial_id = storage.get_trial_id_from_study_id_trial_number(sid, number)
-        try:
-            storage.set_trial_state_values(trial_id, state, None if value is None else [value])
-        except optuna.exceptions.UpdateFinishedTrialError:
-            pass
+        trial_id = self._tid.get(number)
+        if trial_id is None:
+            return
+        self._store.finish_trial(trial_id, state, value, {})  # False if already finished: nothing to do
         if state in _FINISHED:
+            self._tid.pop(number, None)
             # A finished trial needs no key unless it stays in the window, where it is never finished again.
             del self._number[key]
 
@@ -108,6 +141,7 @@ class Mirror:
         key = f"{self._prefix}{self._samples}"
         self._samples += 1
         self._number[key] = trial.number
+        self._tid[trial.number] = self._store.trial_id_of(self._sid, trial.number)
         return key, dict(trial.params)
 
     def step(self, events: Iterable[Event], n: int) -> list[tuple[Key, dict[str, Any]]]:
@@ -122,7 +156,7 @@ class Mirror:
     def _maybe_shrink(self) -> None:
         """Past the window, rebuild the study from the best and the most recent finished trials."""
         limit = self._window + self._window // 4
-        if self._study._storage.get_n_trials(self._study._study_id) <= limit:
+        if self._store.optuna_storage.get_n_trials(self._sid) <= limit:
             return
         trials = self._study.get_trials(deepcopy=False)
         finished = [t for t in trials if t.state in _FINISHED]
@@ -137,30 +171,18 @@ class Mirror:
                 break
             keep.add(t.number)
         self._study = self._new_study()
-        storage, sid = self._study._storage, self._study._study_id
         renumber: dict[int, int] = {}
         for t in trials:
             # Whole trials, system attributes included: samplers such as CMA-ES keep their
             # state there.
             if t.state == TrialState.RUNNING:
-                running = _running(t.params, t.distributions, t.system_attrs)
-                renumber[t.number] = storage.get_trial_number_from_id(storage.create_new_trial(sid, template_trial=running))
+                renumber[t.number] = self._add_running(t.params, t.distributions, t.system_attrs)
             elif t.number in keep:
                 self._study.add_trial(t)
-                renumber[t.number] = storage.get_n_trials(sid) - 1
+                renumber[t.number] = self._store.optuna_storage.get_n_trials(self._sid) - 1
         self._number = {key: renumber[n] for key, n in self._number.items() if n in renumber}
 
 
 def _value(state: TrialState, value: float | None) -> float | None:
     """Only a COMPLETE trial has a value (Optuna refuses to copy a FAIL trial that has one)."""
     return value if TrialState(state) == TrialState.COMPLETE else None
-
-
-def _running(params: Mapping[str, Any], dists: Mapping[str, BaseDistribution],
-             system_attrs: Mapping[str, Any] | None = None) -> FrozenTrial:
-    # A start time, as a sampled trial has: Optuna refuses to copy a finished trial without one.
-    return FrozenTrial(
-        number=-1, state=TrialState.RUNNING, value=None, datetime_start=datetime.datetime.now(), datetime_complete=None,
-        params=dict(params), distributions=dict(dists), user_attrs={}, system_attrs=dict(system_attrs or {}),
-        intermediate_values={}, trial_id=-1,
-    )

@@ -4,7 +4,8 @@ Optuna records heartbeats only inside ``study.optimize``; with ask/tell the
 service does it itself: one ledger write per coordinator per interval (not one
 per trial). A RUNNING trial whose owner has been silent for longer than the
 grace period is set FAIL with reason "coordinator lost", by whichever
-coordinator notices first (at its start, then every interval).
+coordinator notices first (at its start, then every interval), and the budget
+slots it claimed but never turned into trials are given back (``Ledger.settle``).
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from dataclasses import dataclass
 
 import optuna
 
+from modelops_calabaria.backend.base import COORDINATOR_ATTR, StudyBackend
+from modelops_calabaria.backend.factory import backend_of
 from modelops_calabaria.backend.ledger import Coordinator, Ledger, now
-from modelops_calabaria.backend.relational import running_trials
-from modelops_calabaria.calibration.study import COORDINATOR_ATTR, fail_trial
+from modelops_calabaria.dbretry import retry_db
 from modelops_calabaria.errors import CalabariaError
 from modelops_calabaria.logging import get_logger
 
@@ -48,7 +50,7 @@ def _process_gone(c: Coordinator) -> bool:
 
 
 def recover_stale_trials(study: optuna.Study, ledger: Ledger, grace_s: float, *, at: float | None = None,
-                         retry: bool = False) -> list[int]:
+                         retry: bool = False, backend: StudyBackend | None = None) -> list[int]:
     """FAIL every RUNNING trial whose coordinator is silent for longer than ``grace_s``.
 
     A coordinator on this host whose process is gone is lost at once. A trial
@@ -59,14 +61,17 @@ def recover_stale_trials(study: optuna.Study, ledger: Ledger, grace_s: float, *,
     """
     at = now() if at is None else at
     name = study.study_name
+    backend = backend or backend_of(study)
+    study_id = retry_db("recover", lambda: backend.study_id(name))
     # Trials first, coordinators second: a coordinator beats before it creates its first
     # trial, so every owner of a trial read here has beaten by the time the ledger is read.
     # The other order let a coordinator that started a moment later lose its first trials.
-    running = running_trials(study._storage, study._study_id)
+    running = retry_db("recover", lambda: backend.running_trials(study_id))
     coords = ledger.coordinators(name)
     alive = {c.coordinator_id for c in coords if at - c.last_seen <= grace_s and not _process_gone(c)}
     recovered = []
-    for t in running:
+    for stored in running:
+        t = stored.trial
         owner = t.system_attrs.get(COORDINATOR_ATTR)
         if owner in alive:
             continue
@@ -74,28 +79,38 @@ def recover_stale_trials(study: optuna.Study, ledger: Ledger, grace_s: float, *,
         if owner is None and at - started <= grace_s:
             continue
         reason = f"{LOST_REASON}: coordinator {owner or '(unknown)'} sent no heartbeat for more than {grace_s:g} s"
-        if fail_trial(study._storage, t._trial_id, reason):
+        if retry_db("recover", lambda: backend.fail_if_running(stored.trial_id, reason)):
             recovered.append(t.number)
             if retry and t.params:
                 ledger.push_retry(name, dict(t.params))
     for c in coords:
         if c.coordinator_id not in alive:
+            # Its trials are all created by now (it is dead): what it claimed beyond them
+            # (a local reserve, a claim killed before its ask) goes back to the budget.
+            asked = retry_db("recover", lambda: backend.trials_owned(study_id, c.coordinator_id))
+            returned = ledger.settle(name, c.coordinator_id, asked)
+            if returned:
+                log.warning("returned budget slots of a lost coordinator", study=name, coordinator=c.coordinator_id,
+                            slots=returned)
             ledger.forget(name, c.coordinator_id)
     if recovered:
         log.warning("recovered stale trials", study=name, trials=recovered, reason=LOST_REASON)
     return recovered
 
 
-def settle_orphans(study: optuna.Study, ledger: Ledger, grace_s: float, interval_s: float, *, retry: bool = False) -> None:
+def settle_orphans(study: optuna.Study, ledger: Ledger, grace_s: float, interval_s: float, *, retry: bool = False,
+                   backend: StudyBackend | None = None) -> None:
     """Before a coordinator exits: wait (at most ``grace_s``) until RUNNING trials whose
     owner stopped beating are recovered, so that a finished run leaves none RUNNING.
 
     Trials of coordinators that still beat are theirs to finish and are not waited for.
     """
     deadline = now() + grace_s + interval_s
+    backend = backend or backend_of(study)
+    study_id = retry_db("recover", lambda: backend.study_id(study.study_name))
     while True:
-        recover_stale_trials(study, ledger, grace_s, retry=retry)
-        running = running_trials(study._storage, study._study_id)  # before the ledger: see recover_stale_trials
+        recover_stale_trials(study, ledger, grace_s, retry=retry, backend=backend)
+        running = [s.trial for s in retry_db("recover", lambda: backend.running_trials(study_id))]  # before the ledger
         at = now()
         beating = {c.coordinator_id for c in ledger.coordinators(study.study_name) if at - c.last_seen <= 3 * interval_s}
         orphans = [t.number for t in running if t.system_attrs.get(COORDINATOR_ATTR) not in beating]
@@ -115,6 +130,7 @@ class Heartbeat:
     interval_s: float
     grace_s: float
     retry: bool = False
+    backend: StudyBackend | None = None
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
@@ -134,7 +150,7 @@ class Heartbeat:
         while not self._stop.wait(self.interval_s):
             try:
                 self.beat()
-                recover_stale_trials(self.study, self.ledger, self.grace_s, retry=self.retry)
+                recover_stale_trials(self.study, self.ledger, self.grace_s, retry=self.retry, backend=self.backend)
             except CalabariaError as e:
                 # A database blip must not kill the heartbeat; the next beat retries.
                 log.warning("heartbeat failed", error=str(e))

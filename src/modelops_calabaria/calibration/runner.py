@@ -16,7 +16,7 @@ import statistics
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,13 +24,16 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from modelops_calabaria.backend.ledger import Ledger, open_ledger
+from modelops_calabaria.backend.base import StudyBackend
+from modelops_calabaria.backend.factory import open_store, register
+from modelops_calabaria.backend.ledger import Ledger
+from modelops_calabaria.backend.relational import schema_lock
+from modelops_calabaria.calibration.asktell import Asker, DirectAsker, MirroredAsker
 from modelops_calabaria.calibration.recovery import Heartbeat, new_coordinator_id, recover_stale_trials, settle_orphans
 from modelops_calabaria.calibration.run_state import RunState
-from modelops_calabaria.calibration.asktell import DirectAsker, MirroredAsker
 from modelops_calabaria.calibration.study import (
-    build_sampler,
     TARGETS_ATTR,
+    build_sampler,
     check_same_space,
     distributions,
     open_study,
@@ -42,12 +45,11 @@ from modelops_calabaria.job import CalibrationJob, job_from_dict
 from modelops_calabaria.logging import get_logger
 from modelops_calabaria.models import canonical_ref, load_model
 from modelops_calabaria.reporting.progress import Progress
-from modelops_calabaria.reporting.results import RunResult, best_trial, state_counts, write_results
+from modelops_calabaria.outcome import RunResult
+from modelops_calabaria.reporting.results import best_trial, state_counts, write_results
 from modelops_calabaria.settings import Settings, resolve_settings
 from modelops_calabaria.simulation import SimulationService, connect_service
 from modelops_calabaria.simulation.task import SimContext
-from modelops_calabaria.backend.factory import open_optuna_storage
-from modelops_calabaria.backend.relational import schema_lock
 from modelops_calabaria.storage import StorageTarget, check_creatable, parse_storage_url
 from modelops_calabaria.targets.evaluate import CompiledTarget, compile_targets
 
@@ -65,6 +67,20 @@ class Prepared:
     targets: tuple[CompiledTarget, ...]
     storage: StorageTarget
     output_dir: Path
+    sampler: optuna.samplers.BaseSampler  # built once: the study's and the mirror's
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How this coordinator runs the job (``run_calibration``'s keyword arguments)."""
+
+    max_trials: int | None = None
+    extend: int | None = None
+    concurrency: int | None = None
+    handle_signals: bool = False
+    shutdown_grace_s: float = 30.0
+    show_progress: bool | None = None
+    joining: bool = False
 
 
 def prepare(job: CalibrationJob, settings: Settings, output_dir: Path | None = None) -> Prepared:
@@ -72,13 +88,13 @@ def prepare(job: CalibrationJob, settings: Settings, output_dir: Path | None = N
     model_ref = canonical_ref(job.model, job.base_dir)
     model = load_model(model_ref)
     targets = compile_targets(job, model.outputs)
-    build_sampler(job)
+    sampler = build_sampler(job)
     out = Path(output_dir) if output_dir else Path("runs") / job.study
     if out.exists() and not out.is_dir():
         raise ConfigurationError(f"run directory {out} is a file", hint="pass --output with a directory path")
     check_creatable(out.resolve(), "run directory")
     storage = parse_storage_url(settings.storage, out / "study.db")
-    return Prepared(job, model_ref, targets, storage, out)
+    return Prepared(job, model_ref, targets, storage, out, sampler)
 
 
 def check_existing_study(p: Prepared) -> None:
@@ -87,9 +103,16 @@ def check_existing_study(p: Prepared) -> None:
     Raises:
         StudyMismatchError: another parameter space or direction.
     """
-    if p.storage.kind == "memory" or (p.storage.path is not None and not p.storage.path.exists()):
+    if p.storage.kind == "memory":
         return
-    stored = stored_job_of(p.job.study, open_optuna_storage(p.storage, 1))
+    try:
+        backend = open_store(p.storage, 1, read_only=True)  # creates nothing
+    except StudyNotFoundError:
+        return
+    try:
+        stored = stored_job_of(p.job.study, backend)
+    finally:
+        backend.close()
     if stored:
         check_same_space(p.job, stored, storable_job(p))
 
@@ -174,44 +197,42 @@ def run_calibration(
         raise ConfigurationError(f"--max-trials must be >= 1, got {max_trials}")
     if extend is not None and extend < 1:
         raise ConfigurationError(f"--extend must be >= 1, got {extend}")
+    options = RunOptions(max_trials, extend, concurrency, handle_signals, shutdown_grace_s, show_progress, joining)
     check_existing_study(prepared)  # before any cluster starts
     context = SimContext(prepared.model_ref, dict(job.fixed), prepared.targets, job.timeout_s, job.replicate_retries)
     service = connect_service(settings.scheduler, context, local_workers=settings.local_workers,
                               replicates_per_task=settings.replicates_per_task)
     try:
-        return _run_with_service(prepared, settings, service, max_trials, extend, concurrency, handle_signals,
-                                 shutdown_grace_s, show_progress, joining)
+        return _run_with_service(prepared, settings, service, options)
     finally:
         service.close()
 
 
-def _run_with_service(
-    p: Prepared, settings: Settings, service: SimulationService, max_trials: int | None, extend: int | None,
-    concurrency: int | None, handle_signals: bool, shutdown_grace_s: float, show_progress: bool | None, joining: bool,
-) -> RunResult:
+def _run_with_service(p: Prepared, settings: Settings, service: SimulationService, options: RunOptions) -> RunResult:
     job = p.job
     parallel = settings.parallel_trials
     slots = service.slots
-    loops = concurrency or job.concurrency or default_concurrency(slots, job.n_replicates, parallel)
+    loops = options.concurrency or job.concurrency or default_concurrency(slots, job.n_replicates, parallel)
     if loops * job.n_replicates > OVERSUBSCRIPTION_WARNING * slots:
         log.warning("concurrency over-subscribes the cluster", trials_at_once=loops, replicates=job.n_replicates,
                     slots=slots, ratio=round(loops * job.n_replicates / slots, 1),
                     hint="lower 'concurrency' or add Dask workers")
     created_dir = not p.output_dir.exists()
+    backend: StudyBackend | None = None
     try:
-        storage = open_optuna_storage(p.storage, loops)
-        ledger = open_ledger(p.storage, loops)
+        backend = register(open_store(p.storage, loops))  # one engine for trials and ledger
         with schema_lock(p.storage):  # one creator at a time: the job attr is written once
-            study = open_study(job, storage, storable_job(p))
+            study = open_study(job, backend, storable_job(p), p.sampler)
     except BaseException:
+        if backend is not None:
+            backend.close()
         if created_dir and p.output_dir.exists():
             shutil.rmtree(p.output_dir, ignore_errors=True)
         raise
     try:
-        return _drive(p, settings, service, study, ledger, parallel, loops, slots, max_trials, extend,
-                      handle_signals, shutdown_grace_s, show_progress, joining)
+        return _drive(p, settings, service, study, backend, parallel, loops, options)
     finally:
-        ledger.close()
+        backend.close()
 
 
 def use_sampler_process(settings: Settings, parallel: bool, loops: int) -> bool:
@@ -247,55 +268,60 @@ def _set_budget(study: optuna.Study, ledger: Ledger, job: CalibrationJob, settin
     return new_max
 
 
-def _drive(
-    p: Prepared, settings: Settings, service: SimulationService, study: optuna.Study, ledger: Ledger,
-    parallel: bool, loops: int, slots: int, max_trials: int | None, extend: int | None, handle_signals: bool,
-    shutdown_grace_s: float, show_progress: bool | None, joining: bool,
-) -> RunResult:
-    job = p.job
+def _choose_asker(p: Prepared, settings: Settings, study: optuna.Study, backend: StudyBackend, parallel: bool,
+                  loops: int, coordinator_id: str) -> Asker:
+    """The fast path (a mirror of the study, in a sampler process when loops are many) or plain asks."""
+    retries = (lambda: backend.ledger.pop_retry(study.study_name)) if p.job.retry_lost_trials else None
+    space = distributions(p.job)
+    if not settings.fast_path:
+        return DirectAsker(study, space, coordinator_id, retries, backend=backend)
+    prefetch = max(1, loops // 4) if parallel and loops > 1 else 0  # sequential runs stay reproducible
+    in_process = use_sampler_process(settings, parallel, loops)
+    if in_process:
+        prefetch = loops  # steps in flight: enough to cover the round trip to the sampler process
+    return MirroredAsker(study, space, coordinator_id, p.sampler, writers=max(1, min(4, loops // 4)),
+                         prefetch=prefetch, retries=retries, sampler_process=in_process, backend=backend)
+
+
+def _drive(p: Prepared, settings: Settings, service: SimulationService, study: optuna.Study, backend: StudyBackend,
+           parallel: bool, loops: int, options: RunOptions) -> RunResult:
+    job, ledger = p.job, backend.ledger
     coordinator_id = new_coordinator_id()
     retry = job.retry_lost_trials
-    recover_stale_trials(study, ledger, settings.grace_period_s, retry=retry)
-    budget = _set_budget(study, ledger, job, settings, max_trials, extend, joining)
+    recover_stale_trials(study, ledger, settings.grace_period_s, retry=retry, backend=backend)
+    budget = _set_budget(study, ledger, job, settings, options.max_trials, options.extend, options.joining)
     already = len(study.get_trials(deepcopy=False))
     log.info("calibration starting", study=study.study_name, storage=p.storage.display, mode="parallel" if parallel else "batched",
-             trials_at_once=loops, slots=slots, replicates=job.n_replicates, budget=budget, existing_trials=already,
+             trials_at_once=loops, slots=service.slots, replicates=job.n_replicates, budget=budget, existing_trials=already,
              scheduler=service.address, coordinator=coordinator_id)
-    heartbeat = Heartbeat(study, ledger, coordinator_id, settings.heartbeat_interval_s, settings.grace_period_s, retry)
-    retries = (lambda: ledger.pop_retry(study.study_name)) if retry else None
+    heartbeat = Heartbeat(study, ledger, coordinator_id, settings.heartbeat_interval_s, settings.grace_period_s, retry,
+                          backend=backend)
     state = RunState(job.direction, job.stop, time.monotonic())
-    space = distributions(job)
-    writers = max(1, min(4, loops // 4))
-    if settings.fast_path:
-        prefetch = max(1, loops // 4) if parallel and loops > 1 else 0  # sequential runs stay reproducible
-        in_process = use_sampler_process(settings, parallel, loops)
-        if in_process:
-            prefetch = loops  # steps in flight: enough to cover the round trip to the sampler process
-        adapter: DirectAsker | MirroredAsker = MirroredAsker(
-            study, space, coordinator_id, build_sampler(job), writers=writers, prefetch=prefetch, retries=retries,
-            sampler_process=in_process)
-    else:
-        adapter = DirectAsker(study, space, coordinator_id, retries)
-    progress = Progress(budget, already=already, bar=show_progress)
-    wire = Wire(job, adapter, service, ledger, state, parallel, loops, on_trial=progress)
+    asker = _choose_asker(p, settings, study, backend, parallel, loops, coordinator_id)
+    progress = Progress(budget, already=already, bar=options.show_progress)
+    wire = Wire(job, asker, service, ledger, state, parallel, loops, on_trial=progress)
     started = time.monotonic()
-    heartbeat.start()
-    try:
-        try:
-            with signals_stop(wire, shutdown_grace_s, handle_signals):
+    with ExitStack() as stack:
+        heartbeat.start()
+        stack.callback(progress.close)
+        stack.callback(heartbeat.stop)
+        with ExitStack() as writing:
+            writing.callback(asker.close)  # every tell written before anything reads the study
+            with signals_stop(wire, options.shutdown_grace_s, options.handle_signals):
                 wire.run()
-        finally:
-            adapter.close()  # every tell written before anything reads the study
         if wire.shutdown_reason is None:
-            settle_orphans(study, ledger, settings.grace_period_s, settings.heartbeat_interval_s, retry=retry)
-    finally:
-        heartbeat.stop()
-        progress.close()
+            settle_orphans(study, ledger, settings.grace_period_s, settings.heartbeat_interval_s, retry=retry,
+                           backend=backend)
     progress.line()
-    wall = time.monotonic() - started
+    return _collect(p, study, asker, wire, state, parallel, loops, service.slots, time.monotonic() - started)
+
+
+def _collect(p: Prepared, study: optuna.Study, asker: Asker, wire: Wire, state: RunState, parallel: bool, loops: int,
+             slots: int, wall: float) -> RunResult:
+    """The run's result from the study as it now stands; results files written."""
     trials = study.get_trials(deepcopy=False)
     best = best_trial(study)
-    asks, tells = adapter.latencies()
+    asks, tells = asker.latencies()
     result = RunResult(
         study=study.study_name,
         storage=p.storage.display,
@@ -348,13 +374,18 @@ def load_joined_job(study_name: str, target: StorageTarget, wait_s: float, poll_
         StudyNotFoundError: the study still does not exist after ``wait_s``.
     """
     deadline = time.monotonic() + wait_s
-    storage = None
     announced = False
     while True:
         stored = None
-        if target.path is None or target.path.exists():  # never create a study file by waiting for one
-            storage = storage or open_optuna_storage(target, 1)
-            stored = stored_job_of(study_name, storage)
+        try:
+            backend = open_store(target, 1, read_only=True)  # never create a study file by waiting for one
+        except StudyNotFoundError:
+            pass
+        else:
+            try:
+                stored = stored_job_of(study_name, backend)
+            finally:
+                backend.close()
         if stored:
             return job_from_dict(stored, source=f"job stored with study '{study_name}'")
         if time.monotonic() >= deadline:

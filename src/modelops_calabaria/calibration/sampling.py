@@ -1,6 +1,6 @@
 """Where the sampler runs: in the coordinator's process, or in a process of its own.
 
-Both fronts share one contract, thread-safe:
+Every front satisfies :class:`SamplerFront` (thread-safe):
 
 - ``post(event)``: tell the mirror about the shared study (applied, in order,
   before the next point is sampled);
@@ -29,19 +29,28 @@ import queue
 import signal
 import threading
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, Protocol
 
 import optuna
 from optuna.trial import TrialState
 
-from modelops_calabaria.calibration.mirror import Event, Key, Mirror
-from modelops_calabaria.errors import CalabariaError
+from modelops_calabaria.calibration.mirror import AddTrial, Event, Key, Mirror
+from modelops_calabaria.errors import SamplerProcessError
+
+__all__ = ["HybridSampler", "InlineSampler", "ProcessSampler", "SamplerFront", "SamplerProcessError"]
 
 
-class SamplerProcessError(CalabariaError):
-    """The sampler's process died (exit 1). Trials told so far are kept; re-run to resume."""
+class SamplerFront(Protocol):
+    """Where points come from: a mirror of the study, told about it with events (thread-safe)."""
 
-    exit_code = 1
+    def post(self, event: Event) -> None:
+        """Tell the mirror what happened in the shared study (applied in order, before the next point)."""
+
+    def take(self) -> tuple[Key, dict[str, Any]]:
+        """The next point: ``(key, params)``, RUNNING in the mirror until a finish event."""
+
+    def close(self) -> None:
+        """Stop sampling."""
 
 
 class InlineSampler:
@@ -214,6 +223,9 @@ class ProcessSampler:
                 return points[0]
 
     def _died(self, e: BaseException) -> SamplerProcessError:
+        # The pipe breaks a moment before the child is reaped: wait for it, so the exit
+        # code is the real one and not None.
+        self._process.join(timeout=5)
         code = self._process.exitcode
         return SamplerProcessError(f"the sampler process died (exit code {code}): {type(e).__name__}: {e}",
                                    hint="check memory limits (the OOM killer) and re-run: finished trials are kept")
@@ -264,7 +276,7 @@ class HybridSampler:
             with self._lock:
                 if not self._handed_over and not self._child.ready():
                     key, params = self._local.take()
-                    self._child.post(("add", key, params, {k: self._space[k] for k in params}, TrialState.RUNNING, None))
+                    self._child.post(AddTrial(key, params, {k: self._space[k] for k in params}, TrialState.RUNNING, None))
                     return key, params
                 self._handed_over = True
         return self._child.take()

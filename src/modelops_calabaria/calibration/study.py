@@ -1,15 +1,17 @@
-"""The Optuna boundary: samplers, the study's search space, ask and tell.
+"""The job as an Optuna study: samplers, the search space, creating or loading the study.
 
-Every Optuna or database error that reaches a user is converted here.
-Trials carry:
+Trials carry (names in ``backend/base.py``):
 
 - user attr ``fail_reason`` on FAIL trials (why it failed);
-- user attr ``targets`` on COMPLETE trials: ``{target name: aggregated value}``;
+- user attr ``targets`` on COMPLETE trials: ``{target name: aggregated value}``,
+  and each target's value again as a numeric user attr ``loss:<target>``;
+- user attr ``busy_s``: the trial's simulation-seconds;
 - system attr ``calabaria:coordinator`` (who asked it; used for recovery);
 - system attr ``calabaria:retry_of_lost`` on trials that re-ask a lost trial's parameters.
 
 The study's system attr ``calabaria:job`` holds the job spec, so that a
-joining ``worker`` needs only the study name and storage URL.
+joining ``worker`` needs only the study name and storage URL; its objective is
+named ``loss`` (Optuna's metric names, shown by optuna-dashboard).
 """
 
 from __future__ import annotations
@@ -21,8 +23,18 @@ from typing import Any
 import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
-from optuna.trial import TrialState
 
+from modelops_calabaria.backend.base import (  # noqa: F401  (re-exported: the names trials carry)
+    BUSY_ATTR,
+    COORDINATOR_ATTR,
+    FAIL_REASON,
+    JOB_ATTR,
+    LOSS_ATTR_PREFIX,
+    OBJECTIVE_NAME,
+    RETRY_ATTR,
+    TARGETS_ATTR,
+    StudyBackend,
+)
 from modelops_calabaria.dbretry import retry_db
 from modelops_calabaria.errors import JobSpecError, StudyMismatchError
 from modelops_calabaria.job import CalibrationJob, ParameterSpec
@@ -30,11 +42,6 @@ from modelops_calabaria.logging import get_logger
 
 log = get_logger(__name__)
 
-JOB_ATTR = "calabaria:job"
-COORDINATOR_ATTR = "calabaria:coordinator"
-FAIL_REASON = "fail_reason"
-TARGETS_ATTR = "targets"
-RETRY_ATTR = "calabaria:retry_of_lost"
 
 
 def to_distribution(spec: ParameterSpec) -> BaseDistribution:
@@ -110,31 +117,30 @@ def _space_of(stored: Mapping[str, Any]) -> dict[str, Any]:
     return {"parameters": stored.get("parameters"), "direction": stored.get("direction")}
 
 
-def open_study(job: CalibrationJob, storage: optuna.storages.BaseStorage, stored_job: dict[str, Any]) -> optuna.Study:
+def open_study(job: CalibrationJob, backend: StudyBackend, stored_job: dict[str, Any],
+               sampler: optuna.samplers.BaseSampler) -> optuna.Study:
     """Create the study, or load it and check that it was made by the same kind of job.
 
     Raises:
         StudyMismatchError: the study exists with another parameter space or direction.
     """
-    sampler = build_sampler(job)
-    try:
-        study_id = retry_db("study lookup", lambda: storage.get_study_id_from_name(job.study))
-    except KeyError:
-        study_id = None
-    if study_id is not None:
-        existing = retry_db("study load", lambda: storage.get_study_system_attrs(study_id)).get(JOB_ATTR)
-        if existing is not None:
+    storage = backend.optuna_storage
+    existing = retry_db("study lookup", lambda: backend.stored_job(job.study))
+    if existing is not None:
+        if existing:
             check_same_space(job, json.loads(existing), stored_job)
         return optuna.load_study(study_name=job.study, storage=storage, sampler=sampler)
     study = retry_db(
         "study creation",
         lambda: optuna.create_study(study_name=job.study, storage=storage, sampler=sampler, direction=job.direction, load_if_exists=True),
     )
-    attrs = retry_db("study load", lambda: storage.get_study_system_attrs(study._study_id))
-    if JOB_ATTR in attrs:  # another process created it a moment before us
-        check_same_space(job, json.loads(attrs[JOB_ATTR]), stored_job)
+    existing = retry_db("study load", lambda: backend.stored_job(job.study))
+    if existing:  # another process created it a moment before us
+        check_same_space(job, json.loads(existing), stored_job)
     else:
-        retry_db("store job", lambda: storage.set_study_system_attr(study._study_id, JOB_ATTR, json.dumps(stored_job)))
+        study_id = retry_db("study lookup", lambda: backend.study_id(job.study))
+        retry_db("store job", lambda: backend.store_job(study_id, json.dumps(stored_job)))
+        retry_db("store job", lambda: study.set_metric_names([OBJECTIVE_NAME]))
     return study
 
 
@@ -160,22 +166,9 @@ def check_same_space(job: CalibrationJob, existing: Mapping[str, Any], stored_jo
     )
 
 
-def stored_job_of(study_name: str, storage: optuna.storages.BaseStorage) -> dict[str, Any] | None:
+def stored_job_of(study_name: str, backend: StudyBackend) -> dict[str, Any] | None:
     """The job spec stored with a study, or None if the study does not exist."""
-    try:
-        study_id = retry_db("study lookup", lambda: storage.get_study_id_from_name(study_name))
-    except KeyError:
+    raw = retry_db("study load", lambda: backend.stored_job(study_name))
+    if raw is None:
         return None
-    raw = retry_db("study load", lambda: storage.get_study_system_attrs(study_id)).get(JOB_ATTR)
     return json.loads(raw) if raw else {}
-
-
-def fail_trial(storage: optuna.storages.BaseStorage, trial_id: int, reason: str) -> bool:
-    """Mark someone else's RUNNING trial FAIL with ``reason``; False if it finished meanwhile."""
-    try:
-        retry_db("recover", lambda: storage.set_trial_user_attr(trial_id, FAIL_REASON, reason))
-        return retry_db("recover", lambda: storage.set_trial_state_values(trial_id, TrialState.FAIL))
-    except optuna.exceptions.UpdateFinishedTrialError:
-        return False
-
-

@@ -29,8 +29,9 @@ from dataclasses import dataclass, field
 from modelops_calabaria.backend.ledger import Ledger
 from modelops_calabaria.calibration.seeds import replicate_seeds
 from modelops_calabaria.calibration.run_state import RunState
-from modelops_calabaria.calibration.asktell import AskedTrial, DirectAsker, MirroredAsker
+from modelops_calabaria.calibration.asktell import AskedTrial, Asker
 from modelops_calabaria.job import CalibrationJob
+from modelops_calabaria.outcome import TrialRecord
 from modelops_calabaria.logging import get_logger
 from modelops_calabaria.simulation.base import SimulationService, TrialHandle
 from modelops_calabaria.simulation.task import TrialEvaluation
@@ -38,26 +39,12 @@ from modelops_calabaria.simulation.task import TrialEvaluation
 log = get_logger(__name__)
 
 
-@dataclass(frozen=True)
-class TrialRecord:
-    """What the wire reports about each told trial."""
-
-    number: int
-    state: str
-    loss: float | None
-    params: dict
-    per_target: dict
-    duration_s: float
-    reason: str | None = None
-    new_best: bool = False
-
-
 @dataclass
 class Wire:
     """Runs one coordinator's share of a calibration. Use once: ``run()``."""
 
     job: CalibrationJob
-    study: DirectAsker | MirroredAsker
+    asker: Asker
     service: SimulationService
     ledger: Ledger
     state: RunState
@@ -152,7 +139,7 @@ class Wire:
         if local == n:
             return n
         want = max(n - local, self.claim_block if self.parallel else 0)
-        granted = self.ledger.claim(self.study.study.study_name, want)
+        granted = self.ledger.claim(self.asker.study.study_name, want, owner=self.asker.coordinator_id)
         with self._lock:
             self.claimed += granted
             # Take from the reserve, not only from this grant: another loop may have
@@ -164,7 +151,7 @@ class Wire:
 
     def _release(self, n: int) -> None:
         if n > 0:
-            self.ledger.release(self.study.study.study_name, n)
+            self.ledger.release(self.asker.study.study_name, n, owner=self.asker.coordinator_id)
             with self._lock:
                 self.claimed -= n
 
@@ -185,7 +172,7 @@ class Wire:
                 self._budget_spent()
                 return
             try:
-                trial = self.study.ask()
+                trial = self.asker.ask()
             except BaseException:
                 self._release(1)
                 raise
@@ -200,7 +187,7 @@ class Wire:
             trials: list[AskedTrial] = []
             try:
                 for _ in range(granted):
-                    trials.append(self.study.ask())
+                    trials.append(self.asker.ask())
             except BaseException as e:
                 self._release(granted - len(trials))
                 for t in trials:
@@ -239,14 +226,14 @@ class Wire:
     def _tell(self, trial: AskedTrial, ev: TrialEvaluation, duration_s: float) -> None:
         params = dict(trial.params)
         if ev.error is None and ev.loss is not None:
-            self.study.tell_complete(trial, ev.loss, ev.per_target, ev.busy_s)
+            self.asker.tell_complete(trial, ev.loss, ev.per_target, ev.busy_s)
             with self._lock:
                 new_best = self.state.record_complete(trial.number, ev.loss, params, ev.busy_s)
                 reason = self.state.check_stop(time.monotonic())
             record = TrialRecord(trial.number, "COMPLETE", ev.loss, params, ev.per_target, duration_s, new_best=new_best)
         else:
             reason_text = ev.error or "no loss"
-            self.study.tell_fail(trial, reason_text, ev.busy_s)
+            self.asker.tell_fail(trial, reason_text, ev.busy_s)
             with self._lock:
                 self.state.record_fail(trial.number, reason_text, ev.busy_s)
                 reason = self.state.check_stop(time.monotonic())

@@ -7,7 +7,7 @@ import threading
 import time
 from typing import Any
 
-from modelops_calabaria.calibration.wire import TrialRecord
+from modelops_calabaria.outcome import TrialRecord
 from modelops_calabaria.logging import get_logger
 
 log = get_logger("modelops_calabaria.progress")

@@ -11,7 +11,6 @@ import io
 import json
 import os
 from collections import Counter
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,35 +18,9 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from modelops_calabaria.calibration.study import FAIL_REASON, TARGETS_ATTR
+from modelops_calabaria.backend.base import FAIL_REASON, TARGETS_ATTR
+from modelops_calabaria.outcome import RunResult
 from modelops_calabaria.redaction import redact_value
-
-
-@dataclass
-class RunResult:
-    """The outcome of a calibration run (also the content of results.json)."""
-
-    study: str
-    storage: str
-    mode: str
-    concurrency: int
-    slots: int
-    best_params: dict[str, Any] | None
-    best_loss: float | None
-    best_trial: int | None
-    best_targets: dict[str, float]
-    trials: dict[str, int]
-    this_run: dict[str, int]
-    wall_time_s: float
-    trials_per_minute: float
-    utilization: float
-    stop_reason: str | None
-    first_failure: str | None = None
-    output_dir: str | None = None
-    latency_ms: dict[str, float] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return redact_value(asdict(self))
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:

@@ -1,0 +1,126 @@
+"""The study backend's interface: what the service asks of a study's storage.
+
+Everything the service writes to or reads from Optuna's storage beyond the
+public ``optuna.Study`` API goes through :class:`StudyBackend`. Two
+implementations: :class:`~modelops_calabaria.backend.relational.RelationalBackend`
+(PostgreSQL, SQLite: hand-written SQL on Optuna's tables, the fast path) and
+:class:`~modelops_calabaria.backend.generic.GenericBackend` (journal file,
+in-memory: Optuna's public storage API only). Open one with
+:func:`~modelops_calabaria.backend.factory.open_store`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+from modelops_calabaria.backend.ledger import Ledger
+
+# Attribute names the service writes on trials and studies (docs/architecture.md).
+JOB_ATTR = "calabaria:job"  # study system attr: the job spec as JSON
+COORDINATOR_ATTR = "calabaria:coordinator"  # trial system attr: who asked it
+RETRY_ATTR = "calabaria:retry_of_lost"  # trial system attr: re-asks a lost trial's parameters
+FAIL_REASON = "fail_reason"  # user attr of a FAIL trial
+TARGETS_ATTR = "targets"  # user attr of a COMPLETE trial: {target: aggregated loss}
+BUSY_ATTR = "busy_s"  # user attr: the trial's simulation-seconds
+LOSS_ATTR_PREFIX = "loss:"  # user attr per target: its aggregated loss, as a number
+OBJECTIVE_NAME = "loss"  # the study's metric name (optuna-dashboard shows it)
+
+
+@dataclass(frozen=True)
+class StoredTrial:
+    """A trial read from the storage, with its storage-wide id."""
+
+    trial_id: int
+    trial: FrozenTrial
+
+
+@dataclass(frozen=True)
+class PoppedTrial:
+    """An enqueued (WAITING) trial this coordinator took and set RUNNING."""
+
+    trial_id: int
+    number: int
+    fixed_params: dict[str, Any]
+
+
+class StudyBackend(Protocol):
+    """A study's storage and ledger, shared by every coordinator of the study.
+
+    Contract (every implementation; ``tests/test_storage_contract.py``):
+
+    - Trials may be created and finished by other coordinators, in other
+      processes and on other hosts, at any moment: nothing read is assumed to
+      stay true, and every state change that could race is a compare-and-set.
+    - ``create_trial`` inserts a RUNNING trial with its parameters and system
+      attributes, numbered densely within the study, and returns
+      ``(number, trial_id)``.
+    - ``finish_trial`` sets a RUNNING trial COMPLETE (with its value) or FAIL,
+      with user attributes, all at once; it returns False and writes nothing if
+      the trial was already finished (by another coordinator's recovery): the
+      first word stands.
+    - ``fail_if_running`` sets a trial FAIL with a ``fail_reason`` only if it
+      is still RUNNING (stale-trial recovery): False if it finished meanwhile.
+    - ``pop_waiting`` takes the oldest enqueued (``study.enqueue_trial``)
+      WAITING trial and sets it RUNNING with the owner's attributes; each enqueued
+      trial is taken by exactly one caller across every coordinator.
+    - ``trials_owned`` counts the trials one coordinator asked (budget settling).
+    - ``running_trials`` lists RUNNING trials; ``trials_since`` lists trials
+      with id above a cursor (plus the ids asked for again) and the new cursor.
+    - ``stored_job`` / ``store_job`` read and write the job stored with a study.
+    - ``ledger`` is the study's budget claims and coordinator heartbeats,
+      on the same connections as the trials.
+    - Methods are thread-safe; connection failures are retried by the caller
+      (``dbretry.retry_db``) and surface as ``ServiceUnavailableError``.
+    """
+
+    ledger: Ledger
+
+    @property
+    def optuna_storage(self) -> optuna.storages.BaseStorage:
+        """The storage to hand to ``optuna.create_study`` / ``load_study``."""
+
+    def study_id(self, study_name: str) -> int:
+        """The study's id; KeyError if there is no such study."""
+
+    def create_trial(self, study_id: int, params: Mapping[str, Any], distributions: Mapping[str, BaseDistribution],
+                     system_attrs: Mapping[str, Any]) -> tuple[int, int]:
+        """Insert a RUNNING trial; return ``(number, trial_id)``."""
+
+    def finish_trial(self, trial_id: int, state: TrialState, value: float | None,
+                     user_attrs: Mapping[str, Any]) -> bool:
+        """Finish a RUNNING trial COMPLETE or FAIL with ``user_attrs``; False if already finished."""
+
+    def fail_if_running(self, trial_id: int, reason: str) -> bool:
+        """Set the trial FAIL with ``reason`` if still RUNNING; False otherwise."""
+
+    def pop_waiting(self, study_id: int, owner_attrs: Mapping[str, Any]) -> PoppedTrial | None:
+        """Take the oldest WAITING trial (exactly once across coordinators), set RUNNING with
+        the system attributes ``owner_attrs``; None if none is waiting."""
+
+    def trials_owned(self, study_id: int, owner: str) -> int:
+        """How many of the study's trials ``owner`` asked (its ``calabaria:coordinator`` attr)."""
+
+    def set_params(self, trial_id: int, params: Mapping[str, Any],
+                   distributions: Mapping[str, BaseDistribution]) -> None:
+        """Write parameters of a RUNNING trial (one that was popped from the queue)."""
+
+    def running_trials(self, study_id: int) -> list[StoredTrial]:
+        """The study's RUNNING trials, read from the storage itself."""
+
+    def trials_since(self, study_id: int, cursor: int, skip: set[int], recheck: set[int]) -> tuple[list[StoredTrial], int]:
+        """Trials with id > ``cursor`` not in ``skip``, plus those in ``recheck``; and the new cursor."""
+
+    def stored_job(self, study_name: str) -> str | None:
+        """The job JSON stored with the study ('' if none stored); None if no such study."""
+
+    def store_job(self, study_id: int, job_json: str) -> None:
+        """Store the job JSON with the study."""
+
+    def close(self) -> None:
+        """Release every connection."""

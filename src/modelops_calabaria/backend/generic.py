@@ -1,0 +1,112 @@
+"""The study backend on any Optuna storage, through Optuna's public storage API only.
+
+Used for journal files and in-memory studies; the relational backend
+(``relational.py``) extends it with hand-written SQL for PostgreSQL and SQLite.
+Writes that Optuna makes in several calls (attributes, then state) are not one
+transaction here: a trial finished elsewhere between them keeps its first
+state (Optuna refuses the second write), which is the contract's "first word
+stands".
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+from modelops_calabaria.backend.base import COORDINATOR_ATTR, FAIL_REASON, JOB_ATTR, PoppedTrial, StoredTrial
+from modelops_calabaria.backend.ledger import Ledger
+
+
+class GenericBackend:
+    """A :class:`~modelops_calabaria.backend.base.StudyBackend` on Optuna's public ``BaseStorage`` API."""
+
+    def __init__(self, storage: optuna.storages.BaseStorage, ledger: Ledger) -> None:
+        self._storage = storage
+        self.ledger = ledger
+
+    @property
+    def optuna_storage(self) -> optuna.storages.BaseStorage:
+        return self._storage
+
+    def study_id(self, study_name: str) -> int:
+        return self._storage.get_study_id_from_name(study_name)
+
+    def create_trial(self, study_id: int, params: Mapping[str, Any], distributions: Mapping[str, BaseDistribution],
+                     system_attrs: Mapping[str, Any]) -> tuple[int, int]:
+        template = FrozenTrial(
+            number=-1, state=TrialState.RUNNING, value=None, datetime_start=dt.datetime.now(), datetime_complete=None,
+            params=dict(params), distributions=dict(distributions), user_attrs={}, system_attrs=dict(system_attrs),
+            intermediate_values={}, trial_id=-1,
+        )
+        trial_id = self._storage.create_new_trial(study_id, template_trial=template)
+        return self._storage.get_trial_number_from_id(trial_id), trial_id
+
+    def finish_trial(self, trial_id: int, state: TrialState, value: float | None, user_attrs: Mapping[str, Any]) -> bool:
+        try:
+            if self._storage.get_trial(trial_id).state != TrialState.RUNNING:
+                return False
+            for key, attr in user_attrs.items():
+                self._storage.set_trial_user_attr(trial_id, key, attr)
+            return self._storage.set_trial_state_values(trial_id, state, None if value is None else [value])
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return False  # finished elsewhere meanwhile (recovered as stale): the first word stands
+
+    def fail_if_running(self, trial_id: int, reason: str) -> bool:
+        return self.finish_trial(trial_id, TrialState.FAIL, None, {FAIL_REASON: reason})
+
+    def pop_waiting(self, study_id: int, owner_attrs: Mapping[str, Any]) -> PoppedTrial | None:
+        for t in self._storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,)):
+            trial_id = self._storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+            try:
+                # Optuna's own compare-and-set: False when another caller took it first.
+                if not self._storage.set_trial_state_values(trial_id, TrialState.RUNNING):
+                    continue
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue
+            for key, attr in owner_attrs.items():
+                self._storage.set_trial_system_attr(trial_id, key, attr)
+            return PoppedTrial(trial_id, t.number, dict(t.system_attrs.get("fixed_params") or {}))
+        return None
+
+    def trials_owned(self, study_id: int, owner: str) -> int:
+        return sum(1 for t in self._storage.get_all_trials(study_id, deepcopy=False)
+                   if t.system_attrs.get(COORDINATOR_ATTR) == owner)
+
+    def set_params(self, trial_id: int, params: Mapping[str, Any], distributions: Mapping[str, BaseDistribution]) -> None:
+        for name, value in params.items():
+            dist = distributions[name]
+            self._storage.set_trial_param(trial_id, name, dist.to_internal_repr(value), dist)
+
+    def trial_id_of(self, study_id: int, number: int) -> int:
+        """The storage-wide id of the study's trial ``number``."""
+        return self._storage.get_trial_id_from_study_id_trial_number(study_id, number)
+
+    def _with_ids(self, study_id: int, trials: list[FrozenTrial]) -> list[StoredTrial]:
+        return [StoredTrial(self._storage.get_trial_id_from_study_id_trial_number(study_id, t.number), t) for t in trials]
+
+    def running_trials(self, study_id: int) -> list[StoredTrial]:
+        return self._with_ids(study_id, self._storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)))
+
+    def trials_since(self, study_id: int, cursor: int, skip: set[int], recheck: set[int]) -> tuple[list[StoredTrial], int]:
+        every = self._with_ids(study_id, self._storage.get_all_trials(study_id, deepcopy=False))
+        top = max((s.trial_id for s in every), default=cursor)
+        wanted = [s for s in every if (s.trial_id > cursor and s.trial_id not in skip) or s.trial_id in recheck]
+        return wanted, max(top, cursor)
+
+    def stored_job(self, study_name: str) -> str | None:
+        try:
+            study_id = self._storage.get_study_id_from_name(study_name)
+        except KeyError:
+            return None
+        return self._storage.get_study_system_attrs(study_id).get(JOB_ATTR) or ""
+
+    def store_job(self, study_id: int, job_json: str) -> None:
+        self._storage.set_study_system_attr(study_id, JOB_ATTR, job_json)
+
+    def close(self) -> None:
+        self.ledger.close()

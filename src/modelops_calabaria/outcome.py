@@ -1,0 +1,54 @@
+"""What a calibration produces, as plain data: one record per told trial, one result per run.
+
+The run (``calibration/``) makes them, reporting turns them into files and
+progress lines; neither needs the other's modules for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from modelops_calabaria.redaction import redact_value
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """What the wire reports about each told trial."""
+
+    number: int
+    state: str
+    loss: float | None
+    params: dict
+    per_target: dict
+    duration_s: float
+    reason: str | None = None
+    new_best: bool = False
+
+
+
+@dataclass
+class RunResult:
+    """The outcome of a calibration run (also the content of results.json)."""
+
+    study: str
+    storage: str
+    mode: str
+    concurrency: int
+    slots: int
+    best_params: dict[str, Any] | None
+    best_loss: float | None
+    best_trial: int | None
+    best_targets: dict[str, float]
+    trials: dict[str, int]
+    this_run: dict[str, int]
+    wall_time_s: float
+    trials_per_minute: float
+    utilization: float
+    stop_reason: str | None
+    first_failure: str | None = None
+    output_dir: str | None = None
+    latency_ms: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return redact_value(asdict(self))
