@@ -145,7 +145,9 @@ def test_a_coordinator_with_l_loops_opens_at_most_l_plus_4_connections(pg_url, t
     loops = 8
     with fresh_pg_database(pg_url) as url:
         db = url.rsplit("/", 1)[1]
-        watcher = sa.create_engine(pg_url.replace("postgresql://", "postgresql+psycopg2://", 1), poolclass=sa.pool.NullPool)
+        # Autocommit: pg_stat_activity is a snapshot per transaction.
+        watcher = sa.create_engine(pg_url.replace("postgresql://", "postgresql+psycopg2://", 1), poolclass=sa.pool.NullPool,
+                                   isolation_level="AUTOCOMMIT")
         peak = [0]
         stop = threading.Event()
 
@@ -166,6 +168,7 @@ def test_a_coordinator_with_l_loops_opens_at_most_l_plus_4_connections(pg_url, t
             stop.set()
             thread.join()
             watcher.dispose()
+        print(f"peak connections: {peak[0]} for {loops} loops")
         assert result.trials.get("COMPLETE", 0) == 80
         assert 1 <= peak[0] <= loops + 4, f"peak {peak[0]} connections for {loops} loops"
 
