@@ -1,14 +1,15 @@
 """Run-time settings: one typed object, resolved once at the entry point.
 
-Precedence, highest first (pinned by ``tests/test_settings.py``):
+Precedence, highest first (pinned by ``tests/test_state.py::test_settings_precedence_cli_over_env_over_job_over_default``):
 
 1. CLI flags (passed as keyword arguments to :func:`resolve_settings`);
 2. environment variables (``PARALLEL_TRIALS``, ``CALABARIA_STORAGE``, ...);
 3. the job file's ``execution`` block;
 4. the defaults below.
 
-Nothing reads the environment anywhere else: the resolved object is passed
-into constructors.
+Nothing reads the environment anywhere else: each command resolves it once
+(``calibrate``/``worker`` through the job, ``status`` with no job) and passes
+the resolved object, or the values it needs, into constructors.
 """
 
 from __future__ import annotations
