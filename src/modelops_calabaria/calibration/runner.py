@@ -299,7 +299,6 @@ def _drive(p: Prepared, settings: Settings, service: SimulationService, study: o
     state = RunState(job.direction, job.stop, time.monotonic())
     asker = _choose_asker(p, settings, study, backend, parallel, loops, coordinator_id)
     progress = Progress(budget, already=already, bar=options.show_progress)
-    wire = Wire(job, asker, service, ledger, state, parallel, loops, on_trial=progress)
     started = time.monotonic()
     with ExitStack() as stack:
         heartbeat.start()
@@ -307,13 +306,37 @@ def _drive(p: Prepared, settings: Settings, service: SimulationService, study: o
         stack.callback(heartbeat.stop)
         with ExitStack() as writing:
             writing.callback(asker.close)  # every tell written before anything reads the study
-            with signals_stop(wire, options.shutdown_grace_s, options.handle_signals):
-                wire.run()
-        if wire.shutdown_reason is None:
-            settle_orphans(study, ledger, settings.grace_period_s, settings.heartbeat_interval_s, retry=retry,
-                           backend=backend)
+            wire = _run_rounds(p, settings, service, study, backend, asker, state, progress, parallel, loops, options)
     progress.line()
     return _collect(p, study, asker, wire, state, parallel, loops, service.slots, time.monotonic() - started)
+
+
+MAX_ROUNDS = 10  # bounds the rounds for slots given back late (each needs a coordinator to die meanwhile)
+
+
+def _run_rounds(p: Prepared, settings: Settings, service: SimulationService, study: optuna.Study, backend: StudyBackend,
+                asker: Asker, state: RunState, progress: Progress, parallel: bool, loops: int, options: RunOptions) -> Wire:
+    """Run the wire until the budget is spent for good; return the last wire.
+
+    When this coordinator has spent the budget, trials of a dead coordinator may still
+    be RUNNING: ``settle_orphans`` waits for their recovery, which also gives back the
+    slots that coordinator claimed and never asked. If any came back, another round
+    asks them, so the study ends with exactly ``max_trials`` trials.
+    """
+    ledger, retry = backend.ledger, p.job.retry_lost_trials
+    for _ in range(MAX_ROUNDS):
+        wire = Wire(p.job, asker, service, ledger, state, parallel, loops, on_trial=progress)
+        with signals_stop(wire, options.shutdown_grace_s, options.handle_signals):
+            wire.run()
+        if wire.shutdown_reason is not None:
+            return wire
+        settle_orphans(study, ledger, settings.grace_period_s, settings.heartbeat_interval_s, retry=retry,
+                       backend=backend)
+        claimed, max_trials = ledger.budget(study.study_name)
+        if wire.stop_reason != "budget spent" or claimed >= max_trials:
+            return wire
+        log.info("budget slots came back from a lost coordinator: asking them", free=max_trials - claimed)
+    return wire
 
 
 def _collect(p: Prepared, study: optuna.Study, asker: Asker, wire: Wire, state: RunState, parallel: bool, loops: int,
@@ -375,28 +398,31 @@ def load_joined_job(study_name: str, target: StorageTarget, wait_s: float, poll_
     """
     deadline = time.monotonic() + wait_s
     announced = False
-    while True:
-        stored = None
-        try:
-            backend = open_store(target, 1, read_only=True)  # never create a study file by waiting for one
-        except StudyNotFoundError:
-            pass
-        else:
-            try:
+    backend: StudyBackend | None = None
+    try:
+        while True:
+            stored = None
+            if backend is None:
+                try:
+                    backend = open_store(target, 1, read_only=True)  # never create a study file by waiting for one
+                except StudyNotFoundError:
+                    backend = None
+            if backend is not None:
                 stored = stored_job_of(study_name, backend)
-            finally:
-                backend.close()
-        if stored:
-            return job_from_dict(stored, source=f"job stored with study '{study_name}'")
-        if time.monotonic() >= deadline:
-            raise StudyNotFoundError(
-                f"study '{study_name}' does not exist in {target.display} (waited {wait_s:g} s)",
-                hint="start it with `calabaria calibrate JOB --storage URL`, or raise --wait",
-            )
-        if not announced:
-            log.info("waiting for the study to be created", study=study_name, storage=target.display, wait_s=wait_s)
-            announced = True
-        time.sleep(poll_s)  # the study lives in another process's database: nothing to subscribe to
+            if stored:
+                return job_from_dict(stored, source=f"job stored with study '{study_name}'")
+            if time.monotonic() >= deadline:
+                raise StudyNotFoundError(
+                    f"study '{study_name}' does not exist in {target.display} (waited {wait_s:g} s)",
+                    hint="start it with `calabaria calibrate JOB --storage URL`, or raise --wait",
+                )
+            if not announced:
+                log.info("waiting for the study to be created", study=study_name, storage=target.display, wait_s=wait_s)
+                announced = True
+            time.sleep(poll_s)  # the study lives in another process's database: nothing to subscribe to
+    finally:
+        if backend is not None:
+            backend.close()
 
 
 __all__ = ["Prepared", "RunResult", "TrialState", "default_concurrency", "load_joined_job", "prepare", "run_calibration"]

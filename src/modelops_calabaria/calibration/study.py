@@ -17,6 +17,7 @@ named ``loss`` (Optuna's metric names, shown by optuna-dashboard).
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -140,7 +141,9 @@ def open_study(job: CalibrationJob, backend: StudyBackend, stored_job: dict[str,
     else:
         study_id = retry_db("study lookup", lambda: backend.study_id(job.study))
         retry_db("store job", lambda: backend.store_job(study_id, json.dumps(stored_job)))
-        retry_db("store job", lambda: study.set_metric_names([OBJECTIVE_NAME]))
+        with warnings.catch_warnings():  # "experimental" since Optuna 3.2, and the dashboard reads it
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            retry_db("store job", lambda: study.set_metric_names([OBJECTIVE_NAME]))
     return study
 
 
