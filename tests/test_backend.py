@@ -218,3 +218,34 @@ def test_trials_carry_numeric_loss_per_target_and_busy_seconds(tmp_path):
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         assert t.user_attrs["loss:y"] == t.user_attrs["targets"]["y"]
         assert isinstance(t.user_attrs["busy_s"], float) and t.user_attrs["busy_s"] >= 0
+
+
+# -- errors where they enter ------------------------------------------------------------------
+
+
+def test_a_role_without_create_privilege_gets_one_line_naming_the_fix(pg_url):
+    from modelops_calabaria.errors import ConfigurationError
+
+    role = f"calabaria_nocreate_{uuid.uuid4().hex[:8]}"
+    with fresh_pg_database(pg_url) as url:
+        admin = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg2://", 1), isolation_level="AUTOCOMMIT",
+                                 poolclass=sa.pool.NullPool)
+        with admin.connect() as c:
+            c.execute(sa.text(f"CREATE ROLE {role} LOGIN"))
+            c.execute(sa.text("REVOKE CREATE ON SCHEMA public FROM PUBLIC"))
+        try:
+            limited = url.replace("postgresql://postgres@", f"postgresql://{role}@", 1)
+            with pytest.raises(ConfigurationError) as err:
+                open_store(parse_storage_url(limited), 1)
+            message = err.value.args[0]  # the one line; str() adds the hint on a second
+            assert "may not create the study tables" in message and "\n" not in message
+            assert "GRANT CREATE" in (err.value.hint or "")
+            assert err.value.exit_code == 2
+            assert _count_schema(url) == (0, 0)  # nothing half-created
+        finally:
+            with admin.connect() as c:
+                c.execute(sa.text(f"DROP OWNED BY {role}"))
+            admin.dispose()
+    with sa.create_engine(pg_url.replace("postgresql://", "postgresql+psycopg2://", 1), isolation_level="AUTOCOMMIT",
+                          poolclass=sa.pool.NullPool).connect() as c:
+        c.execute(sa.text(f"DROP ROLE IF EXISTS {role}"))
