@@ -198,7 +198,11 @@ def test_status_rate_divides_by_the_real_window(tmp_path):
     job = make_job(tmp_path, max_trials=12)
     run_calibration(job, Settings(storage=storage, scheduler="inline", local_workers=2, log_format="json"),
                     output_dir=tmp_path / "run")
-    info = study_status(job.study, storage)
+    from modelops_calabaria.reporting.status import locate_run
+
+    study, found = locate_run(tmp_path / "run", None)  # `calabaria status runs/STUDY`: no --study, no --storage
+    assert study == job.study and parse_storage_url(found) == parse_storage_url(storage)
+    info = study_status(study, found)
     # The study is seconds old: 12 trials over that age, not over 10 minutes (1.2 per minute).
     assert info["rate_window_s"] < 600
     assert info["trials_per_minute"] == pytest.approx(12 / (max(info["rate_window_s"], 1.0) / 60), rel=0.05)
