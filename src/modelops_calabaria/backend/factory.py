@@ -10,6 +10,7 @@ storage there. Errors are converted here, as one line naming cause and fix.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import weakref
 from collections.abc import Callable
@@ -74,9 +75,12 @@ def _open_relational(target: StorageTarget, loops: int, read_only: bool) -> Rela
     if read_only:
         probe = sa.create_engine(target.url, poolclass=sa.pool.NullPool, connect_args=kwargs["connect_args"])
         try:
-            with probe.connect() as conn:
+            # Under the schema lock (a PostgreSQL advisory lock: nothing written): a schema
+            # another process is creating right now is seen whole or not at all.
+            with schema_lock(target) if target.kind == "postgresql" else contextlib.nullcontext(), probe.connect() as conn:
                 inspector = sa.inspect(conn)
-                has_study_tables, has_ledger = inspector.has_table("studies"), inspector.has_table("calabaria_budget")
+                has_study_tables = all(inspector.has_table(t) for t in ("studies", "version_info", "alembic_version"))
+                has_ledger = inspector.has_table("calabaria_budget")
         finally:
             probe.dispose()
         if not has_study_tables:
