@@ -81,3 +81,13 @@ class SimulationError(CalabariaError):
     """A simulation replicate failed; carries the model's traceback text."""
 
     exit_code = 1
+
+
+class ResultsWriteError(CalabariaError):
+    """The run finished but its results files could not be written (disk full, read-only) (exit 1).
+
+    The study holds every trial: freeing space and re-running writes them. No results
+    file of the run directory is left behind half-written or stale.
+    """
+
+    exit_code = 1

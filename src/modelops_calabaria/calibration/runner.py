@@ -38,7 +38,7 @@ from modelops_calabaria.calibration.study import (
 )
 from modelops_calabaria.calibration.wire import Wire
 from modelops_calabaria.errors import ConfigurationError, RunFailedError, StudyNotFoundError
-from modelops_calabaria.job import CalibrationJob, job_from_dict
+from modelops_calabaria.job import MAX_CONCURRENCY, MAX_TRIALS, CalibrationJob, check_run_flags, check_same_model, job_from_dict
 from modelops_calabaria.logging import get_logger
 from modelops_calabaria.models import canonical_ref, load_model
 from modelops_calabaria.reporting.progress import Progress
@@ -90,6 +90,7 @@ def check_existing_study(p: Prepared) -> None:
     stored = stored_job_of(p.job.study, open_optuna_storage(p.storage, 1))
     if stored:
         check_same_space(p.job, stored, storable_job(p))
+        check_same_model(p.job.study, stored.get("model"), p.model_ref)
 
 
 def storable_job(p: Prepared) -> dict[str, Any]:
@@ -112,7 +113,7 @@ def storable_job(p: Prepared) -> dict[str, Any]:
 def default_concurrency(slots: int, n_replicates: int, parallel: bool) -> int:
     """Trials at once: enough to fill every slot (parallel: 2x, to hide ask/tell latency)."""
     per_round = max(1, math.ceil(slots / n_replicates))
-    return max(2, 2 * per_round) if parallel else per_round
+    return min(MAX_CONCURRENCY, max(2, 2 * per_round) if parallel else per_round)
 
 
 @contextmanager
@@ -166,12 +167,9 @@ def run_calibration(
         ServiceUnavailableError: the database or scheduler is unreachable.
         RunFailedError: no trial completed, or a failure storm stopped the run.
     """
+    check_run_flags(max_trials=max_trials, extend=extend, workers=concurrency, n_replicates=job.n_replicates)
     settings = settings or resolve_settings(job.execution.model_dump())
     prepared = prepare(job, settings, Path(output_dir) if output_dir else None)
-    if max_trials is not None and max_trials < 1:
-        raise ConfigurationError(f"--max-trials must be >= 1, got {max_trials}")
-    if extend is not None and extend < 1:
-        raise ConfigurationError(f"--extend must be >= 1, got {extend}")
     check_existing_study(prepared)  # before any cluster starts
     context = SimContext(prepared.model_ref, dict(job.fixed), prepared.targets, job.timeout_s, job.replicate_retries)
     service = connect_service(settings.scheduler, context, local_workers=settings.local_workers,
@@ -235,6 +233,9 @@ def _set_budget(study: optuna.Study, ledger: Ledger, job: CalibrationJob, settin
     claimed, _ = ledger.budget(name)
     n_trials = len(study.get_trials(deepcopy=False))
     new_max = max(stored_max, n_trials) + extend if extend else wanted
+    if new_max > MAX_TRIALS:
+        raise ConfigurationError(f"--extend {extend} would raise the study's budget to {new_max:,}, more than {MAX_TRIALS:,}",
+                                 hint="start a new study, or extend by less")
     if new_max != stored_max:
         ledger.set_max_trials(name, new_max)
     # Claims that never became trials (a coordinator killed between claim and ask) are
