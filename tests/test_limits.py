@@ -75,7 +75,7 @@ def test_alias_bomb_is_counted_without_expanding_it():
     for _ in range(30):  # 10^31 values once expanded
         leaf = [leaf] * 10
     assert count_values({"fixed": leaf}, MAX_JOB_VALUES) == MAX_JOB_VALUES + 1
-    assert count_values({"a": [1, 2, [3, 4]], "b": "x"}, MAX_JOB_VALUES) == 9  # 2 containers + 2 keys + 5 scalars
+    assert count_values({"a": [1, 2, [3, 4]], "b": "x"}, MAX_JOB_VALUES) == 10  # 3 containers + 2 keys + 5 scalars
 
 
 def test_yaml_job_values_are_counted_with_their_aliases(tmp_path):
@@ -223,7 +223,7 @@ def test_awkward_passwords_are_masked_through_the_cli(tmp_path, password):
     assert proc.returncode == 1, both
     assert "Traceback" not in both and [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     for piece in {password, *password.replace(":", " ").replace("/", " ").split()}:
-        assert piece not in both, (piece, both)
+        assert len(piece) < 3 or piece not in both, (piece, both)
     assert not (tmp_path / "run").exists()
 
 
@@ -282,12 +282,14 @@ def test_full_disk_leaves_no_partial_or_stale_results(tmp_path):
         out.mkdir()
         _old_results(out)
         filler = fs / "filler"
-        with open(filler, "wb") as fh:  # fill the file system but for ~2 pages
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+        try:  # fill the file system, then give back two pages
             with contextlib.suppress(OSError):
                 while True:
-                    fh.write(b"\0" * 4096)
-                    fh.flush()
-        filler.write_bytes(filler.read_bytes()[: -8192])
+                    os.write(fd, b"\0" * 4096)
+            os.ftruncate(fd, max(0, os.fstat(fd).st_size - 8192))
+        finally:
+            os.close(fd)
         with pytest.raises(ResultsWriteError, match="No space left on device; no results file was left there"):
             write_results(out, result, trials)
         assert sorted(p.name for p in out.iterdir()) == []  # neither a .tmp file nor an older run's results
