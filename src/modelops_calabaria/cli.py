@@ -266,7 +266,7 @@ def main() -> None:
     except click_exceptions.ClickException as e:
         _echo(f"error: {e.format_message()}", err=True)
         code = e.exit_code
-    except click_exceptions.Abort:
+    except typer.Abort:
         _echo("error: interrupted", err=True)
         code = 130
     except CalabariaError as e:  # raised outside a command (never expected)

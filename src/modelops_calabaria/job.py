@@ -556,8 +556,9 @@ def _json_load(text: str) -> Any:
     """``json.loads`` refusing a key given twice in one object."""
     decoder = json.JSONDecoder()
 
-    def parse_object(s_and_end: tuple[str, int], *args: Any, **kwargs: Any) -> tuple[Any, int]:
-        pairs, end = json.decoder.JSONObject(s_and_end, decoder.strict, decoder.scan_once, None, list, decoder.memo)
+    def parse_object(s_and_end: tuple[str, int], strict: bool, scan_once: Any, _hook: Any, _pairs_hook: Any,
+                     memo: Any = None) -> tuple[Any, int]:
+        pairs, end = json.decoder.JSONObject(s_and_end, strict, scan_once, None, list, memo)
         seen: dict[str, int] = {}
         lines = None
         for i, (key, _) in enumerate(pairs):

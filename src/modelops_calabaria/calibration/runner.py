@@ -37,7 +37,7 @@ from modelops_calabaria.calibration.study import (
     stored_job_of,
 )
 from modelops_calabaria.calibration.wire import Wire
-from modelops_calabaria.errors import ConfigurationError, RunFailedError, StudyNotFoundError
+from modelops_calabaria.errors import ConfigurationError, JobSpecError, RunFailedError, StudyNotFoundError
 from modelops_calabaria.job import MAX_CONCURRENCY, MAX_TRIALS, CalibrationJob, check_run_flags, check_same_model, job_from_dict
 from modelops_calabaria.logging import get_logger
 from modelops_calabaria.models import canonical_ref, load_model
@@ -70,7 +70,11 @@ def prepare(job: CalibrationJob, settings: Settings, output_dir: Path | None = N
     model_ref = canonical_ref(job.model, job.base_dir)
     model = load_model(model_ref)
     targets = compile_targets(job, model.outputs)
-    build_sampler(job)
+    try:
+        build_sampler(job)
+    except (ValueError, TypeError) as e:  # an option value Optuna refuses (e.g. qmc_type: nope)
+        raise JobSpecError(f"sampler {job.sampler.name!r} rejected its options: {e}",
+                           problems=[("sampler.options", f"see Optuna's {job.sampler.name} sampler for valid options")]) from None
     out = Path(output_dir) if output_dir else Path("runs") / job.study
     if out.exists() and not out.is_dir():
         raise ConfigurationError(f"run directory {out} is a file", hint="pass --output with a directory path")
