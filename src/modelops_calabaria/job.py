@@ -7,6 +7,13 @@ field path (``parameters.beta.upper``, ``targets[0].score``) and what is
 expected. Loading observed data and resolving the model are separate steps
 (:mod:`modelops_calabaria.targets`, :mod:`modelops_calabaria.models`) so that
 the spec itself stays pure.
+
+One mechanism per class of bad input: numbers are strict (a boolean or a quoted
+number is not a number, inf/NaN are refused) for every field; the loader refuses a
+key given twice in a YAML or JSON mapping, with its line; and what a job may make
+the service allocate or store is bounded by the ``MAX_*`` limits below (file size,
+values after YAML alias expansion, grid cells, budget, seed, bounds, concurrency),
+documented in docs/reliability.md ("Limits").
 """
 
 from __future__ import annotations
