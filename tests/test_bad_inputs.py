@@ -12,7 +12,10 @@ must exit with its ``exit`` code (2 bad input, 1 unreachable service), print
 exactly one ``error:`` message on stderr holding every ``stderr_contains``
 substring, print no traceback, and create nothing: the temporary directory holds
 the same files afterwards as before (so no ``--output`` directory and no SQLite
-study file).
+study file). A case whose arguments or environment use ``{pg}`` (the test
+PostgreSQL database, CALABARIA_TEST_PG) also leaves that database as it found it:
+same tables, functions and studies. A case with ``command`` runs that command
+line instead of ``calibrate`` (e.g. ``worker --study ...``).
 """
 
 from __future__ import annotations
@@ -43,15 +46,33 @@ def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def _fill(value: Any, tmp: Path) -> Any:
-    """Replace {tmp} (the test's temporary directory) and {case} (the case's copy in it)."""
+def _fill(value: Any, tmp: Path, pg: str = "") -> Any:
+    """Replace {tmp} (the test's temporary directory), {case} (the case's copy in it), {pg} (the test database)."""
     if isinstance(value, str):
-        return value.replace("{tmp}", str(tmp)).replace("{case}", str(tmp / "case"))
+        return value.replace("{tmp}", str(tmp)).replace("{case}", str(tmp / "case")).replace("{pg}", pg)
     if isinstance(value, list):
-        return [_fill(v, tmp) for v in value]
+        return [_fill(v, tmp, pg) for v in value]
     if isinstance(value, dict):
-        return {k: _fill(v, tmp) for k, v in value.items()}
+        return {k: _fill(v, tmp, pg) for k, v in value.items()}
     return value
+
+
+def _pg_snapshot(url: str) -> dict[str, Any]:
+    """What a bad input must not change in a PostgreSQL database: tables, functions, studies."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg2://", 1), poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            tables = sorted(r[0] for r in conn.execute(sa.text(
+                "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")))
+            functions = sorted(r[0] for r in conn.execute(sa.text(
+                "SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+                "WHERE n.nspname = current_schema()")))
+            studies = sorted(r[0] for r in conn.execute(sa.text("SELECT study_name FROM studies"))) if "studies" in tables else []
+    finally:
+        engine.dispose()
+    return {"tables": tables, "functions": functions, "studies": studies}
 
 
 def _run(args: list[str], cwd: Path, timeout: float = DEFAULT_TIMEOUT_S,
@@ -102,13 +123,15 @@ def _trial_count(storage: str, study: str) -> int:
 
 
 def test_corpus_is_big_enough() -> None:
-    assert len(CASES) >= 25, CASES
+    assert len(CASES) >= 60, CASES
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_bad_input(case: str, tmp_path: Path) -> None:
+def test_bad_input(case: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     source = CORPUS / case
-    expect = _fill(yaml.safe_load((source / "expect.yaml").read_text()), tmp_path)
+    raw = (source / "expect.yaml").read_text()
+    pg = request.getfixturevalue("pg_url") if "{pg}" in raw else ""
+    expect = _fill(yaml.safe_load(raw), tmp_path, pg)
     case_dir = tmp_path / "case"
     shutil.copytree(source, case_dir)
     output = tmp_path / "run"
@@ -122,20 +145,25 @@ def test_bad_input(case: str, tmp_path: Path) -> None:
         summary = json.loads(proc.stdout.strip().splitlines()[-1])
         assert summary["trials"].get("COMPLETE") == expect["study_trials"]["count"], summary
 
-    job_file = _job_file(case_dir, expect)
     before = _files(tmp_path)
+    pg_before = _pg_snapshot(pg) if pg else None
 
-    if expect.get("validate"):
-        proc, elapsed = _run(["validate", str(job_file)], tmp_path, timeout, env)
-        _check_output("validate", proc, elapsed, expect)
-
-    args = ["calibrate", str(job_file), "--output", str(output), "--local-workers", "1", *expect.get("args", [])]
+    if expect.get("command"):
+        args = list(expect["command"])
+    else:
+        job_file = _job_file(case_dir, expect)
+        if expect.get("validate"):
+            proc, elapsed = _run(["validate", str(job_file)], tmp_path, timeout, env)
+            _check_output("validate", proc, elapsed, expect)
+        args = ["calibrate", str(job_file), "--output", str(output), "--local-workers", "1", *expect.get("args", [])]
     proc, elapsed = _run(args, tmp_path, timeout, env)
-    _check_output("calibrate", proc, elapsed, expect)
+    _check_output(args[0], proc, elapsed, expect)
 
     assert not output.exists(), f"--output directory was created: {sorted(_files(output))}"
     created = _files(tmp_path) - before
     assert not created, f"files were created: {sorted(created)}"
+    if pg:
+        assert _pg_snapshot(pg) == pg_before, "the PostgreSQL database was changed"
 
     trials = expect.get("study_trials")
     if trials:

@@ -49,3 +49,57 @@ def test_status_of_missing_study_is_a_clear_error(tmp_path):
     proc = run("status", "--study", "nope", "--storage", f"sqlite:///{tmp_path}/x.db")
     assert proc.returncode == 1 and "study 'nope' does not exist" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "x.db").exists()  # asking about a study creates nothing
+
+
+def _one_error_line(proc: subprocess.CompletedProcess) -> str:
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in proc.stdout + proc.stderr, proc.stderr
+    return lines[0]
+
+
+def test_usage_errors_are_one_line_exit_2(tmp_path):
+    for args, piece in ((["calibrate", str(JOB), "--workers", "many"], "--workers"),
+                        (["calibrate", str(JOB), "--no-such-flag"], "No such option"),
+                        (["simulate", str(JOB), "--seed", str(2**32)], "--seed"),
+                        (["worker", "--storage", "sqlite:///x.db"], "--study")):
+        proc = run(*args, cwd=tmp_path)
+        assert proc.returncode == 2 and piece in _one_error_line(proc), (args, proc.stderr)
+        assert "╭" not in proc.stderr  # no boxed usage panel
+    assert not list(tmp_path.iterdir())
+
+
+def test_worker_and_status_check_the_study_name_like_a_job(tmp_path):
+    for command in ("worker", "status"):
+        proc = run(command, "--study", "a/../../b", "--storage", f"sqlite:///{tmp_path}/s.db", cwd=tmp_path)
+        assert proc.returncode == 2 and "not a valid study name" in _one_error_line(proc), proc.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_worker_flags_are_checked_before_waiting_for_the_study(tmp_path):
+    proc = run("worker", "--study", "s", "--storage", f"sqlite:///{tmp_path}/s.db", "--workers", "100000", "--wait", "30",
+               cwd=tmp_path)
+    assert proc.returncode == 2 and "--workers must be at most 256" in _one_error_line(proc)
+    assert not list(tmp_path.iterdir())
+
+
+def test_worker_job_file_with_another_study_name_is_refused(tmp_path):
+    proc = run("worker", "--study", "other-study", "--storage", f"sqlite:///{tmp_path}/s.db", "--job", str(JOB), "--wait", "0",
+               cwd=tmp_path)
+    assert proc.returncode == 2 and "is for study 'seir-demo'" in _one_error_line(proc)
+    assert not list(tmp_path.iterdir())
+
+
+def test_worker_job_file_with_the_stored_model_joins(tmp_path):
+    """The check lets the right job through: a worker with the study's own job file works on it."""
+    storage = f"sqlite:///{tmp_path}/s.db"
+    first = run("calibrate", str(JOB), "--storage", storage, "--max-trials", "3", "--scheduler", "inline",
+                "--local-workers", "1", "--output", str(tmp_path / "run"), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    second = subprocess.run([*CLI, "calibrate", str(JOB), "--storage", storage, "--extend", "2", "--scheduler", "inline",
+                             "--local-workers", "1", "--output", str(tmp_path / "run")],
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    joined = run("worker", "--study", "seir-demo", "--storage", storage, "--job", str(JOB), "--scheduler", "inline",
+                 "--local-workers", "1", "--wait", "0", "--output", str(tmp_path / "w"), cwd=tmp_path)
+    assert joined.returncode == 0, joined.stderr
+    assert json.loads(joined.stdout.strip().splitlines()[-1])["trials"]["COMPLETE"] == 5

@@ -12,15 +12,23 @@ import os
 import socket
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 
+try:  # typer >= 0.2x ships its own copy of click, with its own exception classes
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover - older typer on the real click
+    from click import exceptions as click_exceptions  # type: ignore[no-redef]
+
 from modelops_calabaria import __version__
 from modelops_calabaria.errors import CalabariaError, ConfigurationError, JobSpecError
+from modelops_calabaria.job import MAX_CONCURRENCY, MAX_SEED, check_run_flags, check_study_name
 from modelops_calabaria.logging import configure_logging
+from modelops_calabaria.redaction import redact, register_secrets_in
 from modelops_calabaria.settings import resolve_settings
 
 app = typer.Typer(
@@ -33,9 +41,22 @@ app = typer.Typer(
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _echo(text: str, *, err: bool = False) -> None:
+    """Print one message: everything the CLI prints goes through here (and so through redact)."""
+    typer.echo(redact(text), err=err)
+
+
 def _fail(message: str, code: int) -> None:
-    typer.echo(f"error: {message}", err=True)
+    _echo(f"error: {message}", err=True)
     raise typer.Exit(code)
+
+
+def _study_option(name: str) -> str:
+    """``--study NAME`` checked like a job's study name (it names a directory under runs/)."""
+    try:
+        return check_study_name(name, "--study")
+    except ValueError as e:
+        raise ConfigurationError(str(e)) from None
 
 
 def handle_errors(fn: F) -> F:
@@ -43,6 +64,8 @@ def handle_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        register_secrets_in(os.environ.get("CALABARIA_STORAGE"))
+        register_secrets_in(kwargs.get("storage"))
         try:
             return fn(*args, **kwargs)
         except CalabariaError as e:
@@ -56,10 +79,10 @@ def handle_errors(fn: F) -> F:
 JobFile = Annotated[Path, typer.Argument(help="Job file (YAML or JSON).", show_default=False)]
 Storage = Annotated[str | None, typer.Option("--storage", help="Study storage URL (postgresql://, sqlite:///, journal:///). Env CALABARIA_STORAGE.")]
 Scheduler = Annotated[str | None, typer.Option("--scheduler", help="Dask scheduler address; empty starts a local cluster; 'inline' runs replicates in this process, without Dask. Env CALABARIA_SCHEDULER.")]
-Workers = Annotated[int | None, typer.Option("--workers", min=1, help="Trials at once: loops (parallel) or batch size (batched).")]
+Workers = Annotated[int | None, typer.Option("--workers", help=f"Trials at once: loops (parallel) or batch size (batched); 1 to {MAX_CONCURRENCY}.")]
 Mode = Annotated[bool | None, typer.Option("--parallel/--batched", help="Execution mode. Env PARALLEL_TRIALS.", show_default=False)]
 LogFormat = Annotated[str | None, typer.Option("--log-format", help="json, console or auto.")]
-LocalWorkers = Annotated[int | None, typer.Option("--local-workers", min=1, help="Processes of the local Dask cluster.")]
+LocalWorkers = Annotated[int | None, typer.Option("--local-workers", min=1, max=MAX_CONCURRENCY, help="Processes of the local Dask cluster.")]
 Output = Annotated[Path | None, typer.Option("--output", "-o", help="Run directory (default runs/<study>).")]
 Grace = Annotated[float, typer.Option("--grace", min=0, help="After SIGTERM/SIGINT, seconds in-flight trials may finish.")]
 
@@ -89,7 +112,10 @@ def calibrate(
     from modelops_calabaria.calibration.runner import run_calibration
     from modelops_calabaria.job import load_job
 
+    check_run_flags(max_trials=max_trials, extend=extend, workers=workers)
     job = load_job(job_file)
+    register_secrets_in(job.execution.storage)
+    check_run_flags(workers=workers, n_replicates=job.n_replicates)
     settings = _setup(job.execution.model_dump(), parallel_trials=parallel, storage=storage, scheduler=scheduler,
                       log_format=log_format, local_workers=local_workers)
     result = run_calibration(job, settings, output_dir=output, max_trials=max_trials, extend=extend,
@@ -110,15 +136,34 @@ def worker(
     local_workers: LocalWorkers = None,
     log_format: LogFormat = None,
     grace: Grace = 30.0,
+    job_file: Annotated[Path | None, typer.Option("--job", help="The study's job file: refuse to run if the study's stored model is not this file's model.")] = None,
 ) -> None:
-    """Join an existing study and work until its budget is spent (the job is read from the study)."""
+    """Join an existing study and work until its budget is spent (the job is read from the study).
+
+    The study's stored job decides which model code runs here: whoever can write to the
+    study database can make workers run code. ``--job FILE`` pins the model to the job file's.
+    """
     from modelops_calabaria.calibration.runner import load_joined_job, run_calibration
+    from modelops_calabaria.job import check_same_model, load_job
+    from modelops_calabaria.models import canonical_ref
     from modelops_calabaria.storage import parse_storage_url
 
+    study = _study_option(study)
+    check_run_flags(workers=workers)
+    expected_model = None
+    if job_file is not None:
+        file_job = load_job(job_file)
+        if file_job.study != study:
+            raise ConfigurationError(f"--job {job_file} is for study '{file_job.study}', not '{study}'",
+                                     hint="pass the job file of the study you join")
+        expected_model = canonical_ref(file_job.model, file_job.base_dir)
     settings = _setup(None, parallel_trials=parallel, storage=storage, scheduler=scheduler, log_format=log_format,
                       local_workers=local_workers)
     target = parse_storage_url(settings.storage)
     job = load_joined_job(study, target, wait)
+    if expected_model is not None:
+        check_same_model(study, job.model, expected_model)
+    check_run_flags(workers=workers, n_replicates=job.n_replicates)
     # Host, pid and time: workers of one array job starting in the same second must not share a directory.
     out = output or Path("runs") / study / f"worker-{socket.gethostname()}-{os.getpid()}-{int(time.time())}"
     result = run_calibration(job, settings, output_dir=out, concurrency=workers, handle_signals=True,
@@ -137,6 +182,7 @@ def status(
     """Trials by state, best loss and parameters, throughput and live coordinators of a study (reads only)."""
     from modelops_calabaria.reporting.status import locate_run, study_status
 
+    study = _study_option(study) if study is not None else None
     configure_logging("console", stream=sys.stderr)
     if run_dir is not None:
         found_study, storage = locate_run(run_dir, storage)
@@ -146,16 +192,16 @@ def status(
                                  hint="e.g. `calabaria status runs/STUDY`")
     info = study_status(study, storage, grace_s=resolve_settings({}).grace_period_s)
     if as_json:
-        typer.echo(json.dumps(info, indent=2, default=str))
+        _echo(json.dumps(info, indent=2, default=str))
         return
-    typer.echo(f"study {info['study']} ({info['storage']})")
-    typer.echo("trials: " + ", ".join(f"{k} {v}" for k, v in info["trials"].items() if v))
-    typer.echo(f"budget: {info['budget']['claimed']}/{info['budget']['max_trials']} claimed")
-    typer.echo(f"best loss: {info['best_loss']}  params: {info['best_params']}")
-    typer.echo(f"trials per minute (last {info['rate_window_s'] / 60:.1f} min): {info['trials_per_minute']}")
-    typer.echo(f"live coordinators: {len(info['coordinators'])}")
+    _echo(f"study {info['study']} ({info['storage']})")
+    _echo("trials: " + ", ".join(f"{k} {v}" for k, v in info["trials"].items() if v))
+    _echo(f"budget: {info['budget']['claimed']}/{info['budget']['max_trials']} claimed")
+    _echo(f"best loss: {info['best_loss']}  params: {info['best_params']}")
+    _echo(f"trials per minute (last {info['rate_window_s'] / 60:.1f} min): {info['trials_per_minute']}")
+    _echo(f"live coordinators: {len(info['coordinators'])}")
     for c in info["coordinators"]:
-        typer.echo(f"  {c['id']} on {c['host']} (pid {c['pid']}), last heartbeat {c['seconds_ago']:.0f} s ago")
+        _echo(f"  {c['id']} on {c['host']} (pid {c['pid']}), last heartbeat {c['seconds_ago']:.0f} s ago")
 
 
 @app.command()
@@ -163,7 +209,7 @@ def status(
 def simulate(
     job_file: JobFile,
     param: Annotated[list[str] | None, typer.Option("--param", "-p", help="NAME=VALUE (repeatable); others take the middle of their range.")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Simulation seed.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, max=MAX_SEED, help="Simulation seed.")] = 0,
     output: Annotated[Path, typer.Option("--output", "-o", help="Directory for one CSV per output.")] = Path("simulation"),
 ) -> None:
     """Run the job's model once and write each output as CSV."""
@@ -172,7 +218,7 @@ def simulate(
     configure_logging("console", stream=sys.stderr)
     written = simulate_once(job_file, param or [], seed, output)
     for path in written:
-        typer.echo(str(path))
+        _echo(str(path))
 
 
 @app.command()
@@ -185,7 +231,7 @@ def validate(job_file: JobFile) -> None:
     job = load_job(job_file)
     settings = resolve_settings(job.execution.model_dump())
     prepared = prepare(job, settings)
-    typer.echo(f"{job_file}: valid. study '{job.study}', model {job.model}, {len(job.parameters)} parameters, "
+    _echo(f"{job_file}: valid. study '{job.study}', model {job.model}, {len(job.parameters)} parameters, "
                f"{len(prepared.targets)} targets, {job.n_replicates} replicates x {job.max_trials} trials")
 
 
@@ -194,7 +240,7 @@ def schema() -> None:
     """Print the JSON schema of a job file."""
     from modelops_calabaria.job import job_schema
 
-    typer.echo(json.dumps(job_schema(), indent=2))
+    _echo(json.dumps(job_schema(), indent=2))
 
 
 @app.command()
@@ -205,21 +251,36 @@ def version() -> None:
     import optuna
     import psycopg2
 
-    typer.echo(f"modelops-calabaria {__version__} (optuna {optuna.__version__}, dask {dask.__version__}, "
+    _echo(f"modelops-calabaria {__version__} (optuna {optuna.__version__}, dask {dask.__version__}, "
                f"distributed {distributed.__version__}, psycopg2 {psycopg2.__version__.split()[0]})")
 
 
 def _print_summary(result: Any) -> None:
-    typer.echo(json.dumps({"best_loss": result.best_loss, "best_params": result.best_params,
+    _echo(json.dumps({"best_loss": result.best_loss, "best_params": result.best_params,
                            "trials": {k: v for k, v in result.trials.items() if v}, "output": result.output_dir}, default=str))
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: every message, usage errors included, is one redacted line."""
     try:
-        app()
-    except (JobSpecError, ConfigurationError) as e:  # raised outside a command (never expected)
-        typer.echo(f"error: {e}", err=True)
-        sys.exit(e.exit_code)
-
-
+        code = app(standalone_mode=False)
+    except click_exceptions.NoArgsIsHelpError as e:  # the help is already printed
+        code = e.exit_code
+    except click_exceptions.UsageError as e:  # a bad flag or argument: one line, exit 2
+        command = f" {e.ctx.command_path}" if e.ctx else ""
+        _echo(f"error: {e.format_message()}\n  hint: see `{(command.strip() or 'calabaria')} --help`", err=True)
+        code = 2
+    except click_exceptions.ClickException as e:
+        _echo(f"error: {e.format_message()}", err=True)
+        code = e.exit_code
+    except typer.Abort:
+        _echo("error: interrupted", err=True)
+        code = 130
+    except CalabariaError as e:  # raised outside a command (never expected)
+        _echo(f"error: {e}", err=True)
+        code = e.exit_code
+    except Exception as e:  # a bug: keep the traceback for the report, but redacted
+        _echo("".join(traceback.format_exception(e)).rstrip(), err=True)
+        _echo(f"error: internal error {type(e).__name__}: {e}", err=True)
+        code = 1
+    sys.exit(code or 0)

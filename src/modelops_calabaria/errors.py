@@ -87,3 +87,13 @@ class SamplerProcessError(CalabariaError):
     """The sampler's process died (exit 1). Trials told so far are kept; re-run to resume."""
 
     exit_code = 1
+
+
+class ResultsWriteError(CalabariaError):
+    """The run finished but its results files could not be written (disk full, read-only) (exit 1).
+
+    The study holds every trial: freeing space and re-running writes them. No results
+    file of the run directory is left behind half-written or stale.
+    """
+
+    exit_code = 1

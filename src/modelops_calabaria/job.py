@@ -7,21 +7,52 @@ field path (``parameters.beta.upper``, ``targets[0].score``) and what is
 expected. Loading observed data and resolving the model are separate steps
 (:mod:`modelops_calabaria.targets`, :mod:`modelops_calabaria.models`) so that
 the spec itself stays pure.
+
+One mechanism per class of bad input: numbers are strict (a boolean or a quoted
+number is not a number, inf/NaN are refused) for every field; the loader refuses a
+key given twice in a YAML or JSON mapping, with its line; and what a job may make
+the service allocate or store is bounded by the ``MAX_*`` limits below (file size,
+values after YAML alias expansion, grid cells, budget, seed, bounds, concurrency),
+documented in docs/reliability.md ("Limits").
 """
 
 from __future__ import annotations
 
 import difflib
 import json
+import json.decoder
+import json.scanner
 import math
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from modelops_calabaria.errors import JobSpecError
+from modelops_calabaria.errors import ConfigurationError, JobSpecError, StudyMismatchError
+
+# Limits: what a job (and the flags that override it) may make the service allocate or
+# store. Each is documented in docs/reliability.md ("Limits"); beyond one, loading or
+# validation fails with exit 2 before anything is created.
+MAX_JOB_FILE_BYTES = 10 * 1024 * 1024  # a job file, inline data included
+MAX_JOB_VALUES = 1_000_000  # values in the job after YAML aliases are expanded
+MAX_NESTING = 32  # levels of nested mappings/lists
+MAX_FIXED_VALUES = 100_000  # values in 'fixed' (sent to every simulation), aliases expanded
+MAX_PARAMETERS = 1_000
+MAX_TARGETS = 1_000
+MAX_CHOICES = 10_000
+MAX_REPLICATES = 10_000  # n_replicates
+MAX_TRIALS = 1_000_000_000  # max_trials, --max-trials, --extend (the budget ledger holds 32-bit integers)
+MAX_CONCURRENCY = 256  # concurrency, --workers: loops (threads) or batch size
+MAX_REPLICATES_IN_FLIGHT = 100_000  # concurrency x n_replicates: simulations submitted at once
+MAX_SEED = 2**32 - 1  # numpy's legacy generators (and so Optuna's samplers) take seeds < 2**32
+MAX_ABS_BOUND = 1e15  # |lower|, |upper|: finite, and whole numbers exact in a float (< 2**53)
+MAX_GRID_POINTS = 10_000  # grid sampler: values per parameter ('points' or an explicit list)
+MAX_GRID_CELLS = 1_000_000  # grid sampler: product of the values per parameter
+STUDY_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+MAX_STUDY_NAME = 200
 
 SamplerName = Literal["tpe", "gp", "cmaes", "random", "qmc", "grid", "nsga2"]
 ScoreKind = Literal[
@@ -33,7 +64,29 @@ Aggregation = Literal["mean_of_scores", "score_of_mean", "logmeanexp"]
 
 
 class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: a boolean is not a number and a string is not a count (``lower: false``,
+    # ``n_replicates: true``, ``max_trials: "10"`` are rejected); whole numbers are still
+    # accepted where a float is expected. No float field takes inf or NaN.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+def check_study_name(name: Any, where: str = "study") -> str:
+    """The one check of a study name (job field, ``worker --study``, ``status --study``).
+
+    A study name becomes a directory under ``runs/`` and a key in the database:
+    letters, digits, ``_ . -``, starting with a letter or digit, at most 200 characters.
+
+    Raises:
+        ValueError: otherwise (pydantic turns it into a field error; the CLI into exit 2).
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{where}: expected a non-empty name")
+    if len(name) > MAX_STUDY_NAME:
+        raise ValueError(f"{where}: at most {MAX_STUDY_NAME} characters (got {len(name)})")
+    if not re.match(STUDY_NAME_PATTERN, name):
+        raise ValueError(f"{where}: {name!r} is not a valid study name: use letters, digits, '_', '.', '-', "
+                         "starting with a letter or digit (no '/' or spaces)")
+    return name
 
 
 class ParameterSpec(_Spec):
@@ -48,7 +101,7 @@ class ParameterSpec(_Spec):
     upper: float | None = None
     log: bool = False
     step: float | None = None
-    choices: list[str | int | float | bool] | None = None
+    choices: list[str | int | float | bool] | None = Field(default=None, max_length=MAX_CHOICES)
 
     @model_validator(mode="after")
     def _check(self) -> ParameterSpec:
@@ -64,8 +117,8 @@ class ParameterSpec(_Spec):
         if self.lower is None or self.upper is None:
             raise _field_error("lower" if self.lower is None else "upper", "a numeric parameter needs both 'lower' and 'upper'")
         for name, value in (("lower", self.lower), ("upper", self.upper)):
-            if not math.isfinite(value):
-                raise _field_error(name, "'lower' and 'upper' must be finite numbers")
+            if not math.isfinite(value) or abs(value) > MAX_ABS_BOUND:
+                raise _field_error(name, f"'lower' and 'upper' must be finite numbers within ±{MAX_ABS_BOUND:g} (got {value:g})")
         if self.lower >= self.upper:
             hint = " (equal bounds: move it to 'fixed' instead)" if self.lower == self.upper else ""
             raise _field_error("upper", f"'lower' ({self.lower:g}) must be less than 'upper' ({self.upper:g}){hint}")
@@ -74,8 +127,13 @@ class ParameterSpec(_Spec):
         for name, value in (("lower", self.lower), ("upper", self.upper)):
             if self.kind == "int" and value != int(value):
                 raise _field_error(name, "an int parameter needs whole-number 'lower' and 'upper'")
-        if self.step is not None and (self.step <= 0 or self.log):
-            raise _field_error("step", "'step' must be > 0 and cannot be combined with log scale")
+        if self.step is not None:
+            if self.step <= 0 or self.log:
+                raise _field_error("step", "'step' must be > 0 and cannot be combined with log scale")
+            if self.kind == "int" and self.step != int(self.step):
+                raise _field_error("step", f"an int parameter needs a whole-number 'step' (got {self.step:g})")
+            if self.step > self.upper - self.lower:
+                raise _field_error("step", f"'step' ({self.step:g}) is larger than the range upper - lower ({self.upper - self.lower:g})")
         return self
 
 
@@ -129,7 +187,7 @@ class TargetSpec(_Spec):
 
     name: str = Field(min_length=1)
     output: str = Field(min_length=1)
-    data: str | dict[str, list[float | int | None]]
+    data: str | dict[str, list[Annotated[float, Field(allow_inf_nan=True)] | int | None]]
     index_column: str | None = None
     value_columns: list[str] | None = None
     score: ScoreSpec
@@ -163,6 +221,39 @@ class SamplerSpec(_Spec):
     def _from_name(cls, value: Any) -> Any:
         return {"name": value} if isinstance(value, str) else value
 
+    @model_validator(mode="after")
+    def _check(self) -> SamplerSpec:
+        if self.name != "grid":
+            return self
+        points = self.options.get("points", 5)
+        if isinstance(points, bool) or not isinstance(points, int) or not 1 <= points <= MAX_GRID_POINTS:
+            raise ValueError(f"grid 'points' must be a whole number from 1 to {MAX_GRID_POINTS:,} (got {points!r})")
+        grid = self.options.get("grid", {})
+        if grid is None:
+            grid = {}
+        if not isinstance(grid, dict):
+            raise ValueError(f"grid 'grid' must map parameter names to lists of values (got {type(grid).__name__})")
+        for name, values in grid.items():
+            if not isinstance(values, list) or not 1 <= len(values) <= MAX_GRID_POINTS:
+                raise ValueError(f"grid values of {name!r} must be a list of 1 to {MAX_GRID_POINTS:,} values")
+        return self
+
+    def grid_sizes(self, parameters: dict[str, ParameterSpec]) -> dict[str, int]:
+        """Values per parameter of a grid sampler (as calibration.study builds the grid)."""
+        points = self.options.get("points", 5)
+        explicit = self.options.get("grid") or {}
+        sizes = {}
+        for name, spec in parameters.items():
+            if name in explicit:
+                sizes[name] = len(explicit[name])
+            elif spec.kind == "categorical":
+                sizes[name] = len(spec.choices or [])
+            elif spec.kind == "int":
+                sizes[name] = min(points, int(spec.upper) - int(spec.lower) + 1)  # type: ignore[arg-type]
+            else:
+                sizes[name] = points
+        return sizes
+
 
 class ExecutionSpec(_Spec):
     """Where and how the job runs; each may be overridden by env or CLI (see Settings)."""
@@ -170,24 +261,24 @@ class ExecutionSpec(_Spec):
     parallel_trials: bool | None = None
     storage: str | None = None
     scheduler: str | None = None
-    replicates_per_task: int | None = Field(default=None, ge=1, description="replicates one Dask task runs; empty = automatic")
+    replicates_per_task: int | None = Field(default=None, ge=1, le=MAX_REPLICATES, description="replicates one Dask task runs; empty = automatic")
 
 
 class CalibrationJob(_Spec):
     """A complete calibration: model, parameters, targets, budget and search."""
 
-    study: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    study: str = Field(min_length=1, max_length=MAX_STUDY_NAME)
     model: str = Field(min_length=1)
-    parameters: dict[str, ParameterSpec] = Field(min_length=1)
+    parameters: dict[str, ParameterSpec] = Field(min_length=1, max_length=MAX_PARAMETERS)
     fixed: dict[str, Any] = Field(default_factory=dict)
-    targets: list[TargetSpec] = Field(min_length=1)
-    n_replicates: int = Field(default=4, ge=1, le=10_000)
-    max_trials: int = Field(default=100, ge=1)
+    targets: list[TargetSpec] = Field(min_length=1, max_length=MAX_TARGETS)
+    n_replicates: int = Field(default=4, ge=1, le=MAX_REPLICATES)
+    max_trials: int = Field(default=100, ge=1, le=MAX_TRIALS)
     concurrency: int | None = Field(
-        default=None, ge=1, description="trials at once: loops (parallel) or batch size (batched)"
+        default=None, ge=1, le=MAX_CONCURRENCY, description="trials at once: loops (parallel) or batch size (batched)"
     )
     sampler: SamplerSpec = Field(default_factory=SamplerSpec)
-    seed: int = Field(default=0, ge=0)
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
     replicate_seeds: Literal["common", "independent"] = "common"
     direction: Literal["minimize", "maximize"] = "minimize"
     timeout_s: float | None = Field(default=None, gt=0, description="per simulation")
@@ -199,6 +290,19 @@ class CalibrationJob(_Spec):
     execution: ExecutionSpec = Field(default_factory=ExecutionSpec)
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+
+    @field_validator("study")
+    @classmethod
+    def _study_name(cls, name: str) -> str:
+        return check_study_name(name, "study name")
+
+    @field_validator("fixed")
+    @classmethod
+    def _fixed_size(cls, fixed: dict[str, Any]) -> dict[str, Any]:
+        if count_values(fixed, MAX_FIXED_VALUES) > MAX_FIXED_VALUES:
+            raise ValueError(f"more than {MAX_FIXED_VALUES:,} values (YAML aliases expanded): "
+                             "every simulation receives 'fixed'; load large inputs inside the model instead")
+        return fixed
 
     @field_validator("targets")
     @classmethod
@@ -214,6 +318,17 @@ class CalibrationJob(_Spec):
         both = sorted(set(self.parameters) & set(self.fixed))
         if both:
             raise ValueError(f"parameters also listed in 'fixed': {', '.join(both)}")
+        if self.concurrency is not None:
+            check_in_flight(self.concurrency, self.n_replicates, "concurrency")
+        if self.sampler.name == "grid":
+            unknown = sorted(set(self.sampler.options.get("grid") or {}) - set(self.parameters))
+            if unknown:
+                raise ValueError(f"sampler.options.grid names unknown parameter(s): {', '.join(unknown)}")
+            sizes = self.sampler.grid_sizes(self.parameters)
+            if math.prod(sizes.values()) > MAX_GRID_CELLS:
+                shown = " x ".join(f"{n} {k}" for k, n in sizes.items())
+                raise ValueError(f"the grid has {math.prod(sizes.values()):,} cells ({shown}), more than {MAX_GRID_CELLS:,}: "
+                                 "lower sampler.options.points or search fewer parameters")
         return self
 
     @property
@@ -229,6 +344,82 @@ class CalibrationJob(_Spec):
     def to_storable(self) -> dict[str, Any]:
         """The JSON-able form stored with a study (data paths kept as given)."""
         return self.model_dump(mode="json")
+
+
+def check_in_flight(concurrency: int, n_replicates: int, what: str) -> None:
+    """Raise ValueError if ``concurrency`` x ``n_replicates`` simulations at once exceed the limit."""
+    if concurrency * n_replicates > MAX_REPLICATES_IN_FLIGHT:
+        raise ValueError(f"{what} {concurrency} x n_replicates {n_replicates} = {concurrency * n_replicates:,} simulations "
+                         f"at once, more than {MAX_REPLICATES_IN_FLIGHT:,}: lower one of them")
+
+
+def check_run_flags(*, max_trials: int | None = None, extend: int | None = None, workers: int | None = None,
+                    n_replicates: int | None = None) -> None:
+    """Check the flags that override a job's budget and concurrency against the same limits as the job.
+
+    Raises:
+        ConfigurationError: a flag out of range (exit 2), naming the flag and its range.
+    """
+    for flag, value, top in (("--max-trials", max_trials, MAX_TRIALS), ("--extend", extend, MAX_TRIALS),
+                             ("--workers", workers, MAX_CONCURRENCY)):
+        if value is None:
+            continue
+        if value < 1:
+            raise ConfigurationError(f"{flag} must be >= 1, got {value}")
+        if value > top:
+            raise ConfigurationError(f"{flag} must be at most {top:,}, got {value:,}",
+                                     hint="see the limits table in docs/reliability.md")
+    if workers is not None and n_replicates is not None:
+        try:
+            check_in_flight(workers, n_replicates, "--workers")
+        except ValueError as e:
+            raise ConfigurationError(str(e)) from None
+
+
+def check_same_model(study: str, stored_model: Any, model: str) -> None:
+    """Refuse to work on a study whose stored model is not the job file's model.
+
+    The study's job decides what every joining worker runs, so a stored model path
+    that differs from the one the job file gives is a warning sign (an edited or
+    tampered study); ``model`` is the job file's model after ``canonical_ref``.
+
+    Raises:
+        StudyMismatchError: the two differ (exit 2).
+    """
+    if stored_model is not None and stored_model != model:
+        raise StudyMismatchError(
+            f"study '{study}' runs model {stored_model!r}, but the job file gives {model!r}",
+            hint="use a new study name, or fix the job file's 'model'; check who can write to the study database",
+        )
+
+
+class _TooBig(Exception):
+    pass
+
+
+def count_values(value: Any, limit: int, depth: int = 0, memo: dict[int, int] | None = None) -> int:
+    """Values in ``value`` with shared containers (YAML aliases) counted at every use.
+
+    Stops early: returns ``limit + 1`` as soon as the count passes ``limit``, or when
+    nesting is deeper than MAX_NESTING (which also ends a cycle), so a YAML alias bomb
+    costs a few thousand steps, not its expanded size.
+    """
+    memo = {} if memo is None else memo
+    if not isinstance(value, (dict, list, tuple)):
+        return 1
+    if depth > MAX_NESTING:
+        return limit + 1
+    key = id(value)
+    if key in memo:
+        return memo[key]
+    items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+    total = 1
+    for item in items:
+        total += count_values(item, limit, depth + 1, memo)
+        if total > limit:
+            return limit + 1
+    memo[key] = total
+    return total
 
 
 _UNION_TAGS = frozenset({"str", "int", "float", "bool", "none"})
@@ -268,6 +459,12 @@ def validation_problems(err: ValidationError) -> list[tuple[str, str]]:
             msg = f"unknown field ({guess}check its spelling; `calabaria schema` lists the fields)"
         elif item["type"] == "literal_error":
             msg = f"{msg} (got {item.get('input')!r})"
+        elif isinstance(item.get("input"), bool) and item["type"] in ("int_type", "float_type"):
+            msg = f"expected a number, got the boolean {str(item['input']).lower()} (true/false is not a number)"
+        elif isinstance(item.get("input"), str) and item["type"] in ("int_type", "float_type"):
+            msg = f"{msg}, got the string {item['input']!r} (write numbers without quotes)"
+        elif item["type"] in ("less_than_equal", "greater_than_equal", "too_long") and loc and loc[0] != "targets":
+            msg = f"{msg} (a limit of the service: see 'Limits' in docs/reliability.md)"
         elif item["type"] == "parameter_spec":
             loc = (*loc, (item.get("ctx") or {}).get("field", ""))
         elif item["type"] == "string_type" and loc[-2:] == ("data", "str"):
@@ -295,6 +492,12 @@ def job_from_dict(data: Any, *, source: str = "job", base_dir: Path | None = Non
         raise JobSpecError(f"{source} is empty", hint="a job needs at least study, model, parameters and targets")
     if not isinstance(data, dict):
         raise JobSpecError(f"{source}: expected a mapping of job fields at the top level, got {type(data).__name__}")
+    if count_values(data, MAX_JOB_VALUES) > MAX_JOB_VALUES:
+        raise JobSpecError(
+            f"{source}: the job holds more than {MAX_JOB_VALUES:,} values once YAML aliases are expanded, "
+            f"or is nested more than {MAX_NESTING} levels deep",
+            hint="remove nested anchors/aliases; put large observed data in a CSV file",
+        )
     try:
         job = CalibrationJob.model_validate(data)
     except ValidationError as e:
@@ -302,24 +505,116 @@ def job_from_dict(data: Any, *, source: str = "job", base_dir: Path | None = Non
     return job.with_base_dir(base_dir or Path.cwd())
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, line: int, first_line: int) -> None:
+        super().__init__(key)
+        self.key, self.line, self.first_line = key, line, first_line
+
+
+class _JobYamlLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """YAML's safe loader, refusing a key given twice in one mapping.
+
+    (Aliases are not expanded here: the constructor shares one object per anchor,
+    and :func:`count_values` bounds the expanded size before anything walks it.)
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # '<<: *anchor' overrides on purpose
+            key = self.construct_object(key_node, deep=True)
+            try:
+                if key in seen:
+                    raise _DuplicateKey(key, key_node.start_mark.line + 1, seen[key] + 1)
+                seen[key] = key_node.start_mark.line
+            except TypeError:  # an unhashable key: the base constructor reports it
+                continue
+        return super().construct_mapping(node, deep=deep)
+
+
+# YAML 1.1 reads 1e-3 and 1e308 (no dot) as strings; read them as numbers, as YAML 1.2 and
+# JSON do, now that a string is not accepted where a number is expected.
+_JobYamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
+def _key_lines(text: str, start: int) -> list[tuple[str, int]]:
+    """Keys of the JSON object whose members start at ``start``, with their lines."""
+    keys: list[tuple[str, int]] = []
+    depth, i = 0, start
+    while i < len(text) and depth >= 0:
+        c = text[i]
+        if c == '"':
+            value, end = json.decoder.scanstring(text, i + 1)
+            after = end
+            while after < len(text) and text[after] in " \t\r\n":
+                after += 1
+            if depth == 0 and text[after: after + 1] == ":":
+                keys.append((value, text.count("\n", 0, i) + 1))
+            i = end
+            continue
+        depth += 1 if c in "{[" else -1 if c in "}]" else 0
+        i += 1
+    return keys
+
+
+def _json_load(text: str) -> Any:
+    """``json.loads`` refusing a key given twice in one object."""
+    decoder = json.JSONDecoder()
+
+    def parse_object(s_and_end: tuple[str, int], strict: bool, scan_once: Any, _hook: Any, _pairs_hook: Any,
+                     memo: Any = None) -> tuple[Any, int]:
+        pairs, end = json.decoder.JSONObject(s_and_end, strict, scan_once, None, list, memo)
+        seen: dict[str, int] = {}
+        lines = None
+        for i, (key, _) in enumerate(pairs):
+            if key in seen:
+                lines = lines or _key_lines(s_and_end[0], s_and_end[1])
+                raise _DuplicateKey(key, lines[i][1], lines[seen[key]][1])
+            seen[key] = i
+        return dict(pairs), end
+
+    decoder.parse_object = parse_object  # type: ignore[assignment]
+    decoder.scan_once = json.scanner.py_make_scanner(decoder)
+    return decoder.decode(text)
+
+
 def load_job(path: str | Path) -> CalibrationJob:
     """Read a YAML or JSON job file.
 
+    A key given twice in one mapping, a file larger than MAX_JOB_FILE_BYTES, and a
+    job that expands (YAML aliases) past MAX_JOB_VALUES values are refused.
+
     Raises:
-        JobSpecError: the file is missing, unparsable, or any field is invalid.
+        JobSpecError: the file is missing, too large, unparsable, ambiguous, or any field is invalid.
     """
     path = Path(path)
     if not path.is_file():
         raise JobSpecError(f"job file not found: {path}", hint="pass the path of a YAML or JSON job file")
     try:
-        text = path.read_text(encoding="utf-8")
+        size = path.stat().st_size
+        if size > MAX_JOB_FILE_BYTES:
+            raise JobSpecError(f"job file {path} is {size:,} bytes, more than the limit of {MAX_JOB_FILE_BYTES:,}",
+                               hint="put large observed data in a CSV file and reference it from 'data'")
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_JOB_FILE_BYTES + 1)  # the file may grow after stat
+        if len(raw) > MAX_JOB_FILE_BYTES:
+            raise JobSpecError(f"job file {path} is more than {MAX_JOB_FILE_BYTES:,} bytes")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise JobSpecError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})", hint="save the job file as UTF-8 YAML or JSON") from e
     except OSError as e:
         raise JobSpecError(f"job file {path} cannot be read: {e.strerror or e}") from e
     kind = "JSON" if path.suffix.lower() == ".json" else "YAML"
     try:
-        data = json.loads(text) if kind == "JSON" else yaml.safe_load(text)
+        data = _json_load(text) if kind == "JSON" else yaml.load(text, Loader=_JobYamlLoader)  # noqa: S506 - a safe loader
+    except _DuplicateKey as e:
+        raise JobSpecError(f"{path}, line {e.line}: key {e.key!r} is given twice in one mapping (first at line {e.first_line})",
+                           hint="keep one of them: the job would otherwise silently take the last") from None
+    except RecursionError:
+        raise JobSpecError(f"{path}: nested more than {MAX_NESTING} levels deep",
+                           hint="a job is a few levels of mappings and lists") from None
     except json.JSONDecodeError as e:
         before = e.doc[: e.pos].rstrip()
         hint = "remove the trailing comma before it" if before.endswith(",") and e.doc[e.pos: e.pos + 1] in ("}", "]") else ""

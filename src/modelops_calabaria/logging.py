@@ -1,8 +1,11 @@
 """structlog set-up, done once by the entry point (never at import).
 
 JSON lines on stdout in containers and pipes; a human console renderer on a
-terminal. Every event passes through :func:`redact_secrets`, so a storage URL
-with a password logged by any module is masked.
+terminal. Every event passes through :func:`redact_secrets`, and every record of
+the standard-library loggers the service's libraries use (Optuna, distributed,
+SQLAlchemy, warnings) through a :class:`_Redact` filter: both call
+:func:`modelops_calabaria.redaction.redact`, the one redaction point, so a
+storage URL with a password logged by any module is masked.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import Any
 
 import structlog
 
-from modelops_calabaria.redaction import redact_value
+from modelops_calabaria.redaction import redact, redact_value
 
 
 def redact_secrets(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
@@ -59,6 +62,25 @@ def configure_logging(fmt: str = "auto", *, level: int = logging.INFO, stream: A
     for handler in distributed_logger.handlers:
         if not any(isinstance(f, _OneLine) for f in handler.filters):
             handler.addFilter(_OneLine())
+    logging.captureWarnings(True)
+    handlers = [logging.lastResort] if logging.lastResort else []
+    for name in ("", "optuna", "distributed", "sqlalchemy", "py.warnings"):
+        handlers += logging.getLogger(name).handlers
+    for handler in handlers:
+        if not any(isinstance(f, _Redact) for f in handler.filters):
+            handler.addFilter(_Redact())
+
+
+class _Redact(logging.Filter):
+    """Mask passwords in a standard-library record (message and traceback text)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = redact(record.getMessage())
+        record.args = None
+        if record.exc_info:
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+        return True
 
 
 class _OneLine(logging.Filter):

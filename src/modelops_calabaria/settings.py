@@ -21,6 +21,8 @@ from pydantic import AliasChoices, Field, ValidationError
 from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from modelops_calabaria.errors import ConfigurationError
+from modelops_calabaria.job import MAX_CONCURRENCY, MAX_REPLICATES
+from modelops_calabaria.redaction import register_secrets_in
 
 
 class Settings(BaseSettings):
@@ -50,19 +52,19 @@ class Settings(BaseSettings):
             on a machine with more than one core).
     """
 
-    model_config = SettingsConfigDict(env_prefix="CALABARIA_", extra="ignore", populate_by_name=True)
+    model_config = SettingsConfigDict(env_prefix="CALABARIA_", extra="ignore", populate_by_name=True, allow_inf_nan=False)
 
     parallel_trials: bool = Field(
         default=True, validation_alias=AliasChoices("parallel_trials", "PARALLEL_TRIALS", "CALABARIA_PARALLEL_TRIALS")
     )
     storage: str | None = None
     scheduler: str | None = None
-    local_workers: int | None = Field(default=None, ge=1)
+    local_workers: int | None = Field(default=None, ge=1, le=MAX_CONCURRENCY)
     log_format: Literal["auto", "json", "console"] = "auto"
     heartbeat_interval_s: float = Field(default=10.0, gt=0)
     fast_path: bool = True
     sampler_process: bool | None = None
-    replicates_per_task: int | None = Field(default=None, ge=1)
+    replicates_per_task: int | None = Field(default=None, ge=1, le=MAX_REPLICATES)
     grace_period_s: float = Field(default=60.0, gt=0)
 
 
@@ -75,6 +77,8 @@ def resolve_settings(job_execution: Mapping[str, Any] | None = None, **cli: Any)
         ConfigurationError: a value has the wrong type (names the setting).
     """
     job_values = {k: v for k, v in (job_execution or {}).items() if v is not None}
+    register_secrets_in(job_values.get("storage"))
+    register_secrets_in(cli.get("storage"))
     cli_values = {k: v for k, v in cli.items() if v is not None}
 
     class _Resolved(Settings):
@@ -95,4 +99,5 @@ def resolve_settings(job_execution: Mapping[str, Any] | None = None, **cli: Any)
         bad = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors(include_url=False))
         raise ConfigurationError(f"invalid setting: {bad}",
                                  hint="check the CLI flags, CALABARIA_* / PARALLEL_TRIALS variables and the job's 'execution' block") from e
+    register_secrets_in(resolved.storage)  # whichever source it came from: masked in every line printed
     return Settings.model_construct(**resolved.model_dump())

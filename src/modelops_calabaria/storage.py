@@ -16,14 +16,17 @@ Passwords are masked in every form shown to a user
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
+
+import sqlalchemy.exc
 
 from modelops_calabaria.errors import ConfigurationError
-from modelops_calabaria.redaction import redact
+from modelops_calabaria.redaction import redact, register_secrets_in
 
 StorageKind = Literal["postgresql", "sqlite", "journal", "memory"]
 _PG_SCHEMES = {"postgresql", "postgres", "postgresql+psycopg2"}
@@ -75,6 +78,7 @@ def parse_storage_url(url: str | None, default_path: Path | None = None) -> Stor
             contains the password), or a SQLite/journal path that is a
             directory or cannot be created.
     """
+    register_secrets_in(url)  # its password is masked in every line printed from now on
     if not url:
         if default_path is None:
             raise ConfigurationError("no storage URL given", hint="pass --storage or set CALABARIA_STORAGE")
@@ -95,9 +99,7 @@ def parse_storage_url(url: str | None, default_path: Path | None = None) -> Stor
         )
     scheme = scheme.lower()
     if scheme in _PG_SCHEMES:
-        parts = urlsplit(url)
-        if not parts.hostname and "host=" not in (parts.query or ""):
-            raise ConfigurationError(f"storage URL {redact(url)!r} has no host", hint="postgresql://USER:PASSWORD@HOST:5432/DB")
+        _check_pg_url(url, rest)
         return StorageTarget("postgresql", "postgresql+psycopg2://" + rest)
     if scheme.startswith("postgresql+"):
         raise ConfigurationError(
@@ -120,3 +122,59 @@ def parse_storage_url(url: str | None, default_path: Path | None = None) -> Stor
         hint="set --storage, CALABARIA_STORAGE or the job's execution.storage to postgresql://USER:PASSWORD@HOST:5432/DB, "
              "sqlite:///path/study.db or journal:///path/study.log (or a .db/.log path)",
     )
+
+
+
+# libpq connection parameters (PostgreSQL 17), accepted in a URL's query string.
+_LIBPQ_OPTIONS = frozenset("""
+    host hostaddr port dbname user password passfile require_auth channel_binding connect_timeout client_encoding
+    options application_name fallback_application_name keepalives keepalives_idle keepalives_interval
+    keepalives_count tcp_user_timeout replication gssencmode sslmode requiressl sslnegotiation sslcompression
+    sslcert sslkey sslcertmode sslpassword sslrootcert sslcrl sslcrldir sslsni requirepeer ssl_min_protocol_version
+    ssl_max_protocol_version krbsrvname gsslib gssdelegation service target_session_attrs load_balance_hosts
+""".split())
+_HOST_NAME = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_\-]{0,62})(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_\-]{0,62}))*\.?$")
+_PG_URL_HINT = ("postgresql://USER:PASSWORD@HOST:5432/DB; percent-encode '@', ':', '/', '?', '#', '%' and spaces "
+                "in the user or password (e.g. '@' as %40)")
+
+
+def _check_pg_url(url: str, rest: str) -> None:
+    """Check a PostgreSQL URL's host, port and query options as the driver would read them.
+
+    Raises:
+        ConfigurationError: a port that is not a number from 1 to 65535, a malformed
+            host (a raw '@' in the password, a space, an unclosed '['), no host, or a
+            query option libpq does not know. The message never holds the password.
+    """
+    from sqlalchemy.engine import make_url
+
+    shown = redact(url)
+    try:
+        parsed = make_url("postgresql+psycopg2://" + rest)
+    except (ValueError, sqlalchemy.exc.ArgumentError):
+        raise ConfigurationError(f"storage URL {shown!r} has a malformed host or port: the port must be a number "
+                                 "from 1 to 65535 and an IPv6 host needs [brackets]", hint=_PG_URL_HINT) from None
+    if parsed.port is not None and not 1 <= parsed.port <= 65535:
+        raise ConfigurationError(f"storage URL {shown!r}: port {parsed.port} is out of range (1 to 65535)", hint=_PG_URL_HINT)
+    query = {k: (v if isinstance(v, str) else ",".join(v)) for k, v in parsed.query.items()}
+    for key in query:
+        if key not in _LIBPQ_OPTIONS:
+            close = difflib.get_close_matches(key, sorted(_LIBPQ_OPTIONS), n=1)
+            guess = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigurationError(f"storage URL {shown!r}: unknown connection option {key!r}{guess}",
+                                     hint="use libpq's connection parameters (sslmode, connect_timeout, application_name, ...)")
+    if "port" in query and not all(p.isdigit() and 1 <= int(p) <= 65535 for p in query["port"].split(",")):
+        raise ConfigurationError(f"storage URL {shown!r}: option port={query['port']!r} is not a port (1 to 65535)", hint=_PG_URL_HINT)
+    host = parsed.host
+    if not host:
+        if "host" not in query and "hostaddr" not in query:
+            raise ConfigurationError(f"storage URL {shown!r} has no host", hint=_PG_URL_HINT)
+        return
+    if "@" in host:
+        raise ConfigurationError(f"storage URL {shown!r}: the user or password holds a raw '@'", hint=_PG_URL_HINT)
+    for one in host.split(","):  # libpq takes a comma-separated list of hosts
+        ipv6 = ":" in one and re.fullmatch(r"[0-9A-Fa-f:.]+(%[A-Za-z0-9_.\-]+)?", one)
+        if ipv6 or _HOST_NAME.match(one):
+            continue
+        raise ConfigurationError(f"storage URL {shown!r}: malformed host {host!r}", hint=_PG_URL_HINT)
+

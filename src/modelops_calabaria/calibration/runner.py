@@ -40,8 +40,8 @@ from modelops_calabaria.calibration.study import (
     stored_job_of,
 )
 from modelops_calabaria.calibration.wire import Wire
-from modelops_calabaria.errors import ConfigurationError, RunFailedError, StudyNotFoundError
-from modelops_calabaria.job import CalibrationJob, job_from_dict
+from modelops_calabaria.errors import ConfigurationError, JobSpecError, RunFailedError, StudyNotFoundError
+from modelops_calabaria.job import MAX_CONCURRENCY, MAX_TRIALS, CalibrationJob, check_run_flags, check_same_model, job_from_dict
 from modelops_calabaria.logging import get_logger
 from modelops_calabaria.models import canonical_ref, load_model
 from modelops_calabaria.reporting.progress import Progress
@@ -88,7 +88,11 @@ def prepare(job: CalibrationJob, settings: Settings, output_dir: Path | None = N
     model_ref = canonical_ref(job.model, job.base_dir)
     model = load_model(model_ref)
     targets = compile_targets(job, model.outputs)
-    sampler = build_sampler(job)
+    try:
+        sampler = build_sampler(job)
+    except (ValueError, TypeError) as e:  # an option value Optuna refuses (e.g. qmc_type: nope)
+        raise JobSpecError(f"sampler {job.sampler.name!r} rejected its options: {e}",
+                           problems=[("sampler.options", f"see Optuna's {job.sampler.name} sampler for valid options")]) from None
     out = Path(output_dir) if output_dir else Path("runs") / job.study
     if out.exists() and not out.is_dir():
         raise ConfigurationError(f"run directory {out} is a file", hint="pass --output with a directory path")
@@ -115,6 +119,7 @@ def check_existing_study(p: Prepared) -> None:
         backend.close()
     if stored:
         check_same_space(p.job, stored, storable_job(p))
+        check_same_model(p.job.study, stored.get("model"), p.model_ref)
 
 
 def storable_job(p: Prepared) -> dict[str, Any]:
@@ -137,7 +142,7 @@ def storable_job(p: Prepared) -> dict[str, Any]:
 def default_concurrency(slots: int, n_replicates: int, parallel: bool) -> int:
     """Trials at once: enough to fill every slot (parallel: 2x, to hide ask/tell latency)."""
     per_round = max(1, math.ceil(slots / n_replicates))
-    return max(2, 2 * per_round) if parallel else per_round
+    return min(MAX_CONCURRENCY, max(2, 2 * per_round) if parallel else per_round)
 
 
 @contextmanager
@@ -191,12 +196,9 @@ def run_calibration(
         ServiceUnavailableError: the database or scheduler is unreachable.
         RunFailedError: no trial completed, or a failure storm stopped the run.
     """
+    check_run_flags(max_trials=max_trials, extend=extend, workers=concurrency, n_replicates=job.n_replicates)
     settings = settings or resolve_settings(job.execution.model_dump())
     prepared = prepare(job, settings, Path(output_dir) if output_dir else None)
-    if max_trials is not None and max_trials < 1:
-        raise ConfigurationError(f"--max-trials must be >= 1, got {max_trials}")
-    if extend is not None and extend < 1:
-        raise ConfigurationError(f"--extend must be >= 1, got {extend}")
     options = RunOptions(max_trials, extend, concurrency, handle_signals, shutdown_grace_s, show_progress, joining)
     check_existing_study(prepared)  # before any cluster starts
     context = SimContext(prepared.model_ref, dict(job.fixed), prepared.targets, job.timeout_s, job.replicate_retries)
@@ -258,6 +260,9 @@ def _set_budget(study: optuna.Study, ledger: Ledger, job: CalibrationJob, settin
     claimed, _ = ledger.budget(name)
     n_trials = len(study.get_trials(deepcopy=False))
     new_max = max(stored_max, n_trials) + extend if extend else wanted
+    if new_max > MAX_TRIALS:
+        raise ConfigurationError(f"--extend {extend} would raise the study's budget to {new_max:,}, more than {MAX_TRIALS:,}",
+                                 hint="start a new study, or extend by less")
     if new_max != stored_max:
         ledger.set_max_trials(name, new_max)
     # Claims that never became trials (a coordinator killed between claim and ask) are

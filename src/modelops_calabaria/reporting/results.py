@@ -1,7 +1,11 @@
 """Results files of a run directory: best.yaml, results.json, trials.csv.
 
-Each file is written to a temporary name and renamed, so a reader never sees
-half a file. Nothing here contains a storage password.
+Written whole or not at all: every file is first written to a temporary name;
+only when all of them are written are they renamed into place. If anything
+fails (a full disk, a read-only directory), the temporary files and the
+previous run's results files are removed, so no result of an older run is left
+looking current, and :class:`~modelops_calabaria.errors.ResultsWriteError`
+says so in one line. Nothing here contains a storage password.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from modelops_calabaria.backend.base import FAIL_REASON, TARGETS_ATTR
+from modelops_calabaria.errors import ResultsWriteError
 from modelops_calabaria.outcome import RunResult
 from modelops_calabaria.redaction import redact_value
 
@@ -37,10 +42,44 @@ def state_counts(trials: list[FrozenTrial]) -> dict[str, int]:
     return {s.name: counts.get(s.name, 0) for s in TrialState} | {"total": len(trials)}
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+RESULT_FILES = ("best.yaml", "results.json", "trials.csv")
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError:
+        pass  # best effort: the error that got us here is the one reported
+
+
+def write_files(out_dir: Path, files: dict[str, str]) -> None:
+    """Write ``{name: text}`` into ``out_dir``: all of them, or none (and none of their old versions).
+
+    Raises:
+        ResultsWriteError: a write or rename failed; the message names the directory and the cause.
+    """
+    tmps = {name: out_dir / f".{name}.tmp{os.getpid()}" for name in files}
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            with open(tmps[name], "w", encoding="utf-8") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+        for name in files:  # never a mix of this run's files and an older run's
+            _unlink(out_dir / name)
+        for name in files:
+            os.replace(tmps[name], out_dir / name)
+    except OSError as e:
+        for name in files:
+            _unlink(tmps[name])
+            _unlink(out_dir / name)  # an older run's file (or one just renamed) would look current
+        raise ResultsWriteError(
+            f"cannot write the results to {out_dir}: {e.strerror or e}; no results file was left there",
+            hint="free space (or fix the permissions) and run the same command again: the study holds every trial",
+        ) from None
 
 
 def trials_csv(trials: list[FrozenTrial]) -> str:
@@ -62,8 +101,7 @@ def trials_csv(trials: list[FrozenTrial]) -> str:
 
 
 def write_results(out_dir: Path, result: RunResult, trials: list[FrozenTrial]) -> None:
-    """Write best.yaml, results.json and trials.csv into ``out_dir``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Write best.yaml, results.json and trials.csv into ``out_dir`` (all or none; see the module)."""
     best = {
         "study": result.study,
         "best_trial": result.best_trial,
@@ -71,7 +109,9 @@ def write_results(out_dir: Path, result: RunResult, trials: list[FrozenTrial]) -
         "best_params": result.best_params,
         "targets": result.best_targets,
     }
-    _atomic_write(out_dir / "best.yaml", yaml.safe_dump(redact_value(best), sort_keys=False))
-    _atomic_write(out_dir / "results.json", json.dumps(result.to_json(), indent=2, default=str) + "\n")
-    _atomic_write(out_dir / "trials.csv", trials_csv(trials))
+    write_files(out_dir, {
+        "best.yaml": yaml.safe_dump(redact_value(best), sort_keys=False),
+        "results.json": json.dumps(result.to_json(), indent=2, default=str) + "\n",
+        "trials.csv": trials_csv(trials),
+    })
 

@@ -1,0 +1,3 @@
+from modelops_calabaria.models.compartmental import BUILTINS
+
+seir = BUILTINS["seir"]  # the same simulation under another entrypoint
