@@ -41,6 +41,7 @@ from modelops_calabaria.errors import ConfigurationError, RunFailedError, StudyN
 from modelops_calabaria.job import CalibrationJob, job_from_dict
 from modelops_calabaria.logging import get_logger
 from modelops_calabaria.models import canonical_ref, load_model
+from modelops_calabaria.posterior import ImisSampler, posterior_stop, write_posterior
 from modelops_calabaria.reporting.progress import Progress
 from modelops_calabaria.reporting.results import RunResult, best_trial, state_counts, write_results
 from modelops_calabaria.settings import Settings, resolve_settings
@@ -261,16 +262,19 @@ def _drive(
              scheduler=service.address, coordinator=coordinator_id)
     heartbeat = Heartbeat(study, ledger, coordinator_id, settings.heartbeat_interval_s, settings.grace_period_s, retry)
     retries = (lambda: ledger.pop_retry(study.study_name)) if retry else None
-    state = RunState(job.direction, job.stop, time.monotonic())
+    sampler = build_sampler(job)
+    if isinstance(sampler, ImisSampler):  # records into the shared study; draws apart from other coordinators'
+        sampler.attach(study._storage, study._study_id, coordinator_id if joining or already else None)
+    state = RunState(job.direction, job.stop, time.monotonic(), **posterior_stop(job, sampler))
     space = distributions(job)
     writers = max(1, min(4, loops // 4))
     if settings.fast_path:
         prefetch = max(1, loops // 4) if parallel and loops > 1 else 0  # sequential runs stay reproducible
-        in_process = use_sampler_process(settings, parallel, loops)
+        in_process = use_sampler_process(settings, parallel, loops) and job.posterior is None
         if in_process:
             prefetch = loops  # steps in flight: enough to cover the round trip to the sampler process
         adapter: DirectAsker | MirroredAsker = MirroredAsker(
-            study, space, coordinator_id, build_sampler(job), writers=writers, prefetch=prefetch, retries=retries,
+            study, space, coordinator_id, sampler, writers=writers, prefetch=prefetch, retries=retries,
             sampler_process=in_process)
     else:
         adapter = DirectAsker(study, space, coordinator_id, retries)
@@ -316,6 +320,8 @@ def _drive(
             "ask_p50": _pct(asks, 50), "ask_p95": _pct(asks, 95), "tell_p50": _pct(tells, 50), "tell_p95": _pct(tells, 95)
         },
     )
+    if job.posterior is not None:
+        result.posterior = write_posterior(p.output_dir, job, study)
     write_results(p.output_dir, result, trials)
     log.info("calibration finished", study=result.study, best_loss=result.best_loss, best_params=result.best_params,
              trials=result.trials, wall_time_s=result.wall_time_s, utilization=result.utilization,
