@@ -157,3 +157,30 @@ def test_cli_refuses_a_posterior_of_a_least_squares_loss(tmp_path):
     assert len(errors) == 1 and "sse is not one" in errors[0] and "Traceback" not in proc.stderr
     assert "poisson_nll" in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["job.yaml"]
+
+
+def test_figures_show_the_marginals_and_the_predictive_fit(tmp_path):
+    import optuna
+
+    from modelops_calabaria.posterior import posterior_figures, study_sample
+    from modelops_calabaria.storage import open_optuna_storage, parse_storage_url
+
+    storage = f"sqlite:///{tmp_path}/s.db"
+    y = 1.0 + 0.8 * T_DESIGN
+    target = {"name": "y", "output": "y", "data": {"i": list(range(6)), "y": y.tolist()},
+              "score": {"kind": "normal_nll", "sigma": 0.5}}
+    job = posterior_job(tmp_path, "line", {"a": {"lower": -5.0, "upper": 5.0}, "b": {"lower": -2.0, "upper": 3.0}},
+                        target, max_trials=200, posterior={"initial": 100, "per_stage": 25})
+    run_calibration(job, settings(storage), output_dir=tmp_path / "run")
+    study = optuna.load_study(study_name=job.study, storage=open_optuna_storage(parse_storage_url(storage), 1))
+    sample = study_sample(job, study)
+    figures = posterior_figures(job, sample, predictive_draws=10, replicates=1)
+    assert len(figures) == 2
+    (corner, corner_caption), (fit, fit_caption) = figures
+    axes = [ax for ax in corner.axes if ax.get_visible()]
+    assert len(axes) == 3 and "ESS" in corner_caption  # two 1-D marginals and one 2-D joint density
+    (ax,) = fit.axes
+    observed = [line for line in ax.get_lines() if line.get_label() == "observed"][0]
+    assert np.allclose(observed.get_ydata(), y) and "resampled" in fit_caption
+    corner.savefig(tmp_path / "corner.png")
+    assert (tmp_path / "corner.png").stat().st_size > 1000
