@@ -29,3 +29,14 @@ def line(params, seed):
 proportion.outputs = ("p",)
 constant.outputs = ("y",)
 line.outputs = ("y",)
+
+
+def slow_constant(params, seed):
+    """constant after sleeping ``delay`` seconds (fixed parameter): trials stay in flight long enough to kill."""
+    import time
+
+    time.sleep(float(params.get("delay", 0.05)))
+    return constant(params, seed)
+
+
+slow_constant.outputs = ("y",)
