@@ -143,3 +143,19 @@ def test_a_likelihood_job_is_accepted():
     check_posterior_job(_job())
     check_posterior_job(_job(n_replicates=1, targets=[
         {"name": "c", "output": "cases", "data": {"w": [0], "c": [1]}, "score": "poisson_nll"}]))
+
+
+def test_synthetic_likelihood_aggregation_scores_the_replicate_series():
+    from modelops_calabaria.targets.evaluate import aggregate_trial, compile_targets, evaluate_replicate
+
+    job = _job(n_replicates=20, targets=[{"name": "c", "output": "cases", "data": {"w": [0, 1], "c": [10, 30]},
+                                          "score": "poisson_nll", "aggregation": "synthetic_likelihood"}])
+    (target,) = compile_targets(job)
+    rng = np.random.default_rng(6)
+    series = [np.array([rng.normal(12, 2), rng.normal(28, 3)]) for _ in range(20)]
+    evaluated = [evaluate_replicate((target,), {"cases": s}) for s in series]
+    assert all("c" in kept for _, kept in evaluated)  # the series are kept for the aggregation
+    per_target, loss = aggregate_trial((target,), [s for s, _ in evaluated], [k for _, k in evaluated])
+    want = synthetic_nll(np.stack([s.reshape(2, 1) for s in series]), np.array([[10.0], [30.0]]))
+    assert per_target["c"] == pytest.approx(want) and loss == pytest.approx(want)
+    check_posterior_job(job)
