@@ -13,6 +13,8 @@ def weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float | Sequen
     each point's mass centred on it (so equal weights reproduce the Hazen quantile)."""
     values = np.asarray(values, dtype=float)
     weights = np.asarray(weights, dtype=float)
+    keep = weights > 0  # a zero-weight point is no part of the distribution, not even to interpolate to
+    values, weights = values[keep], weights[keep]
     order = np.argsort(values, kind="stable")
     v, w = values[order], weights[order]
     cdf = (np.cumsum(w) - 0.5 * w) / w.sum()
