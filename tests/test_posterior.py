@@ -184,3 +184,15 @@ def test_figures_show_the_marginals_and_the_predictive_fit(tmp_path):
     assert np.allclose(observed.get_ydata(), y) and "resampled" in fit_caption
     corner.savefig(tmp_path / "corner.png")
     assert (tmp_path / "corner.png").stat().st_size > 1000
+
+
+def test_one_loop_and_one_seed_give_the_same_posterior_study(tmp_path):
+    rng = np.random.default_rng(8)
+    y = rng.normal(0.5, 1.0, size=50)
+    runs = []
+    for name in ("first", "second"):
+        job = normal_mean_job(tmp_path, y, 1.0, max_trials=60, posterior={"initial": 30, "per_stage": 10})
+        result = run_calibration(job, settings(f"sqlite:///{tmp_path}/{name}.db"), output_dir=tmp_path / name,
+                                 concurrency=1)
+        runs.append(((tmp_path / name / "posterior.csv").read_text().splitlines()[1:], result.posterior["ess"]))
+    assert runs[0] == runs[1]

@@ -159,3 +159,16 @@ def test_synthetic_likelihood_aggregation_scores_the_replicate_series():
     want = synthetic_nll(np.stack([s.reshape(2, 1) for s in series]), np.array([[10.0], [30.0]]))
     assert per_target["c"] == pytest.approx(want) and loss == pytest.approx(want)
     check_posterior_job(job)
+
+
+def test_the_ess_stop_rule():
+    from modelops_calabaria.calibration.state import RunState
+    from modelops_calabaria.job import StopSpec
+
+    ess = {"now": None}
+    state = RunState("minimize", StopSpec(), 0.0, target_ess=100, ess_probe=lambda: ess["now"])
+    assert state.check_stop(1.0) is None  # no stage yet: no ESS
+    ess["now"] = 99.5
+    assert state.check_stop(1.0) is None
+    ess["now"] = 100.2
+    assert state.check_stop(2.0) == "target ESS 100 reached (ESS 100.2)"

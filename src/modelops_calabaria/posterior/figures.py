@@ -25,12 +25,19 @@ def _figure(width: float, height: float) -> Any:
     return Figure(figsize=(width, height), layout="constrained")
 
 
+def _span(values: np.ndarray, weights: np.ndarray) -> tuple[float, float]:
+    lo, hi = weighted_quantile(values, weights, [0.001, 0.999])
+    pad = 0.25 * (hi - lo) or 1e-6 * max(abs(lo), 1.0)
+    return float(lo - pad), float(hi + pad)
+
+
 def corner_figure(names: Sequence[str], sample: WeightedSample, bins: int = 40) -> tuple[Any, str]:
     """1-D marginal densities on the diagonal, 2-D joint densities below it (weighted histograms)."""
     d = len(names)
     fig = _figure(2.6 * d + 0.6, 2.4 * d + 0.4)
     axes = np.atleast_2d(fig.subplots(d, d, squeeze=False))
     x, w = sample.x, sample.weights
+    spans = [_span(x[:, j], w) for j in range(d)]  # where the weight is, not where the prior draws went
     for i in range(d):
         for j in range(d):
             ax = axes[i, j]
@@ -38,12 +45,12 @@ def corner_figure(names: Sequence[str], sample: WeightedSample, bins: int = 40) 
                 ax.set_visible(False)
                 continue
             if i == j:
-                ax.hist(x[:, i], bins=bins, weights=w, density=True, color="#4c72b0", alpha=0.8)
+                ax.hist(x[:, i], bins=bins, range=spans[i], weights=w, density=True, color="#4c72b0", alpha=0.8)
                 lo, hi = weighted_quantile(x[:, i], w, [0.025, 0.975])
                 ax.axvspan(lo, hi, color="#dd8452", alpha=0.2, label="95 % interval")
                 ax.set_yticks([])
             else:
-                ax.hist2d(x[:, j], x[:, i], bins=bins, weights=w, cmap="Blues")
+                ax.hist2d(x[:, j], x[:, i], bins=bins, range=[spans[j], spans[i]], weights=w, cmap="Blues")
             if i == d - 1:
                 ax.set_xlabel(names[j])
             if j == 0 and i > 0:
@@ -83,7 +90,8 @@ def predictive_figure(job: CalibrationJob, sample: WeightedSample, draws: int = 
             ax.plot(idx, q[2], color="#4c72b0", lw=1)
             ax.plot(idx, t.observed.values[:, col], "o", ms=3, color="black", label="observed" if col == 0 else None)
         ax.set_title(t.name)
-        ax.set_xlabel(t.observed.columns[0] if len(t.observed.columns) == 1 else "index")
+        ax.set_xlabel("index")
+        ax.set_ylabel(", ".join(t.observed.columns))
         ax.legend(loc="upper right", fontsize=8)
     caption = (f"Posterior predictive fit: {draws} parameter sets resampled by weight, {replicates} replicate(s) each; "
                "bands hold 50 % and 95 % of the simulations, dots are the observations.")
