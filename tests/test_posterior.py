@@ -28,8 +28,9 @@ MODELS = SUPPORT / "posterior_models.py"
 T_DESIGN = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
 
 
-def settings(storage: str = "memory", parallel: bool = True) -> Settings:
-    return Settings(parallel_trials=parallel, storage=storage, scheduler="inline", local_workers=4, log_format="json")
+def settings(storage: str = "memory", parallel: bool = True, fast_path: bool = True) -> Settings:
+    return Settings(parallel_trials=parallel, storage=storage, scheduler="inline", local_workers=4, log_format="json",
+                    fast_path=fast_path)
 
 
 def posterior_job(tmp_path: Path, model: str, parameters: dict, target: dict, **overrides):
@@ -72,12 +73,14 @@ def test_binomial_counts_with_a_uniform_prior_give_the_beta_posterior(tmp_path):
     assert stored["ess"] == post["ess"] and set(stored["parameters"]["p"]) == {"mean", "sd", "median", "ci95"}
 
 
-@pytest.mark.parametrize("parallel", [True, False], ids=["parallel", "batched"])
-def test_normal_observations_give_the_normal_posterior(tmp_path, parallel):
+@pytest.mark.parametrize("parallel, fast_path", [(True, True), (False, True), (True, False)],
+                         ids=["parallel", "batched", "plain-ask"])
+def test_normal_observations_give_the_normal_posterior(tmp_path, parallel, fast_path):
     rng = np.random.default_rng(0)
     y = rng.normal(3.0, 2.0, size=50)
     job = normal_mean_job(tmp_path, y, 2.0)
-    post = run_calibration(job, settings(parallel=parallel), output_dir=tmp_path / "run", concurrency=6).posterior
+    post = run_calibration(job, settings(parallel=parallel, fast_path=fast_path), output_dir=tmp_path / "run",
+                           concurrency=6).posterior
     close(post["parameters"]["mu"], y.mean(), 2.0 / math.sqrt(50), post["ess"])
     assert post["ess"] > 100
 
