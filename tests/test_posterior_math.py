@@ -172,3 +172,33 @@ def test_the_ess_stop_rule():
     assert state.check_stop(1.0) is None
     ess["now"] = 100.2
     assert state.check_stop(2.0) == "target ESS 100 reached (ESS 100.2)"
+
+
+def test_the_sampler_records_every_draw_before_handing_it_out():
+    """Plain Optuna ask/tell on an in-memory study: each point's source is in the study when ask returns."""
+    import optuna
+
+    from modelops_calabaria.job import PosteriorSpec
+    from modelops_calabaria.posterior import ImisSampler
+    from modelops_calabaria.posterior.records import COMPONENT_PREFIX, draw_key, parse_records
+
+    sampler = ImisSampler({"m": ParameterSpec(lower=-5, upper=5)}, PosteriorSpec(initial=20, per_stage=10), seed=3)
+    study = optuna.create_study(sampler=sampler)
+
+    def attrs() -> dict:
+        return study._storage.get_study_system_attrs(study._study_id)
+
+    for i in range(50):
+        trial = study.ask()
+        m = trial.suggest_float("m", -5, 5)
+        components, sources = parse_records(attrs())
+        source = sources[draw_key(["m"], {"m": m})]
+        assert source == PRIOR if i < 20 else source in components
+        if i % 7 == 3:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)  # failures carry no likelihood: left out
+        else:
+            study.tell(trial, 0.5 * ((m - 1.0) / 0.5) ** 2)
+    components, _ = parse_records(attrs())
+    assert len(components) == 3 and sum(k.startswith(COMPONENT_PREFIX) for k in attrs()) == 3
+    assert all(abs(c.mean[0] - prior_of("m", ParameterSpec(lower=-5, upper=5)).to_u(np.array([1.0]))[0]) < 1.0
+               for c in components.values())
