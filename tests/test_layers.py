@@ -16,6 +16,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("foundation", {"errors", "redaction", "logging", "settings", "dbretry", "storage", "outcome", "job"}),
     ("domain", {"models", "targets", "simulation"}),
     ("backend", {"backend"}),
+    ("posterior", {"posterior"}),
     ("reporting", {"reporting"}),
     ("calibration", {"calibration"}),
     ("entry points", {"cli", "__main__", "__init__"}),

@@ -60,7 +60,7 @@ ScoreKind = Literal[
 ]
 COUNT_SCORES = frozenset({"poisson_nll", "negbin_nll", "binomial_nll", "betabinomial_nll"})
 LIKELIHOOD_SCORES = frozenset({"poisson_nll", "negbin_nll", "normal_nll", "binomial_nll", "betabinomial_nll"})
-Aggregation = Literal["mean_of_scores", "score_of_mean", "logmeanexp"]
+Aggregation = Literal["mean_of_scores", "score_of_mean", "logmeanexp", "synthetic_likelihood"]
 
 
 class _Spec(BaseModel):
@@ -89,11 +89,36 @@ def check_study_name(name: Any, where: str = "study") -> str:
     return name
 
 
+class PriorSpec(_Spec):
+    """An explicit prior of one float parameter for a posterior run, truncated to its bounds.
+
+    ``normal`` takes ``mean`` and ``sd``; ``beta`` takes ``a`` and ``b`` (on the
+    value itself, support 0..1); ``gamma`` takes ``shape`` and ``rate``.
+    Without a prior a parameter is uniform on its bounds (log-uniform with ``log: true``).
+    """
+
+    dist: Literal["normal", "beta", "gamma"]
+    mean: float | None = None
+    sd: float | None = Field(default=None, gt=0)
+    a: float | None = Field(default=None, gt=0)
+    b: float | None = Field(default=None, gt=0)
+    shape: float | None = Field(default=None, gt=0)
+    rate: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> PriorSpec:
+        needs = {"normal": ("mean", "sd"), "beta": ("a", "b"), "gamma": ("shape", "rate")}[self.dist]
+        missing = [n for n in needs if getattr(self, n) is None]
+        if missing:
+            raise ValueError(f"a {self.dist} prior needs {' and '.join(needs)} (missing: {', '.join(missing)})")
+        return self
+
+
 class ParameterSpec(_Spec):
     """One searched parameter.
 
     ``kind`` float/int take ``lower < upper`` (``log`` needs ``lower > 0``);
-    categorical takes ``choices``.
+    categorical takes ``choices``. ``prior`` is used only by a posterior run.
     """
 
     kind: Literal["float", "int", "categorical"] = "float"
@@ -102,6 +127,7 @@ class ParameterSpec(_Spec):
     log: bool = False
     step: float | None = None
     choices: list[str | int | float | bool] | None = Field(default=None, max_length=MAX_CHOICES)
+    prior: PriorSpec | None = None
 
     @model_validator(mode="after")
     def _check(self) -> ParameterSpec:
@@ -255,6 +281,21 @@ class SamplerSpec(_Spec):
         return sizes
 
 
+class PosteriorSpec(_Spec):
+    """A posterior run by incremental mixture importance sampling (docs/posterior.md).
+
+    ``initial`` trials are drawn from the prior; then each stage adds a
+    Gaussian component around the highest-weight point and draws
+    ``per_stage`` trials from it. The run stops when the effective sample
+    size reaches ``target_ess`` (or at the trial budget).
+    """
+
+    method: Literal["imis"] = "imis"
+    initial: int = Field(default=200, ge=2)
+    per_stage: int = Field(default=50, ge=2)
+    target_ess: float | None = Field(default=None, gt=0)
+
+
 class ExecutionSpec(_Spec):
     """Where and how the job runs; each may be overridden by env or CLI (see Settings)."""
 
@@ -287,6 +328,7 @@ class CalibrationJob(_Spec):
         default=False, description="ask the parameters of trials lost with their coordinator again (uses budget)"
     )
     stop: StopSpec = Field(default_factory=StopSpec)
+    posterior: PosteriorSpec | None = None
     execution: ExecutionSpec = Field(default_factory=ExecutionSpec)
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
@@ -482,7 +524,8 @@ def validation_problems(err: ValidationError) -> list[tuple[str, str]]:
 
 
 _FIELD_NAMES = sorted(
-    set().union(*(m.model_fields for m in (CalibrationJob, ParameterSpec, ScoreSpec, TargetSpec, StopSpec, SamplerSpec, ExecutionSpec)))
+    set().union(*(m.model_fields for m in (CalibrationJob, ParameterSpec, ScoreSpec, TargetSpec, StopSpec, SamplerSpec, ExecutionSpec, PriorSpec,
+                   PosteriorSpec)))
 )
 
 

@@ -49,6 +49,7 @@ class RunResult:
     first_failure: str | None = None
     output_dir: str | None = None
     latency_ms: dict[str, float] = field(default_factory=dict)
+    posterior: dict[str, Any] | None = None  # a posterior run's summary (docs/posterior.md)
 
     def to_json(self) -> dict[str, Any]:
         return redact_value(asdict(self))

@@ -6,6 +6,7 @@ Tested without a cluster in ``tests/test_state.py``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from modelops_calabaria.job import StopSpec
@@ -19,6 +20,7 @@ class RunState:
         direction: ``minimize`` or ``maximize``.
         stop: The job's stop rules.
         started: Monotonic start time (seconds).
+        target_ess: Stop when ``ess_probe()`` (a posterior run's effective sample size) reaches it.
     """
 
     direction: str
@@ -34,6 +36,8 @@ class RunState:
     first_failure: str | None = None
     busy_s: float = 0.0
     stop_reason: str | None = None
+    target_ess: float | None = None
+    ess_probe: Callable[[], float | None] | None = None
 
     def _better(self, loss: float) -> bool:
         if self.best_loss is None:
@@ -81,6 +85,8 @@ class RunState:
             reason = f"no improvement in {self.since_improvement} trials (patience {s.patience})"
         elif s.max_wall_time_s is not None and now - self.started >= s.max_wall_time_s:
             reason = f"wall-clock limit {s.max_wall_time_s:g} s reached"
+        elif self.target_ess is not None and self.ess_probe is not None and (self.ess_probe() or 0) >= self.target_ess:
+            reason = f"target ESS {self.target_ess:g} reached (ESS {self.ess_probe():.1f})"
         self.stop_reason = reason
         return reason
 

@@ -44,6 +44,7 @@ from modelops_calabaria.errors import ConfigurationError, JobSpecError, RunFaile
 from modelops_calabaria.job import MAX_CONCURRENCY, MAX_TRIALS, CalibrationJob, check_run_flags, check_same_model, job_from_dict
 from modelops_calabaria.logging import get_logger
 from modelops_calabaria.models import canonical_ref, load_model
+from modelops_calabaria.posterior import ImisSampler, posterior_stop, write_posterior
 from modelops_calabaria.reporting.progress import Progress
 from modelops_calabaria.outcome import RunResult
 from modelops_calabaria.reporting.results import best_trial, state_counts, write_results
@@ -281,7 +282,8 @@ def _choose_asker(p: Prepared, settings: Settings, study: optuna.Study, backend:
     if not settings.fast_path:
         return DirectAsker(study, space, coordinator_id, retries, backend=backend)
     prefetch = max(1, loops // 4) if parallel and loops > 1 else 0  # sequential runs stay reproducible
-    in_process = use_sampler_process(settings, parallel, loops)
+    # A posterior sampler writes its draws' sources to the shared study: it samples here.
+    in_process = use_sampler_process(settings, parallel, loops) and p.job.posterior is None
     if in_process:
         prefetch = loops  # steps in flight: enough to cover the round trip to the sampler process
     return MirroredAsker(study, space, coordinator_id, p.sampler, writers=max(1, min(4, loops // 4)),
@@ -301,7 +303,10 @@ def _drive(p: Prepared, settings: Settings, service: SimulationService, study: o
              scheduler=service.address, coordinator=coordinator_id)
     heartbeat = Heartbeat(study, ledger, coordinator_id, settings.heartbeat_interval_s, settings.grace_period_s, retry,
                           backend=backend)
-    state = RunState(job.direction, job.stop, time.monotonic())
+    if isinstance(p.sampler, ImisSampler):  # records into the shared study; draws apart from other coordinators'
+        p.sampler.attach(backend.optuna_storage, backend.study_id(study.study_name),
+                         coordinator_id if options.joining or already else None)
+    state = RunState(job.direction, job.stop, time.monotonic(), **posterior_stop(job, p.sampler))
     asker = _choose_asker(p, settings, study, backend, parallel, loops, coordinator_id)
     progress = Progress(budget, already=already, bar=options.show_progress)
     started = time.monotonic()
@@ -313,7 +318,7 @@ def _drive(p: Prepared, settings: Settings, service: SimulationService, study: o
             writing.callback(asker.close)  # every tell written before anything reads the study
             wire = _run_rounds(p, settings, service, study, backend, asker, state, progress, parallel, loops, options)
     progress.line()
-    return _collect(p, study, asker, wire, state, parallel, loops, service.slots, time.monotonic() - started)
+    return _collect(p, study, backend, asker, wire, state, parallel, loops, service.slots, time.monotonic() - started)
 
 
 MAX_ROUNDS = 10  # bounds the rounds for slots given back late (each needs a coordinator to die meanwhile)
@@ -344,8 +349,8 @@ def _run_rounds(p: Prepared, settings: Settings, service: SimulationService, stu
     return wire
 
 
-def _collect(p: Prepared, study: optuna.Study, asker: Asker, wire: Wire, state: RunState, parallel: bool, loops: int,
-             slots: int, wall: float) -> RunResult:
+def _collect(p: Prepared, study: optuna.Study, backend: StudyBackend, asker: Asker, wire: Wire, state: RunState,
+             parallel: bool, loops: int, slots: int, wall: float) -> RunResult:
     """The run's result from the study as it now stands; results files written."""
     trials = study.get_trials(deepcopy=False)
     best = best_trial(study)
@@ -372,6 +377,8 @@ def _collect(p: Prepared, study: optuna.Study, asker: Asker, wire: Wire, state: 
             "ask_p50": _pct(asks, 50), "ask_p95": _pct(asks, 95), "tell_p50": _pct(tells, 50), "tell_p95": _pct(tells, 95)
         },
     )
+    if p.job.posterior is not None:
+        result.posterior = write_posterior(p.output_dir, p.job, backend.optuna_storage, study.study_name)
     write_results(p.output_dir, result, trials)
     log.info("calibration finished", study=result.study, best_loss=result.best_loss, best_params=result.best_params,
              trials=result.trials, wall_time_s=result.wall_time_s, utilization=result.utilization,

@@ -40,6 +40,7 @@ from modelops_calabaria.dbretry import retry_db
 from modelops_calabaria.errors import JobSpecError, StudyMismatchError
 from modelops_calabaria.job import CalibrationJob, ParameterSpec
 from modelops_calabaria.logging import get_logger
+from modelops_calabaria.posterior import build_posterior_sampler
 
 log = get_logger(__name__)
 
@@ -84,6 +85,8 @@ def build_sampler(job: CalibrationJob) -> optuna.samplers.BaseSampler:
     Raises:
         JobSpecError: an unknown option, or a sampler whose extra dependency is missing.
     """
+    if job.posterior is not None:  # a posterior run: IMIS, whatever 'sampler' says (docs/posterior.md)
+        return build_posterior_sampler(job)
     name = job.sampler.name
     options = dict(job.sampler.options)
     seed = job.seed

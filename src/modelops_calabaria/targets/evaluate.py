@@ -7,7 +7,9 @@ Aggregations over the R replicates of one trial:
 
 - ``mean_of_scores``: mean of the R per-replicate scores;
 - ``score_of_mean``: the score of the replicate-mean simulated series;
-- ``logmeanexp``: ``-log(mean(exp(-nll_r)))``, the NLL of the averaged likelihood.
+- ``logmeanexp``: ``-log(mean(exp(-nll_r)))``, the NLL of the averaged likelihood;
+- ``synthetic_likelihood``: the NLL of the observations under a Gaussian with the
+  replicate series' mean and (shrunk) covariance (Wood 2010); the score is unused.
 
 Trial loss = Σ weight × aggregated score, over targets.
 """
@@ -23,7 +25,9 @@ import numpy as np
 from modelops_calabaria.errors import JobSpecError, SimulationError
 from modelops_calabaria.job import CalibrationJob, ScoreSpec
 from modelops_calabaria.targets.data import Observed, load_observed
-from modelops_calabaria.targets.scores import log_mean_exp_loss, score
+from modelops_calabaria.targets.scores import log_mean_exp_loss, score, synthetic_nll
+
+KEEPS_SERIES = ("score_of_mean", "synthetic_likelihood")  # aggregations that need the replicate series
 
 
 @dataclass(frozen=True)
@@ -108,7 +112,7 @@ def evaluate_replicate(
     for t in targets:
         sim = t.align(outputs)
         scores[t.name] = t.loss(sim)
-        if t.aggregation == "score_of_mean":
+        if t.aggregation in KEEPS_SERIES:
             kept[t.name] = sim
     return scores, kept
 
@@ -123,6 +127,8 @@ def aggregate_trial(
     for t in targets:
         if t.aggregation == "score_of_mean":
             value = t.loss(np.mean([k[t.name] for k in replicate_kept], axis=0))
+        elif t.aggregation == "synthetic_likelihood":
+            value = synthetic_nll(np.stack([k[t.name] for k in replicate_kept]), t.observed.values)
         elif t.aggregation == "logmeanexp":
             value = log_mean_exp_loss(np.array([s[t.name] for s in replicate_scores]))
         else:
