@@ -328,3 +328,60 @@ def test_sampler_process_killed_fails_the_run_cleanly(tmp_path, scheduler):
     assert "the sampler process died" in err and "Traceback" not in err, err[-3000:]
     trials = check_invariants(storage, study, None)  # every asked trial told, none left RUNNING
     assert 10 <= len(trials) < 300
+
+
+def _interrupt_group(proc: subprocess.Popen) -> None:
+    """What a Ctrl-C on a terminal does: SIGINT to every process of the foreground process group."""
+    os.killpg(proc.pid, signal.SIGINT)
+
+
+@pytest.mark.slow
+def test_ctrl_c_reaches_only_the_coordinator_and_in_flight_trials_finish(tmp_path):
+    storage = f"sqlite:///{tmp_path}/s.db"
+    job, study = write_job(tmp_path, max_trials=200, fixed={"delay": 2.0})
+    # Its own process group, led by the coordinator, as a terminal's foreground job is; the
+    # local cluster's worker processes start inside it.
+    calib = subprocess.Popen([*CLI, "calibrate", str(job), "--storage", storage, "--local-workers", "2", "--workers", "2",
+                              "--output", str(tmp_path / "run"), "--grace", "60"], env=clean_env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        wait_for(lambda: told(storage, study) >= 2 and told(storage, study, asked=True) > told(storage, study), 180,
+                 "2 trials told and one in flight")
+        _interrupt_group(calib)
+        out, err = calib.communicate(timeout=120)
+    finally:
+        if calib.poll() is None:
+            os.killpg(calib.pid, signal.SIGKILL)
+    assert calib.returncode == 0, err[-3000:]
+    assert "KeyboardInterrupt" not in out + err and "Traceback" not in out + err, err[-3000:]
+    trials = check_invariants(storage, study, None)
+    assert 3 <= len(trials) < 200
+    assert all(t.state == TrialState.COMPLETE for t in trials), [(t.number, t.user_attrs) for t in trials]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["stop_reason"] == "SIGINT" and results["trials"]["total"] == len(trials)
+
+
+@pytest.mark.slow
+def test_second_ctrl_c_cancels_in_flight_trials_at_once(tmp_path):
+    storage = f"sqlite:///{tmp_path}/s.db"
+    job, study = write_job(tmp_path, max_trials=20, fixed={"delay": 120.0}, n_replicates=1)
+    calib = subprocess.Popen([*CLI, "calibrate", str(job), "--storage", storage, "--local-workers", "2", "--workers", "2",
+                              "--output", str(tmp_path / "run"), "--grace", "300"], env=clean_env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        wait_for(lambda: told(storage, study, asked=True) >= 2, 180, "2 trials in flight")
+        _interrupt_group(calib)
+        time.sleep(1.0)
+        _interrupt_group(calib)
+        # Without the second Ctrl-C the run would wait out the 300 s grace (the model sleeps 120 s):
+        # it must end long before either.
+        out, err = calib.communicate(timeout=90)
+    finally:
+        if calib.poll() is None:
+            os.killpg(calib.pid, signal.SIGKILL)
+    assert calib.returncode == 0, err[-3000:]
+    assert "KeyboardInterrupt" not in out + err and "Traceback" not in out + err, err[-3000:]
+    trials = check_invariants(storage, study, None)
+    assert trials and all(t.state == TrialState.FAIL for t in trials)
+    assert all("cancelled: SIGINT" in t.user_attrs["fail_reason"] for t in trials)
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["stop_reason"] == "SIGINT"
