@@ -385,3 +385,43 @@ def test_second_ctrl_c_cancels_in_flight_trials_at_once(tmp_path):
     assert trials and all(t.state == TrialState.FAIL for t in trials)
     assert all("cancelled: SIGINT" in t.user_attrs["fail_reason"] for t in trials)
     assert json.loads((tmp_path / "run" / "results.json").read_text())["stop_reason"] == "SIGINT"
+
+
+def runaway_model(name: str) -> str:
+    return f"{Path(__file__).parent / 'support' / 'runaway.py'}:{name}"
+
+
+@pytest.mark.slow
+def test_worker_left_running_a_runaway_model_is_replaced(tmp_path):
+    """After a timeout, no thread of the spinning model is left: the worker process that held it is gone,
+    and the cluster has its workers back. (A clock-free check; the speed is measured in
+    benchmarks/runaway.py.)"""
+    from distributed import Client, LocalCluster
+
+    import psutil
+
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
+                           silence_logs=logging.ERROR)
+    storage = f"sqlite:///{tmp_path}/s.db"
+    # Half the space spins forever: with TPE's 10 random start-up trials, some trial spins.
+    job = make_job(tmp_path, model=runaway_model("spins"), fixed={"marker_dir": str(markers), "hang_above": 1.0},
+                   timeout_s=0.5, max_trials=12, n_replicates=1, stop={"max_consecutive_failures": 100})
+    try:
+        result = run_calibration(job, Settings(storage=storage, scheduler=cluster.scheduler_address),
+                                 output_dir=tmp_path / "run", concurrency=2)
+        # Read before the cluster closes (closing ends every worker process anyway).
+        spun = {int(marker.name.split("-")[0]) for marker in markers.iterdir()}
+        still_spinning = [pid for pid in spun if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+        with Client(cluster.scheduler_address, set_as_default=False) as client:
+            workers = client.scheduler_info()["workers"]
+    finally:
+        cluster.close()
+    trials = check_invariants(storage, job.study, 12)
+    timed_out = [t for t in trials if t.state == TrialState.FAIL]
+    assert timed_out and all("timed out after 0.5 s" in t.user_attrs["fail_reason"] for t in timed_out)
+    assert result.trials["COMPLETE"] >= 1
+    assert spun, "no replicate spun"
+    assert not still_spinning, f"worker processes still hold a runaway model thread: {still_spinning}"
+    assert len(workers) == 2  # replaced, not removed
