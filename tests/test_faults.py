@@ -8,7 +8,6 @@ import datetime
 import json
 import logging
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -158,35 +157,24 @@ def test_lost_scheduler_fails_clearly_and_tells_every_trial(tmp_path):
                "scheduler" in t.user_attrs.get("fail_reason", "") for t in trials if t.state == TrialState.FAIL)
 
 
-def _pg_cluster() -> tuple[str, str] | None:
-    if not shutil.which("pg_ctlcluster") or not Path("/etc/postgresql").is_dir():
-        return None
-    versions = sorted(os.listdir("/etc/postgresql"))
-    return (versions[-1], "main") if versions else None
-
-
 @pytest.mark.slow
-def test_postgresql_restart_mid_run(pg_url, scheduler, tmp_path):
-    cluster = _pg_cluster()
-    if cluster is None:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail("pg_ctlcluster is not available to restart PostgreSQL")
-        pytest.skip("pg_ctlcluster is not available")
+def test_postgresql_restart_mid_run(throwaway_pg, scheduler, tmp_path):
+    """The server restarted is the test's own (conftest.throwaway_pg), never a shared one."""
+    url = throwaway_pg.url
     job, study = write_job(tmp_path, max_trials=40, fixed={"delay": 0.2})
-    calib = subprocess.Popen([*CLI, "calibrate", str(job), "--storage", pg_url, "--scheduler", scheduler, "--workers", "4",
+    calib = subprocess.Popen([*CLI, "calibrate", str(job), "--storage", url, "--scheduler", scheduler, "--workers", "4",
                               "--output", str(tmp_path / "run")], env=clean_env(), stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: told(pg_url, study) >= 8, 90, "8 trials")
-        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", *cluster, "restart"], check=True, timeout=120,
-                       capture_output=True)
+        wait_for(lambda: told(url, study) >= 8, 90, "8 trials")
+        throwaway_pg.restart()
         back_up = datetime.datetime.now()
         out, err = calib.communicate(timeout=240)
     finally:
         if calib.poll() is None:
             calib.kill()
     assert calib.returncode == 0, err[-3000:]
-    trials = check_invariants(pg_url, study, 40)
+    trials = check_invariants(url, study, 40)
     assert all(t.state == TrialState.COMPLETE for t in trials)
     # The run went on across the restart. Whether it logged a retry depends on timing:
     # pre-ping replaces dead pooled connections silently, and a statement in flight
