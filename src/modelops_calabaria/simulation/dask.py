@@ -312,6 +312,11 @@ class DaskSimulationService:
         except Exception as e:  # noqa: BLE001 - a failed restart costs speed, not results
             log.warning("restarting workers left running a timed-out model failed", workers=workers,
                         error=f"{type(e).__name__}: {e}")
+        if self._cluster is not None and self._cluster.status.name == "running":
+            # A local cluster drops a worker whose restart outlasts its lost-worker timeout
+            # (15 s: a slow start on a loaded machine) and would never replace it: the run
+            # would wait for workers forever. Scaling to its own size starts any missing one.
+            self._cluster.scale(len(self._cluster.worker_spec))
 
     def raise_if_lost(self, error: BaseException, *, force: bool = False) -> None:
         """Raise ServiceUnavailableError when the client has lost its scheduler."""
