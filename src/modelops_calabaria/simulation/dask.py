@@ -316,7 +316,10 @@ class DaskSimulationService:
             # A local cluster drops a worker whose restart outlasts its lost-worker timeout
             # (15 s: a slow start on a loaded machine) and would never replace it: the run
             # would wait for workers forever. Scaling to its own size starts any missing one.
-            self._cluster.scale(len(self._cluster.worker_spec))
+            try:
+                self._cluster.scale(len(self._cluster.worker_spec))
+            except Exception as e:  # noqa: BLE001 - the cluster is closing with the run
+                log.debug("scaling the local cluster back failed", error=str(e))
 
     def raise_if_lost(self, error: BaseException, *, force: bool = False) -> None:
         """Raise ServiceUnavailableError when the client has lost its scheduler."""
