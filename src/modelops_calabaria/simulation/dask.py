@@ -344,4 +344,7 @@ class DaskSimulationService:
         except Exception as e:  # noqa: BLE001 - closing a client whose scheduler died fails; nothing to save
             log.debug("closing the Dask client failed", error=str(e))
         if self._cluster is not None:
-            self._cluster.close(timeout=10)
+            try:
+                self._cluster.close(timeout=10)
+            except BaseException as e:  # noqa: BLE001 - e.g. a worker mid-restart: its process ends with ours
+                log.debug("closing the local cluster failed", error=f"{type(e).__name__}: {e}")
