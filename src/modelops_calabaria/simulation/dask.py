@@ -346,5 +346,5 @@ class DaskSimulationService:
         if self._cluster is not None:
             try:
                 self._cluster.close(timeout=10)
-            except BaseException as e:  # noqa: BLE001 - e.g. a worker mid-restart: its process ends with ours
+            except (Exception, asyncio.CancelledError) as e:  # noqa: BLE001 - e.g. a worker mid-restart: it ends with us
                 log.debug("closing the local cluster failed", error=f"{type(e).__name__}: {e}")
