@@ -2,12 +2,22 @@
 
 PostgreSQL tests use CALABARIA_TEST_PG (default postgresql://postgres@127.0.0.1:5432/test).
 When it is unreachable they skip on a laptop but FAIL under CI=true.
+
+Fault tests that stop or restart PostgreSQL use ``throwaway_pg`` instead: a server of
+their own (initdb in a temporary directory, a free loopback port), so that the suite
+never disturbs a server anything else on the machine uses.
 """
 
 from __future__ import annotations
 
+import glob
 import os
+import shutil
+import socket
+import subprocess
+import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +47,7 @@ def dask_cluster():
     from distributed import LocalCluster
     import logging
 
-    cluster = LocalCluster(n_workers=2, threads_per_worker=2, processes=True, dashboard_address=":0",
+    cluster = LocalCluster(n_workers=2, threads_per_worker=2, processes=True, dashboard_address="127.0.0.1:0",
                            silence_logs=logging.ERROR)
     yield cluster
     cluster.close()
@@ -64,11 +74,108 @@ def pg_url() -> str:
     """URL of the test PostgreSQL database; fails (CI) or skips (laptop) when unreachable."""
     problem = _pg_reachable(PG_URL)
     if problem:
-        message = f"PostgreSQL at {PG_URL} is unreachable: {problem}"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(message)
-        pytest.skip(message)
+        _unavailable(f"PostgreSQL at {PG_URL} is unreachable: {problem}")
     return PG_URL
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _unavailable(message: str) -> None:
+    """A test's service is missing: a failure under CI=true, a skip elsewhere."""
+    if _in_ci():
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def _postgres_bin() -> Path | None:
+    """The directory of initdb/pg_ctl: PATH, else the newest /usr/lib/postgresql/*/bin."""
+    on_path = shutil.which("initdb")
+    if on_path and shutil.which("pg_ctl"):
+        return Path(on_path).parent
+    for candidate in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]) if p.split("/")[-2].isdigit() else 0, reverse=True):
+        if Path(candidate, "initdb").is_file() and Path(candidate, "pg_ctl").is_file():
+            return Path(candidate)
+    return None
+
+
+class ThrowawayPostgres:
+    """A PostgreSQL server of one's own: a data directory in a fresh temporary directory,
+    trust authentication, listening on 127.0.0.1 only, on a free port, its Unix socket in
+    that directory. Run as the ``postgres`` user when the tests run as root (PostgreSQL
+    refuses root), which then owns the directory. ``url`` names its ``postgres`` database.
+    """
+
+    def __init__(self, bindir: Path) -> None:
+        self.bindir = bindir
+        self.root = Path(tempfile.mkdtemp(prefix="calabaria-pg-"))  # not pytest's tmp_path: root-only mode 700
+        self.data = self.root / "data"
+        self.log = self.root / "server.log"
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        self._as: list[str] = []
+        if os.geteuid() == 0:
+            import pwd
+
+            user = pwd.getpwnam("postgres")
+            os.chown(self.root, user.pw_uid, user.pw_gid)
+            self._as = ["runuser", "-u", "postgres", "--"]
+        os.chmod(self.root, 0o700)
+
+    def _run(self, *args: str, timeout: float = 120) -> None:
+        proc = subprocess.run([*self._as, *args], capture_output=True, text=True, timeout=timeout)
+        if proc.returncode != 0:
+            log = self.log.read_text()[-2000:] if self.log.exists() else ""
+            raise RuntimeError(f"{' '.join(args[:2])} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}\n{log}")
+
+    def init(self) -> None:
+        self._run(str(self.bindir / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8",
+                  "--locale=C", "--no-sync")
+
+    def start(self) -> None:
+        options = (f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories={self.root} "
+                   "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "-t", "120", "start")
+
+    def restart(self) -> None:
+        """Stop (fast: open connections are cut, as a real restart cuts them) and start again."""
+        # -l as for start: without it the new server writes to pg_ctl's stdout, whose pipe then never closes.
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-m", "fast", "-w", "-t", "120",
+                  "restart")
+
+    def stop(self) -> None:
+        if (self.data / "postmaster.pid").exists():
+            try:
+                self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "-t", "60", "stop")
+            except (RuntimeError, subprocess.SubprocessError):
+                pass
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture
+def throwaway_pg() -> Iterator[ThrowawayPostgres]:
+    """A fresh PostgreSQL server for this test alone, stopped and deleted after it.
+
+    Fails under CI=true when it cannot be started (binaries missing, initdb failing);
+    skips elsewhere.
+    """
+    bindir = _postgres_bin()
+    if bindir is None:
+        _unavailable("PostgreSQL server binaries (initdb, pg_ctl) not found on PATH or in /usr/lib/postgresql/*/bin")
+    server = ThrowawayPostgres(bindir)
+    try:
+        server.init()
+        server.start()
+    except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+        server.stop()
+        _unavailable(f"could not start a throw-away PostgreSQL server: {e}")
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def unique(prefix: str = "t") -> str:

@@ -8,7 +8,6 @@ import datetime
 import json
 import logging
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -159,35 +158,24 @@ def test_lost_scheduler_fails_clearly_and_tells_every_trial(tmp_path):
                "scheduler" in t.user_attrs.get("fail_reason", "") for t in trials if t.state == TrialState.FAIL)
 
 
-def _pg_cluster() -> tuple[str, str] | None:
-    if not shutil.which("pg_ctlcluster") or not Path("/etc/postgresql").is_dir():
-        return None
-    versions = sorted(os.listdir("/etc/postgresql"))
-    return (versions[-1], "main") if versions else None
-
-
 @pytest.mark.slow
-def test_postgresql_restart_mid_run(pg_url, scheduler, tmp_path):
-    cluster = _pg_cluster()
-    if cluster is None:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail("pg_ctlcluster is not available to restart PostgreSQL")
-        pytest.skip("pg_ctlcluster is not available")
+def test_postgresql_restart_mid_run(throwaway_pg, scheduler, tmp_path):
+    """The server restarted is the test's own (conftest.throwaway_pg), never a shared one."""
+    url = throwaway_pg.url
     job, study = write_job(tmp_path, max_trials=40, fixed={"delay": 0.2})
-    calib = subprocess.Popen([*CLI, "calibrate", str(job), "--storage", pg_url, "--scheduler", scheduler, "--workers", "4",
+    calib = subprocess.Popen([*CLI, "calibrate", str(job), "--storage", url, "--scheduler", scheduler, "--workers", "4",
                               "--output", str(tmp_path / "run")], env=clean_env(), stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: told(pg_url, study) >= 8, 90, "8 trials")
-        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", *cluster, "restart"], check=True, timeout=120,
-                       capture_output=True)
+        wait_for(lambda: told(url, study) >= 8, 90, "8 trials")
+        throwaway_pg.restart()
         back_up = datetime.datetime.now()
         out, err = calib.communicate(timeout=240)
     finally:
         if calib.poll() is None:
             calib.kill()
     assert calib.returncode == 0, err[-3000:]
-    trials = check_invariants(pg_url, study, 40)
+    trials = check_invariants(url, study, 40)
     assert all(t.state == TrialState.COMPLETE for t in trials)
     # The run went on across the restart. Whether it logged a retry depends on timing:
     # pre-ping replaces dead pooled connections silently, and a statement in flight
@@ -329,3 +317,100 @@ def test_sampler_process_killed_fails_the_run_cleanly(tmp_path, scheduler):
     assert "the sampler process died" in err and "Traceback" not in err, err[-3000:]
     trials = check_invariants(storage, study, None)  # every asked trial told, none left RUNNING
     assert 10 <= len(trials) < 300
+
+
+def _interrupt_group(proc: subprocess.Popen) -> None:
+    """What a Ctrl-C on a terminal does: SIGINT to every process of the foreground process group."""
+    os.killpg(proc.pid, signal.SIGINT)
+
+
+@pytest.mark.slow
+def test_ctrl_c_reaches_only_the_coordinator_and_in_flight_trials_finish(tmp_path):
+    storage = f"sqlite:///{tmp_path}/s.db"
+    job, study = write_job(tmp_path, max_trials=200, fixed={"delay": 2.0})
+    # Its own process group, led by the coordinator, as a terminal's foreground job is; the
+    # local cluster's worker processes start inside it.
+    calib = subprocess.Popen([*CLI, "calibrate", str(job), "--storage", storage, "--local-workers", "2", "--workers", "2",
+                              "--output", str(tmp_path / "run"), "--grace", "60"], env=clean_env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        wait_for(lambda: told(storage, study) >= 2 and told(storage, study, asked=True) > told(storage, study), 180,
+                 "2 trials told and one in flight")
+        _interrupt_group(calib)
+        out, err = calib.communicate(timeout=120)
+    finally:
+        if calib.poll() is None:
+            os.killpg(calib.pid, signal.SIGKILL)
+    assert calib.returncode == 0, err[-3000:]
+    assert "KeyboardInterrupt" not in out + err and "Traceback" not in out + err, err[-3000:]
+    trials = check_invariants(storage, study, None)
+    assert 3 <= len(trials) < 200
+    assert all(t.state == TrialState.COMPLETE for t in trials), [(t.number, t.user_attrs) for t in trials]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["stop_reason"] == "SIGINT" and results["trials"]["total"] == len(trials)
+
+
+@pytest.mark.slow
+def test_second_ctrl_c_cancels_in_flight_trials_at_once(tmp_path):
+    storage = f"sqlite:///{tmp_path}/s.db"
+    job, study = write_job(tmp_path, max_trials=20, fixed={"delay": 120.0}, n_replicates=1)
+    calib = subprocess.Popen([*CLI, "calibrate", str(job), "--storage", storage, "--local-workers", "2", "--workers", "2",
+                              "--output", str(tmp_path / "run"), "--grace", "300"], env=clean_env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        wait_for(lambda: told(storage, study, asked=True) >= 2, 180, "2 trials in flight")
+        _interrupt_group(calib)
+        time.sleep(1.0)
+        _interrupt_group(calib)
+        # Without the second Ctrl-C the run would wait out the 300 s grace (the model sleeps 120 s):
+        # it must end long before either.
+        out, err = calib.communicate(timeout=90)
+    finally:
+        if calib.poll() is None:
+            os.killpg(calib.pid, signal.SIGKILL)
+    assert calib.returncode == 0, err[-3000:]
+    assert "KeyboardInterrupt" not in out + err and "Traceback" not in out + err, err[-3000:]
+    trials = check_invariants(storage, study, None)
+    assert trials and all(t.state == TrialState.FAIL for t in trials)
+    assert all("cancelled: SIGINT" in t.user_attrs["fail_reason"] for t in trials)
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["stop_reason"] == "SIGINT"
+
+
+def runaway_model(name: str) -> str:
+    return f"{Path(__file__).parent / 'support' / 'runaway.py'}:{name}"
+
+
+@pytest.mark.slow
+def test_worker_left_running_a_runaway_model_is_replaced(tmp_path):
+    """After a timeout, no thread of the spinning model is left: the worker process that held it is gone,
+    and the cluster has its workers back. (A clock-free check; the speed is measured in
+    benchmarks/runaway.py.)"""
+    from distributed import Client, LocalCluster
+
+    import psutil
+
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
+                           silence_logs=logging.ERROR)
+    storage = f"sqlite:///{tmp_path}/s.db"
+    # Half the space spins forever: with TPE's 10 random start-up trials, some trial spins.
+    job = make_job(tmp_path, model=runaway_model("spins"), fixed={"marker_dir": str(markers), "hang_above": 1.0},
+                   timeout_s=0.5, max_trials=12, n_replicates=1, stop={"max_consecutive_failures": 100})
+    try:
+        result = run_calibration(job, Settings(storage=storage, scheduler=cluster.scheduler_address),
+                                 output_dir=tmp_path / "run", concurrency=2)
+        # Read before the cluster closes (closing ends every worker process anyway).
+        spun = {int(marker.name.split("-")[0]) for marker in markers.iterdir()}
+        still_spinning = [pid for pid in spun if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+        with Client(cluster.scheduler_address, set_as_default=False) as client:
+            workers = client.scheduler_info()["workers"]
+    finally:
+        cluster.close()
+    trials = check_invariants(storage, job.study, 12)
+    timed_out = [t for t in trials if t.state == TrialState.FAIL]
+    assert timed_out and all("timed out after 0.5 s" in t.user_attrs["fail_reason"] for t in timed_out)
+    assert result.trials["COMPLETE"] >= 1
+    assert spun, "no replicate spun"
+    assert not still_spinning, f"worker processes still hold a runaway model thread: {still_spinning}"
+    assert len(workers) == 2  # replaced, not removed

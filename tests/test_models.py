@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -37,16 +36,35 @@ def test_final_size_follows_r0():
     assert np.mean(rates) == pytest.approx(z, rel=0.03)
 
 
-def test_run_time_depends_on_parameters():
-    """A subcritical outbreak dies out in days; a supercritical one runs for months, in finer steps."""
-    def timed(params):
-        t0 = time.perf_counter()
-        seir({**BASE, "n_days": 365, **params}, 1)
-        return time.perf_counter() - t0
+class CountingGenerator(np.random.Generator):
+    """A numpy Generator that counts its binomial draws: the model's work, without a clock.
+    (``np.random.default_rng`` returns a Generator it is given as it is.)"""
 
-    dies_out = timed({"beta": 0.05, "initial_infected": 5})
-    epidemic = timed({"beta": 0.6, "sigma": 0.5})
-    assert epidemic > 3 * dies_out
+    def __init__(self, seed: int) -> None:
+        super().__init__(np.random.PCG64(seed))
+        self.draws = 0
+
+    def binomial(self, *args, **kwargs):
+        self.draws += 1
+        return super().binomial(*args, **kwargs)
+
+
+def test_run_time_depends_on_parameters():
+    """A subcritical outbreak dies out in days; a supercritical one runs for months, in finer steps.
+    Work is counted in random draws (3 per sub-step), not timed: timing belongs in benchmarks."""
+    def work(params):
+        rng = CountingGenerator(1)
+        out = seir({**BASE, "n_days": 365, **params}, rng)
+        return rng.draws, out
+
+    dies_out, small = work({"beta": 0.05, "initial_infected": 5})
+    epidemic, large = work({"beta": 0.6, "sigma": 0.5})
+    assert small["attack_rate"][0] < 0.01 < 0.5 < large["attack_rate"][0]
+    # 0.6 / 0.1 = 6 sub-steps a day for as long as the epidemic lasts, against 1 a day for a few days.
+    assert epidemic > 10 * dies_out
+    # and the work grows with the rate itself: a faster rate, more sub-steps
+    faster, _ = work({"beta": 1.2, "sigma": 0.5})
+    assert faster > epidemic
 
 
 def test_age_seir_shapes():

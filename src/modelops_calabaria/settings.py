@@ -17,9 +17,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, ValidationError
+from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
+from modelops_calabaria import addresses
 from modelops_calabaria.errors import ConfigurationError
 from modelops_calabaria.job import MAX_CONCURRENCY, MAX_REPLICATES
 from modelops_calabaria.redaction import register_secrets_in
@@ -36,6 +37,11 @@ class Settings(BaseSettings):
         scheduler: Dask scheduler address (``tcp://host:8786``); empty = start
             a local cluster; ``inline`` = no Dask, replicates run on threads of
             the coordinator's process (debugging, measuring coordination).
+            Checked when the settings are resolved (scheme, host, port 1-65535).
+        listen_host: Interface every server the service starts listens on (the
+            local cluster's scheduler, workers, nannies and dashboard). Default
+            ``127.0.0.1``: this machine only; ``0.0.0.0`` exposes them, without
+            authentication, to the network. Env ``CALABARIA_LISTEN_HOST``.
         local_workers: Worker processes of the local cluster, or threads with
             ``inline`` (default: cores).
         log_format: ``json``, ``console``, or ``auto`` (console on a terminal).
@@ -66,6 +72,19 @@ class Settings(BaseSettings):
     sampler_process: bool | None = None
     replicates_per_task: int | None = Field(default=None, ge=1, le=MAX_REPLICATES)
     grace_period_s: float = Field(default=60.0, gt=0)
+    listen_host: str = "127.0.0.1"
+
+    # These raise ConfigurationError (not ValueError), which pydantic lets through as is:
+    # one line naming the address and what is wrong with it.
+    @field_validator("scheduler")
+    @classmethod
+    def _check_scheduler(cls, value: str | None) -> str | None:
+        return addresses.scheduler_address(value)
+
+    @field_validator("listen_host")
+    @classmethod
+    def _check_listen_host(cls, value: str) -> str:
+        return addresses.listen_host(value)
 
 
 def resolve_settings(job_execution: Mapping[str, Any] | None = None, **cli: Any) -> Settings:

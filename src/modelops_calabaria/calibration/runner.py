@@ -148,13 +148,20 @@ def default_concurrency(slots: int, n_replicates: int, parallel: bool) -> int:
 
 @contextmanager
 def signals_stop(wire: Wire, grace_s: float, enabled: bool) -> Iterator[None]:
-    """On SIGINT/SIGTERM: stop asking, let in-flight trials finish for ``grace_s``, then cancel them."""
+    """On SIGINT/SIGTERM: stop asking, let in-flight trials finish for ``grace_s``, then cancel them.
+    A second signal cancels them at once."""
     if not enabled or threading.current_thread() is not threading.main_thread():
         yield
         return
+    received: list[str] = []
 
     def handler(signum: int, _frame: Any) -> None:
         name = signal.Signals(signum).name
+        received.append(name)
+        if len(received) > 1:
+            log.warning("second signal received: cancelling in-flight trials now", signal=name)
+            wire.shutdown(received[0], 0.0)
+            return
         log.warning("signal received: finishing in-flight trials", signal=name, grace_s=grace_s)
         wire.shutdown(name, grace_s)
 
@@ -204,7 +211,7 @@ def run_calibration(
     check_existing_study(prepared)  # before any cluster starts
     context = SimContext(prepared.model_ref, dict(job.fixed), prepared.targets, job.timeout_s, job.replicate_retries)
     service = connect_service(settings.scheduler, context, local_workers=settings.local_workers,
-                              replicates_per_task=settings.replicates_per_task)
+                              replicates_per_task=settings.replicates_per_task, listen_host=settings.listen_host)
     try:
         return _run_with_service(prepared, settings, service, options)
     finally:

@@ -11,12 +11,13 @@ a result, even when their parameters are equal. Futures are awaited with
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import os
 import math
+import os
 import socket
-import time
 import threading
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from concurrent.futures import CancelledError
@@ -26,6 +27,7 @@ from urllib.parse import urlsplit
 import distributed
 from distributed import Client, Future, LocalCluster
 
+from modelops_calabaria.addresses import host_port, scheduler_address
 from modelops_calabaria.errors import ConfigurationError, ServiceUnavailableError
 from modelops_calabaria.logging import get_logger
 from modelops_calabaria.simulation.replicates_per_task import DurationStats, replicates_per_task
@@ -34,18 +36,77 @@ from modelops_calabaria.simulation.task import SimContext, TrialEvaluation, redu
 log = get_logger(__name__)
 
 
-def _probe(address: str) -> None:
-    """Fail at once (not after the client's 10 s) when nothing listens at a tcp:// address."""
-    parts = urlsplit(address if "://" in address else f"tcp://{address}")
-    if parts.scheme not in ("tcp", "") or not parts.hostname or not parts.port:
-        return  # tls://, inproc://, ...: let the client decide
+PROBE_TIMEOUT_S = 10.0
+RECYCLE_TIMEOUT_S = 60.0  # a worker restart: process exit, new process, imports, registration
+WORKER_SETUP = "modelops_calabaria.simulation.worker_setup"  # preloaded by local worker processes
+_START_SCHEDULER = "start the scheduler (`dask scheduler`), check the address and port, or leave the scheduler empty to run a local cluster"
+
+
+def _probe(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """Check, within ``timeout_s``, that a Dask scheduler answers at ``address`` (normalised).
+
+    Two steps, so that the message says which one failed: a TCP connection (fails at
+    once when nothing listens), then Dask's handshake and an ``identity`` request,
+    whose reply must come from a scheduler. Another service on the port (an HTTP
+    server, a database, a Dask worker) either never answers or answers something
+    that is not a scheduler's identity; either way this returns within the bound,
+    where ``distributed.Client`` alone can wait forever or misread the reply as a
+    frame of exabytes.
+
+    Raises:
+        ServiceUnavailableError: nothing listens, or what listens is not a Dask scheduler.
+    """
+    parts = urlsplit(address)
+    if parts.scheme in ("tcp", "tls", "ws", "wss") and parts.hostname and parts.port:
+        try:
+            socket.create_connection((parts.hostname, parts.port), timeout=min(5.0, timeout_s)).close()
+        except OSError as e:
+            raise ServiceUnavailableError(f"cannot reach the Dask scheduler at {address}: {e.strerror or e}",
+                                          hint=_START_SCHEDULER) from e
+    outcome: dict[str, Any] = {}
+
+    def identify() -> None:
+        try:
+            outcome["reply"] = asyncio.run(asyncio.wait_for(_identity(address), timeout_s))
+        except BaseException as e:  # noqa: BLE001 - whatever the peer made the client do, it is not a scheduler
+            outcome["error"] = e
+
+    # A thread of its own: its own event loop (the caller may run one), and a bound
+    # on the wait even if something in the client blocks outside the event loop.
+    thread = threading.Thread(target=identify, name="calabaria-scheduler-probe", daemon=True)
+    thread.start()
+    thread.join(timeout_s + 2.0)
+    reply = outcome.get("reply")
+    if isinstance(reply, Mapping) and reply.get("type") == "Scheduler":
+        return
+    error = outcome.get("error")
+    if thread.is_alive() or isinstance(error, (TimeoutError, asyncio.TimeoutError)):
+        why = f"no answer within {timeout_s:g} s"
+    elif isinstance(error, OSError):  # CommClosedError is one: the peer hung up on Dask's handshake
+        why = "it closed the connection"
+    elif error is not None:  # e.g. an HTTP reply read as a frame length of exabytes
+        why = f"it does not speak Dask's protocol ({type(error).__name__})"
+    elif isinstance(reply, Mapping) and reply.get("type"):
+        why = f"it is a Dask {reply['type']}, not a scheduler"
+    else:
+        why = "its reply is not a scheduler's"
+    raise ServiceUnavailableError(
+        f"no Dask scheduler answered at {address} ({why})",
+        hint="something else listens on that port: check the address and port (a Dask scheduler listens on 8786 by default), "
+             "or leave the scheduler empty to run a local cluster",
+    )
+
+
+async def _identity(address: str) -> Any:
+    from distributed.comm import connect
+    from distributed.security import Security
+
+    comm = await connect(address, deserialize=True, **Security().get_connection_args("client"))
     try:
-        socket.create_connection((parts.hostname, parts.port), timeout=5).close()
-    except OSError as e:
-        raise ServiceUnavailableError(
-            f"cannot reach the Dask scheduler at {address}: {e.strerror or e}",
-            hint="start the scheduler (`dask scheduler`), check the address and port, or leave the scheduler empty to run a local cluster",
-        ) from e
+        await comm.write({"op": "identity", "reply": True})
+        return await comm.read()
+    finally:
+        comm.abort()
 
 
 class DaskTrialHandle:
@@ -73,6 +134,11 @@ class DaskTrialHandle:
                 evaluation = reduce_trial(self._service.context, self._service.client.gather(self._replicates))
             if evaluation.error is None:
                 self._service.durations.observe(evaluation.busy_s, self._n)
+            if evaluation.abandoned_on:
+                # Release the results first: futures still held when their worker goes are
+                # recomputed, and the recomputation would run the runaway model again.
+                self._release()
+                self._service.recycle(evaluation.abandoned_on)
             return evaluation
         except CancelledError as e:
             # Cancelled by us (shutdown) is a trial failure; cancelled because the
@@ -93,6 +159,11 @@ class DaskTrialHandle:
     def cancel(self) -> None:
         self._service.client.cancel([*self.awaited, *self._replicates], force=True)
 
+    def _release(self) -> None:
+        for future in [*self._replicates, *([self.final] if self.final is not None else [])]:
+            future.release()
+        self._replicates, self.final = [], None
+
 
 class DaskSimulationService:
     """Runs replicates on a Dask cluster (thread-safe)."""
@@ -112,35 +183,43 @@ class DaskSimulationService:
         self._in_flight = 0
         self._slots, self._slots_at = 1, -math.inf
         self.address = client.scheduler.address if client.scheduler else "?"
+        self._recycled: set[str] = set()
+        self._recyclers: list[threading.Thread] = []
 
     @classmethod
     def connect(cls, scheduler: str | None, context: SimContext, *, local_workers: int | None = None,
-                replicates_per_task: int | None = None) -> DaskSimulationService:
+                replicates_per_task: int | None = None, listen_host: str = "127.0.0.1") -> DaskSimulationService:
         """Connect to ``scheduler`` or, when empty, start a local process cluster.
 
+        The local cluster's scheduler, nannies, workers and dashboard listen on
+        ``listen_host`` only (default loopback). Its worker processes leave the
+        coordinator's process group and ignore SIGINT (:mod:`.worker_setup`): a
+        Ctrl-C on the terminal reaches the coordinator alone, which lets
+        in-flight replicates finish.
+
         Raises:
-            ServiceUnavailableError: the scheduler does not answer (names the address).
+            ServiceUnavailableError: nothing answers at the address, or not a Dask
+                scheduler (bounded: :data:`PROBE_TIMEOUT_S`; names the address).
             ConfigurationError: the address is malformed.
         """
         if not scheduler:
             n = local_workers or max(1, os.cpu_count() or 1)
             cluster = LocalCluster(
-                n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=logging.ERROR
+                n_workers=n, threads_per_worker=1, processes=True, host=listen_host,
+                dashboard_address=host_port(listen_host, 0), silence_logs=logging.ERROR,
+                preload=[WORKER_SETUP],
             )
             return cls(Client(cluster, set_as_default=False), context, owned_cluster=cluster,
                        replicates_per_task=replicates_per_task)
-        if "://" not in scheduler and ":" not in scheduler:
-            raise ConfigurationError(f"scheduler address {scheduler!r} is not an address", hint="use tcp://HOST:8786, or leave it empty to start a local cluster")
-        _probe(scheduler)
+        address = scheduler_address(scheduler)  # Settings checked it already; API callers may not have
+        assert address is not None
+        _probe(address)
         try:
-            client = Client(scheduler, timeout="10s", set_as_default=False)
+            client = Client(address, timeout="10s", set_as_default=False)
         except (OSError, TimeoutError) as e:
-            raise ServiceUnavailableError(
-                f"cannot reach the Dask scheduler at {scheduler}: {e}",
-                hint="start the scheduler (`dask scheduler`), check the address and port, or leave the scheduler empty to run a local cluster",
-            ) from e
+            raise ServiceUnavailableError(f"cannot reach the Dask scheduler at {address}: {e}", hint=_START_SCHEDULER) from e
         except ValueError as e:
-            raise ConfigurationError(f"scheduler address {scheduler!r} is invalid: {e}", hint="use tcp://HOST:8786") from e
+            raise ConfigurationError(f"scheduler address {address!r} is invalid: {e}", hint="use tcp://HOST:8786") from e
         return cls(client, context, replicates_per_task=replicates_per_task)
 
     @property
@@ -196,6 +275,52 @@ class DaskSimulationService:
             pass
         return [h.result() for h in handles]
 
+    def recycle(self, workers: Sequence[str]) -> None:
+        """Restart ``workers`` through their nannies, in the background, once per worker.
+
+        Called when a replicate timed out on them: its model thread cannot be stopped
+        from Python and would keep a core busy for the rest of the run. The nanny
+        replaces the worker process (new address); Dask reruns the tasks that were on
+        it and recomputes results it held, under the same unique keys. A worker
+        without a nanny is left alone (restarting it would remove it) and a warning
+        says so.
+        """
+        with self._lock:
+            new = [w for w in workers if w not in self._recycled]
+            self._recycled.update(new)
+        if not new:
+            return
+        thread = threading.Thread(target=self._restart, args=(new,), name="calabaria-recycle", daemon=True)
+        with self._lock:
+            self._recyclers.append(thread)
+        thread.start()
+
+    def _restart(self, workers: list[str]) -> None:
+        try:
+            known = self.client.scheduler_info(n_workers=-1)["workers"]
+            nannied = [w for w in workers if known.get(w, {}).get("nanny")]
+            orphans = [w for w in workers if w in known and w not in nannied]
+            if orphans:
+                log.warning("a timed-out model keeps running on workers without a nanny; they cannot be restarted",
+                            workers=orphans, hint="start Dask workers with their nanny (the default of `dask worker`)")
+            if nannied:
+                log.info("restarting workers left running a timed-out model", workers=nannied)
+                outcome = self.client.restart_workers(nannied, timeout=RECYCLE_TIMEOUT_S, raise_for_error=False)
+                failed = {w: s for w, s in outcome.items() if s != "OK"}
+                if failed:
+                    log.warning("restarting workers failed", outcome=failed)
+        except Exception as e:  # noqa: BLE001 - a failed restart costs speed, not results
+            log.warning("restarting workers left running a timed-out model failed", workers=workers,
+                        error=f"{type(e).__name__}: {e}")
+        if self._cluster is not None and self._cluster.status.name == "running":
+            # A local cluster drops a worker whose restart outlasts its lost-worker timeout
+            # (15 s: a slow start on a loaded machine) and would never replace it: the run
+            # would wait for workers forever. Scaling to its own size starts any missing one.
+            try:
+                self._cluster.scale(len(self._cluster.worker_spec))
+            except Exception as e:  # noqa: BLE001 - the cluster is closing with the run
+                log.debug("scaling the local cluster back failed", error=str(e))
+
     def raise_if_lost(self, error: BaseException, *, force: bool = False) -> None:
         """Raise ServiceUnavailableError when the client has lost its scheduler."""
         if force or self.client.status not in ("running", "connecting") or isinstance(error, (OSError, distributed.comm.CommClosedError)):
@@ -205,10 +330,21 @@ class DaskSimulationService:
             ) from error
 
     def close(self) -> None:
-        """Close the client (and the local cluster); never raises, even with the scheduler gone."""
+        """Close the client (and the local cluster); never raises, even with the scheduler gone.
+
+        On a cluster this service did not start, first wait (at most ``RECYCLE_TIMEOUT_S``)
+        for worker restarts under way, so that the run leaves the cluster whole.
+        """
+        if self._cluster is None:
+            deadline = time.monotonic() + RECYCLE_TIMEOUT_S
+            for thread in list(self._recyclers):
+                thread.join(max(0.0, deadline - time.monotonic()))
         try:
             self.client.close(timeout=5)
         except Exception as e:  # noqa: BLE001 - closing a client whose scheduler died fails; nothing to save
             log.debug("closing the Dask client failed", error=str(e))
         if self._cluster is not None:
-            self._cluster.close(timeout=10)
+            try:
+                self._cluster.close(timeout=10)
+            except (Exception, asyncio.CancelledError) as e:  # noqa: BLE001 - e.g. a worker mid-restart: it ends with us
+                log.debug("closing the local cluster failed", error=f"{type(e).__name__}: {e}")

@@ -8,6 +8,7 @@ trial. Only scores and small diagnostics leave the worker, never the outputs.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 import traceback
@@ -42,17 +43,37 @@ class ReplicateResult:
     kept: dict[str, np.ndarray] = field(default_factory=dict)
     duration_s: float = 0.0
     error: str | None = None
+    abandoned_on: str | None = None  # where a timed-out model thread still runs (see module docstring)
 
 
 @dataclass
 class TrialEvaluation:
-    """A trial's result as the coordinator receives it."""
+    """A trial's result as the coordinator receives it.
+
+    ``abandoned_on``: the processes (Dask worker addresses, or ``THIS_PROCESS``)
+    left running a timed-out model thread by this trial's replicates.
+    """
 
     per_target: dict[str, float]
     loss: float | None
     busy_s: float
     error: str | None = None
     replicate_scores: list[dict[str, float]] = field(default_factory=list)
+    abandoned_on: tuple[str, ...] = ()
+
+
+THIS_PROCESS = "this process"  # abandoned_on outside a Dask worker (inline service)
+
+
+def _worker_address() -> str:
+    """The address of the Dask worker running this task, else ``THIS_PROCESS``."""
+    worker = sys.modules.get("distributed.worker")  # never imported here just to ask
+    if worker is None:
+        return THIS_PROCESS
+    try:
+        return str(worker.get_worker().address)
+    except ValueError:  # not in a Dask task
+        return THIS_PROCESS
 
 
 class _Timeout(Exception):
@@ -98,6 +119,7 @@ def run_replicate(ctx: SimContext, params: Mapping[str, Any], seed: int, index: 
             break
         except _Timeout as e:
             result.error = f"replicate {index} (seed {seed}): {e}"
+            result.abandoned_on = _worker_address()
             break  # a hang is not retried: it would hold another slot just as long
         except Exception as e:  # noqa: BLE001 - any model failure is data for the trial
             tb = traceback.format_exc(limit=8)
@@ -110,8 +132,17 @@ def run_replicates(ctx: SimContext, params: Mapping[str, Any], seeds: Sequence[i
     """Run replicates ``first``, ``first + 1``, ... (one per seed) one after the other, in one task.
 
     For short simulations: one task's scheduling overhead serves several replicates.
+    After a replicate times out, the rest are not run (error "not run: ...").
     """
-    return [run_replicate(ctx, params, seed, first + i) for i, seed in enumerate(seeds)]
+    results: list[ReplicateResult] = []
+    for i, seed in enumerate(seeds):
+        if results and results[-1].abandoned_on is not None:
+            skipped = ReplicateResult(index=first + i, seed=seed,
+                                      error=f"replicate {first + i} (seed {seed}) not run: {results[-1].error}")
+            results.append(skipped)
+            continue
+        results.append(run_replicate(ctx, params, seed, first + i))
+    return results
 
 
 def reduce_trial(ctx: SimContext, results: Sequence[ReplicateResult | Sequence[ReplicateResult]]) -> TrialEvaluation:
@@ -120,7 +151,9 @@ def reduce_trial(ctx: SimContext, results: Sequence[ReplicateResult | Sequence[R
     busy = float(sum(r.duration_s for r in results))
     failed = [r for r in results if r.error is not None]
     if failed:
-        return TrialEvaluation({}, None, busy, error=failed[0].error + (f" ({len(failed)}/{len(results)} replicates failed)" if len(failed) > 1 else ""))
+        abandoned = tuple(dict.fromkeys(r.abandoned_on for r in failed if r.abandoned_on is not None))
+        return TrialEvaluation({}, None, busy, error=failed[0].error + (f" ({len(failed)}/{len(results)} replicates failed)" if len(failed) > 1 else ""),
+                               abandoned_on=abandoned)
     per_target, loss = aggregate_trial(ctx.targets, [r.scores for r in results], [r.kept for r in results])
     reps = [r.scores for r in sorted(results, key=lambda r: r.index)]
     if not np.isfinite(loss):

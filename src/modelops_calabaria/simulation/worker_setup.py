@@ -1,0 +1,26 @@
+"""Dask preload for the worker processes of the local cluster the service starts.
+
+Run by each worker process (and again after a nanny restarts it) on its main
+thread, before it takes tasks. It moves the process into a session of its own and
+ignores SIGINT there: a Ctrl-C on the terminal is delivered to the terminal's
+foreground process group, which then holds the coordinator alone. The
+coordinator decides what a Ctrl-C means (finish in-flight trials within the
+grace period; a second one cancels them) and closes the cluster itself. A worker
+process whose coordinator dies exits too (its nanny lives in the coordinator, and
+Dask's worker processes end when their parent does).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+
+def dask_setup(worker: Any) -> None:  # noqa: ARG001 - Dask's preload hook signature
+    """Leave the terminal's process group and ignore SIGINT (main thread of the worker process)."""
+    try:
+        os.setsid()
+    except OSError:  # already a session leader (e.g. started by another launcher)
+        pass
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
