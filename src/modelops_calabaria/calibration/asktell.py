@@ -39,6 +39,7 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from modelops_calabaria.calibration.mirror import Event, Key, Mirror
+from modelops_calabaria.calibration.provenance import pop_start
 from modelops_calabaria.calibration.rdbfast import create_running_trial, finish_trial, trial_ids_after, unwrap
 from modelops_calabaria.calibration.sampling import HybridSampler, InlineSampler
 from modelops_calabaria.calibration.study import COORDINATOR_ATTR, FAIL_REASON, RETRY_ATTR, TARGETS_ATTR
@@ -185,8 +186,10 @@ class DirectAsker(_AskerBase):
         if retried is not None:
             return retried
         study = self.study
-        template = _template({}, {}, self.coordinator_id)
-        trial_id = retry_db("ask", lambda: self._storage.create_new_trial(study._study_id, template_trial=template))
+        trial_id = retry_db("ask", lambda: pop_start(study, COORDINATOR_ATTR, self.coordinator_id))  # `start:` points first
+        if trial_id is None:
+            template = _template({}, {}, self.coordinator_id)
+            trial_id = retry_db("ask", lambda: self._storage.create_new_trial(study._study_id, template_trial=template))
         study._thread_local.cached_all_trials = None  # as study.ask does: see other processes' trials
         trial = retry_db("ask", lambda: Trial(study, trial_id))  # runs the sampler's relative sampling
         for name, dist in self.space.items():

@@ -24,6 +24,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from modelops_calabaria.calibration import preflight, provenance
 from modelops_calabaria.calibration.ledger import Ledger, open_ledger
 from modelops_calabaria.calibration.liveness import Heartbeat, new_coordinator_id, recover_stale_trials, settle_orphans
 from modelops_calabaria.calibration.state import RunState
@@ -79,17 +80,21 @@ def prepare(job: CalibrationJob, settings: Settings, output_dir: Path | None = N
     return Prepared(job, model_ref, targets, storage, out)
 
 
-def check_existing_study(p: Prepared) -> None:
-    """If the study already exists, check that this job has its search space (creates no study).
+def check_existing_study(p: Prepared, accept_changes: bool = False) -> None:
+    """If the study already exists, check that this job has its search space and that
+    its observed data and model did not change (creates no study).
 
     Raises:
-        StudyMismatchError: another parameter space or direction.
+        StudyMismatchError: another parameter space or direction, or changed inputs
+            (unless ``accept_changes``).
     """
     if p.storage.kind == "memory" or (p.storage.path is not None and not p.storage.path.exists()):
         return
-    stored = stored_job_of(p.job.study, open_optuna_storage(p.storage, 1))
+    storage = open_optuna_storage(p.storage, 1)
+    stored = stored_job_of(p.job.study, storage)
     if stored:
         check_same_space(p.job, stored, storable_job(p))
+        provenance.check_unchanged(p.job.study, storage, storable_job(p), accept_changes)
 
 
 def storable_job(p: Prepared) -> dict[str, Any]:
@@ -98,14 +103,7 @@ def storable_job(p: Prepared) -> dict[str, Any]:
     data["model"] = p.model_ref
     data["execution"] = {}  # settings belong to each coordinator, and a storage URL may hold a password
     for spec, compiled in zip(data["targets"], p.targets):
-        obs = compiled.observed
-        index_col = "index"
-        table: dict[str, list] = {index_col: obs.index.tolist()}
-        for j, col in enumerate(obs.columns):
-            table[col] = obs.values[:, j].tolist()
-        if obs.trials is not None:
-            table[spec["score"]["trials_column"]] = obs.trials[:, 0].tolist()
-        spec.update(data=table, index_column=index_col, value_columns=list(obs.columns))
+        spec.update(compiled.observed.inline(spec["score"]["trials_column"]))
     return data
 
 
@@ -147,6 +145,7 @@ def run_calibration(
     shutdown_grace_s: float = 30.0,
     show_progress: bool | None = None,
     joining: bool = False,
+    accept_changes: bool = False,
 ) -> RunResult:
     """Run (or resume, or join) a calibration and write its results.
 
@@ -160,6 +159,7 @@ def run_calibration(
         handle_signals: Install SIGINT/SIGTERM handlers (CLI).
         shutdown_grace_s: After a signal, how long in-flight trials may finish.
         joining: Join an existing study (``worker``): never change its budget.
+        accept_changes: Resume a study whose observed data or model changed (else refused).
 
     Raises:
         JobSpecError, ConfigurationError: bad input (exit 2), nothing created.
@@ -172,13 +172,16 @@ def run_calibration(
         raise ConfigurationError(f"--max-trials must be >= 1, got {max_trials}")
     if extend is not None and extend < 1:
         raise ConfigurationError(f"--extend must be >= 1, got {extend}")
-    check_existing_study(prepared)  # before any cluster starts
+    if not joining and any(t.aligner is not None for t in prepared.targets):
+        # Keyed targets: a missing key column or an unmatched key would fail every trial.
+        preflight.dry_run(job, prepared.model_ref, prepared.targets, job.timeout_s or 300.0, strict=False)
+    check_existing_study(prepared, accept_changes)  # before any cluster starts
     context = SimContext(prepared.model_ref, dict(job.fixed), prepared.targets, job.timeout_s, job.replicate_retries)
     service = connect_service(settings.scheduler, context, local_workers=settings.local_workers,
                               replicates_per_task=settings.replicates_per_task)
     try:
         return _run_with_service(prepared, settings, service, max_trials, extend, concurrency, handle_signals,
-                                 shutdown_grace_s, show_progress, joining)
+                                 shutdown_grace_s, show_progress, joining, accept_changes)
     finally:
         service.close()
 
@@ -186,6 +189,7 @@ def run_calibration(
 def _run_with_service(
     p: Prepared, settings: Settings, service: SimulationService, max_trials: int | None, extend: int | None,
     concurrency: int | None, handle_signals: bool, shutdown_grace_s: float, show_progress: bool | None, joining: bool,
+    accept_changes: bool = False,
 ) -> RunResult:
     job = p.job
     parallel = settings.parallel_trials
@@ -201,6 +205,8 @@ def _run_with_service(
         ledger = open_ledger(p.storage, loops)
         with schema_lock(p.storage):  # one creator at a time: the job attr is written once
             study = open_study(job, storage, storable_job(p))
+            if accept_changes:
+                provenance.accept_changes(study, storable_job(p))
     except BaseException:
         if created_dir and p.output_dir.exists():
             shutil.rmtree(p.output_dir, ignore_errors=True)
@@ -233,7 +239,7 @@ def _set_budget(study: optuna.Study, ledger: Ledger, job: CalibrationJob, settin
     # claims, so one that claimed before the first read shows up in the last; one that
     # claims later changes `claimed`, and the compare-and-set below then does nothing.
     claimed, _ = ledger.budget(name)
-    n_trials = len(study.get_trials(deepcopy=False))
+    n_trials = len([t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING])  # enqueued starts are not asked yet
     new_max = max(stored_max, n_trials) + extend if extend else wanted
     if new_max != stored_max:
         ledger.set_max_trials(name, new_max)
@@ -255,7 +261,11 @@ def _drive(
     retry = job.retry_lost_trials
     recover_stale_trials(study, ledger, settings.grace_period_s, retry=retry)
     budget = _set_budget(study, ledger, job, settings, max_trials, extend, joining)
-    already = len(study.get_trials(deepcopy=False))
+    existing = study.get_trials(deepcopy=False)
+    already = len([t for t in existing if t.state != TrialState.WAITING])
+    note = None if joining else provenance.budget_note(already, budget, sum(t.state == TrialState.FAIL for t in existing))
+    if note:
+        log.warning(note, study=study.study_name)
     log.info("calibration starting", study=study.study_name, storage=p.storage.display, mode="parallel" if parallel else "batched",
              trials_at_once=loops, slots=slots, replicates=job.n_replicates, budget=budget, existing_trials=already,
              scheduler=service.address, coordinator=coordinator_id)

@@ -23,6 +23,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
+from modelops_calabaria.calibration.provenance import on_study_created
 from modelops_calabaria.dbretry import retry_db
 from modelops_calabaria.errors import JobSpecError, StudyMismatchError
 from modelops_calabaria.job import CalibrationJob, ParameterSpec
@@ -135,6 +136,7 @@ def open_study(job: CalibrationJob, storage: optuna.storages.BaseStorage, stored
         check_same_space(job, json.loads(attrs[JOB_ATTR]), stored_job)
     else:
         retry_db("store job", lambda: storage.set_study_system_attr(study._study_id, JOB_ATTR, json.dumps(stored_job)))
+        on_study_created(study, job, stored_job)  # fingerprint + starting points, once, by the creator
     return study
 
 
