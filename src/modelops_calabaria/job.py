@@ -167,6 +167,14 @@ class TargetSpec(_Spec):
             raise ValueError(f"aggregation 'logmeanexp' needs a likelihood score, not {self.score.kind}")
         return self
 
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on(cls, value: Any) -> Any:
+        # YAML 1.1 (PyYAML) reads a bare `on:` key as the boolean True.
+        if isinstance(value, dict) and True in value and "on" not in value:
+            return {("on" if k is True else k): v for k, v in value.items()}
+        return value
+
     @model_validator(mode="after")
     def _check_keys(self) -> TargetSpec:
         keyed_only = [f for f in ("match", "time_key", "start_date", "period") if getattr(self, f) is not None]
