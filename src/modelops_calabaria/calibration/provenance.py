@@ -139,13 +139,47 @@ def on_study_created(study: optuna.Study, job: CalibrationJob, stored_job: Mappi
         log.info("starting points enqueued", study=job.study, points=len(points))
 
 
+def _take(storage: optuna.storages.BaseStorage, trial_id: int) -> bool:
+    """WAITING -> RUNNING for exactly one caller, across threads and processes.
+
+    Optuna's own transition reads, then writes: on SQLite two askers can both
+    see WAITING and both win. On a relational storage this is one conditional
+    UPDATE; the journal storage applies its log in order, so there its own
+    transition is already exclusive.
+    """
+    from modelops_calabaria.calibration.rdbfast import unwrap
+
+    backend = unwrap(storage)
+    if isinstance(backend, optuna.storages.RDBStorage):
+        import datetime
+
+        import sqlalchemy as sa
+        from optuna.storages._rdb import models
+        from optuna.trial import TrialState
+
+        trials = models.TrialModel.__table__
+        update = (trials.update()
+                  .where(trials.c.trial_id == trial_id, trials.c.state == TrialState.WAITING)
+                  .values(state=TrialState.RUNNING, datetime_start=datetime.datetime.now()))
+        with backend.engine.begin() as conn:
+            return conn.execute(update).rowcount == 1
+    try:
+        return storage.set_trial_state_values(trial_id, optuna.trial.TrialState.RUNNING)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
+
+
 def pop_start(study: optuna.Study, owner_attr: str, owner: str) -> int | None:
-    """Take an enqueued starting point (WAITING -> RUNNING; the storage lets exactly one
-    asker win each) and mark it as ``owner``'s; None when none is left."""
-    trial_id = study._pop_waiting_trial_id()
-    if trial_id is not None:
-        study._storage.set_trial_system_attr(trial_id, owner_attr, owner)
-    return trial_id
+    """Take an enqueued starting point (WAITING -> RUNNING, exactly one asker wins each)
+    and mark it as ``owner``'s; None when none is left."""
+    from optuna.trial import TrialState
+
+    storage = study._storage
+    for trial in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,)):
+        if _take(storage, trial._trial_id):
+            storage.set_trial_system_attr(trial._trial_id, owner_attr, owner)
+            return trial._trial_id
+    return None
 
 
 def budget_note(n_trials: int, budget: int, failed: int) -> str | None:

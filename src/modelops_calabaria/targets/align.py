@@ -13,6 +13,9 @@ for every observed row, the simulated value:
 - ``accumulate``: the sum of the output rows in the observed interval
   ``(t - period, t]`` (daily model, weekly data dated by the week's last day).
 
+Value columns are matched by name; when the data and the output each have a
+single value column, they are compared whatever their names.
+
 Every key is turned into a comparable array once: dates into days since
 1970-01-01 (float), numbers into floats, labels into strings. Matching is
 ``np.unique`` + ``np.searchsorted`` over integer codes, never a Python loop per
@@ -233,8 +236,12 @@ class Aligner:
         missing = [k.name for k in self.keys if k.name not in table]
         if missing:
             raise AlignmentError(f"{self._where} has no key column '{missing[0]}' (it has: {', '.join(table)})")
-        absent = [c for c in self.value_columns if c not in table]
-        if absent:
+        value_columns = list(self.value_columns)
+        absent = [c for c in value_columns if c not in table]
+        others = [c for c in table if c not in {k.name for k in self.keys}]
+        if absent and len(value_columns) == 1 and len(others) == 1:
+            value_columns = others  # one value column each side: compared whatever their names
+        elif absent:
             raise AlignmentError(f"{self._where} has no value column '{absent[0]}' (it has: {', '.join(table)})")
         model_keys = [self._model_key(k, table[k.name]) for k in self.keys]
         cache = self._cache  # type: ignore[attr-defined]
@@ -244,7 +251,7 @@ class Aligner:
         else:
             rows = self._rows(model_keys)
             object.__setattr__(self, "_cache", (model_keys, rows))
-        values = np.column_stack([np.asarray(table[c], dtype=float) for c in self.value_columns])
+        values = np.column_stack([np.asarray(table[c], dtype=float) for c in value_columns])
         if self.match == "accumulate":
             order, lo, hi = rows
             csum = np.vstack([np.zeros((1, values.shape[1])), np.cumsum(values[order], axis=0)])
