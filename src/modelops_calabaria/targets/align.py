@@ -73,18 +73,25 @@ def date_days(values: Sequence[Any] | np.ndarray) -> np.ndarray:
         ValueError: a value is not a date (the message names it).
     """
     arr = np.asarray(values)
-    if np.issubdtype(arr.dtype, np.datetime64):
-        return (arr.astype("datetime64[D]") - EPOCH).astype(np.int64).astype(float)
-    try:
-        parsed = np.array([np.datetime64(v) for v in arr.tolist()]).astype("datetime64[D]")
-    except (TypeError, ValueError):
-        for v in arr.tolist():
-            try:
-                np.datetime64(v)
-            except (TypeError, ValueError):
-                raise ValueError(f"{v!r} is not an ISO 8601 date (YYYY-MM-DD)") from None
-        raise
-    return (parsed - EPOCH).astype(np.int64).astype(float)
+    if not np.issubdtype(arr.dtype, np.datetime64):
+        parsed = None
+        if arr.dtype.kind in "US":  # vectorised ISO 8601 parsing; the loop below only finds the culprit
+            for unit in ("datetime64[D]", "datetime64[s]"):
+                try:
+                    parsed = arr.astype(unit)
+                    break
+                except (TypeError, ValueError):
+                    continue
+        if parsed is None:
+            items = arr.tolist()
+            for v in items:
+                try:
+                    np.datetime64(v)
+                except (TypeError, ValueError):
+                    raise ValueError(f"{v!r} is not an ISO 8601 date (YYYY-MM-DD)") from None
+            parsed = np.array([np.datetime64(v) for v in items])
+        arr = parsed
+    return (arr.astype("datetime64[D]") - EPOCH).astype(np.int64).astype(float)
 
 
 def parse_key(name: str, cells: Sequence[Any]) -> KeyColumn:
@@ -169,6 +176,15 @@ def _codes(obs: Sequence[np.ndarray], model: Sequence[np.ndarray]) -> tuple[np.n
     return code_o, code_m
 
 
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two key columns are identical (a byte comparison: fast for strings too)."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    if a.dtype.kind == "O":
+        return bool(np.array_equal(a, b))
+    return bool(np.array_equal(np.ascontiguousarray(a).view(np.uint8), np.ascontiguousarray(b).view(np.uint8)))
+
+
 def _show(value: Any, kind: str) -> str:
     if kind == "date" and np.isfinite(value):
         return str(EPOCH + np.timedelta64(int(round(value)), "D"))
@@ -243,14 +259,13 @@ class Aligner:
             value_columns = others  # one value column each side: compared whatever their names
         elif absent:
             raise AlignmentError(f"{self._where} has no value column '{absent[0]}' (it has: {', '.join(table)})")
-        model_keys = [self._model_key(k, table[k.name]) for k in self.keys]
+        raw_keys = [table[k.name] for k in self.keys]
         cache = self._cache  # type: ignore[attr-defined]
-        if cache is not None and len(cache[0]) == len(model_keys) and all(
-                a.shape == b.shape and np.array_equal(a, b) for a, b in zip(cache[0], model_keys)):
-            rows = cache[1]
+        if cache is not None and all(_same(a, b) for a, b in zip(cache[0], raw_keys)):
+            rows = cache[1]  # the same key columns as last time: the same rows
         else:
-            rows = self._rows(model_keys)
-            object.__setattr__(self, "_cache", (model_keys, rows))
+            rows = self._rows([self._model_key(k, col) for k, col in zip(self.keys, raw_keys)])
+            object.__setattr__(self, "_cache", ([col.copy() for col in raw_keys], rows))
         values = np.column_stack([np.asarray(table[c], dtype=float) for c in value_columns])
         if self.match == "accumulate":
             order, lo, hi = rows
