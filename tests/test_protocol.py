@@ -248,3 +248,14 @@ def test_models_lists_every_builtin_parameter_and_output(tmp_path):
         source = inspect.getsource(sys.modules[fn.__module__])
         for p in doc.parameters:
             assert f'"{p.name}"' in source, p.name  # every documented parameter is read by the code
+
+
+def test_readme_job_reference_is_a_valid_job():
+    import yaml
+
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    section = text[text.index("## Job file reference"):]
+    start = section.index("```yaml") + len("```yaml")
+    job = job_from_dict(yaml.safe_load(section[start:section.index("```", start)]))
+    assert job.targets[1].on == ["date", "age_group", "region"] and job.targets[1].match == "accumulate"
+    assert len(job.starting_points()) == 2
