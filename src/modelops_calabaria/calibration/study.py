@@ -108,7 +108,10 @@ def build_sampler(job: CalibrationJob) -> optuna.samplers.BaseSampler:
 
 
 def _space_of(stored: Mapping[str, Any]) -> dict[str, Any]:
-    return {"parameters": stored.get("parameters"), "direction": stored.get("direction")}
+    # A starting guess is not part of the space: changing it must not block a resume.
+    params = {name: {k: v for k, v in (spec or {}).items() if k != "guess"}
+              for name, spec in (stored.get("parameters") or {}).items()}
+    return {"parameters": params, "direction": stored.get("direction")}
 
 
 def open_study(job: CalibrationJob, storage: optuna.storages.BaseStorage, stored_job: dict[str, Any]) -> optuna.Study:
@@ -146,7 +149,7 @@ def check_same_space(job: CalibrationJob, existing: Mapping[str, Any], stored_jo
     if old == new:
         return
     diffs = []
-    old_p, new_p = old["parameters"] or {}, new["parameters"] or {}
+    old_p, new_p = old["parameters"], new["parameters"]
     for name in sorted(set(old_p) | set(new_p)):
         if name not in old_p or name not in new_p:
             diffs.append(f"parameters.{name}: {'only in the job' if name in new_p else 'only in the study'}")
