@@ -105,3 +105,15 @@ def test_gaps_are_reported_once_and_left_out(tmp_path):
     assert notes == ["target cases: 5 of 26 weeks have no data"]
     target = prepared.targets[0]
     assert int(target.observed.present.sum()) == 21
+
+
+@pytest.mark.parametrize("kind", ["accumulate", "exact"])
+def test_dask_workers_score_keyed_targets_as_inline_does(tmp_path, kind, scheduler):
+    """The aligner travels to Dask worker processes (without its cache) and scores the same."""
+    scores = {}
+    for name, sched in (("inline", "inline"), ("dask", scheduler)):
+        storage = f"sqlite:///{tmp_path}/{name}.db"
+        job = job_from_dict(_job(kind, f"dask-{kind}", max_trials=2, n_replicates=2), base_dir=tmp_path)
+        run_calibration(job, _settings(storage, False, scheduler=sched), output_dir=tmp_path / name)
+        scores[name] = {tuple(sorted(t.params.items())): t.user_attrs["targets"] for t in _trials(job.study, storage)}
+    assert scores["inline"] == scores["dask"] and len(scores["dask"]) == 2

@@ -35,7 +35,7 @@ def weekly_frame(params, seed):
 
 
 def hospital(params, seed):
-    """Weekly admissions by age group and region: population x severity x age factor x growth."""
+    """Weekly admissions by age group and region: population x severity x age factor x growth around week 10."""
     weeks = np.arange(20)
     rows = [(w, a, r) for w in weeks for a in AGES for r in REGIONS]
     week = np.array([w for w, _, _ in rows])
@@ -43,7 +43,7 @@ def hospital(params, seed):
     region = np.array([r for _, _, r in rows])
     pop = np.array([POPULATION[(a, r)] for _, a, r in rows], dtype=float)
     factor = np.array([SEVERITY_BY_AGE[a] for _, a, _ in rows])
-    mean = pop * params["severity"] * 1e-4 * factor * np.exp(params["growth"] * week)
+    mean = pop * params["severity"] * 1e-4 * factor * np.exp(params["growth"] * (week - 10))  # centred: growth and severity decorrelated
     return {"admissions": {"week": week, "age_group": age, "region": region, "admissions": mean}}
 
 
