@@ -17,6 +17,7 @@ TRUE_BETA = 0.065  # examples/starsim_sir/generate_data.py
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # starsim's import and 60 simulations on a shared 2-core machine
 def test_starsim_example_recovers_beta(tmp_path):
     pytest.importorskip("starsim")
     env = {k: v for k, v in os.environ.items() if not k.startswith("CALABARIA_")}
