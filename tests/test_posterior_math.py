@@ -162,7 +162,7 @@ def test_synthetic_likelihood_aggregation_scores_the_replicate_series():
 
 
 def test_the_ess_stop_rule():
-    from modelops_calabaria.calibration.state import RunState
+    from modelops_calabaria.calibration.run_state import RunState
     from modelops_calabaria.job import StopSpec
 
     ess = {"now": None}

@@ -107,6 +107,8 @@ def calibrate(
     local_workers: LocalWorkers = None,
     log_format: LogFormat = None,
     grace: Grace = 30.0,
+    seed: Annotated[int | None, typer.Option("--seed", min=0, max=MAX_SEED, help="Seed of the sampler and replicates (overrides the job's 'seed').")] = None,
+    accept_changes: Annotated[bool, typer.Option("--accept-changes", help="Resume a study whose observed data or model changed.")] = False,
 ) -> None:
     """Run (or resume) a calibration and write best.yaml, results.json and trials.csv."""
     from modelops_calabaria.calibration.runner import run_calibration
@@ -116,10 +118,13 @@ def calibrate(
     job = load_job(job_file)
     register_secrets_in(job.execution.storage)
     check_run_flags(workers=workers, n_replicates=job.n_replicates)
+    if seed is not None:
+        job = job.model_copy(update={"seed": seed}).with_base_dir(job.base_dir)
     settings = _setup(job.execution.model_dump(), parallel_trials=parallel, storage=storage, scheduler=scheduler,
                       log_format=log_format, local_workers=local_workers)
     result = run_calibration(job, settings, output_dir=output, max_trials=max_trials, extend=extend,
-                             concurrency=workers, handle_signals=True, shutdown_grace_s=grace)
+                             concurrency=workers, handle_signals=True, shutdown_grace_s=grace,
+                             accept_changes=accept_changes)
     _print_summary(result)
 
 
@@ -137,6 +142,7 @@ def worker(
     log_format: LogFormat = None,
     grace: Grace = 30.0,
     job_file: Annotated[Path | None, typer.Option("--job", help="The study's job file: refuse to run if the study's stored model is not this file's model.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", min=0, max=MAX_SEED, help="Refuse to join unless the study's seed is this one.")] = None,
 ) -> None:
     """Join an existing study and work until its budget is spent (the job is read from the study).
 
@@ -164,6 +170,9 @@ def worker(
     if expected_model is not None:
         check_same_model(study, job.model, expected_model)
     check_run_flags(workers=workers, n_replicates=job.n_replicates)
+    if seed is not None and seed != job.seed:
+        raise ConfigurationError(f"study '{study}' runs with seed {job.seed}, not --seed {seed}",
+                                 hint=f"drop --seed, pass --seed {job.seed}, or join the study that uses seed {seed}")
     # Host, pid and time: workers of one array job starting in the same second must not share a directory.
     out = output or Path("runs") / study / f"worker-{socket.gethostname()}-{os.getpid()}-{int(time.time())}"
     result = run_calibration(job, settings, output_dir=out, concurrency=workers, handle_signals=True,
@@ -223,16 +232,36 @@ def simulate(
 
 @app.command()
 @handle_errors
-def validate(job_file: JobFile) -> None:
-    """Check a job file, its model and its observed data without running anything."""
+def validate(
+    job_file: JobFile,
+    no_run: Annotated[bool, typer.Option("--no-run", help="Skip the dry run of the model.")] = False,
+    timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds the dry run may take.")] = 120.0,
+) -> None:
+    """Check a job file, its model and observed data, and run the model once (midpoint parameters, the job's seed)."""
+    from modelops_calabaria.calibration.preflight import dry_run
     from modelops_calabaria.calibration.runner import prepare
     from modelops_calabaria.job import load_job
 
+    configure_logging("console", stream=sys.stderr)
     job = load_job(job_file)
     settings = resolve_settings(job.execution.model_dump())
     prepared = prepare(job, settings)
+    ran = ""
+    if not no_run:
+        scores = dry_run(job, prepared.model_ref, prepared.targets, timeout, strict=True)
+        ran = "; dry run at the midpoint: " + ", ".join(f"{k} {v:.6g}" for k, v in scores.items())
     _echo(f"{job_file}: valid. study '{job.study}', model {job.model}, {len(job.parameters)} parameters, "
-               f"{len(prepared.targets)} targets, {job.n_replicates} replicates x {job.max_trials} trials")
+               f"{len(prepared.targets)} targets, {job.n_replicates} replicates x {job.max_trials} trials{ran}")
+
+
+@app.command()
+def models() -> None:
+    """List the built-in models: each parameter (meaning, unit, default) and output (shape, keys)."""
+    from modelops_calabaria.models.catalog import CATALOG, describe
+
+    typer.echo("\n\n".join(describe(name) for name in CATALOG))
+    typer.echo("\nYour own model: a function (params: dict, seed: int) -> {output: array | {column: array} | DataFrame}, "
+               "named as package.module:function or path/file.py:function (see docs/models.md).")
 
 
 @app.command()

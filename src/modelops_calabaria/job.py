@@ -18,6 +18,7 @@ documented in docs/reliability.md ("Limits").
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import json
 import json.decoder
@@ -61,6 +62,7 @@ ScoreKind = Literal[
 COUNT_SCORES = frozenset({"poisson_nll", "negbin_nll", "binomial_nll", "betabinomial_nll"})
 LIKELIHOOD_SCORES = frozenset({"poisson_nll", "negbin_nll", "normal_nll", "binomial_nll", "betabinomial_nll"})
 Aggregation = Literal["mean_of_scores", "score_of_mean", "logmeanexp", "synthetic_likelihood"]
+Match = Literal["exact", "nearest", "backward", "forward", "accumulate"]
 
 
 class _Spec(BaseModel):
@@ -128,6 +130,24 @@ class ParameterSpec(_Spec):
     step: float | None = None
     choices: list[str | int | float | bool] | None = Field(default=None, max_length=MAX_CHOICES)
     prior: PriorSpec | None = None
+    guess: float | int | str | bool | None = None
+
+    @model_validator(mode="after")
+    def _check_guess(self) -> ParameterSpec:
+        if self.guess is not None and not self.admits(self.guess):
+            raise _field_error("guess", f"the guess {self.guess!r} is outside this parameter's "
+                               + (f"choices {self.choices}" if self.kind == "categorical" else f"range [{self.lower:g}, {self.upper:g}]"))
+        return self
+
+    def admits(self, value: Any) -> bool:
+        """Whether ``value`` is a point of this parameter's space (a starting guess must be)."""
+        if self.kind == "categorical":
+            return value in (self.choices or [])
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or self.lower is None or self.upper is None:
+            return False
+        if self.kind == "int" and value != int(value):
+            return False
+        return self.lower <= value <= self.upper
 
     @model_validator(mode="after")
     def _check(self) -> ParameterSpec:
@@ -213,18 +233,53 @@ class TargetSpec(_Spec):
 
     name: str = Field(min_length=1)
     output: str = Field(min_length=1)
-    data: str | dict[str, list[Annotated[float, Field(allow_inf_nan=True)] | int | None]]
+    data: str | dict[str, list[Annotated[float, Field(allow_inf_nan=True)] | int | str | None]]
     index_column: str | None = None
     value_columns: list[str] | None = None
     score: ScoreSpec
     aggregation: Aggregation = "mean_of_scores"
     weight: float = Field(default=1.0, gt=0)
+    on: list[str] | None = Field(default=None, min_length=1)
+    match: Match | None = None
+    time_key: str | None = None
+    start_date: datetime.date | None = None
+    period: float | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
     def _check(self) -> TargetSpec:
         if self.aggregation == "logmeanexp" and self.score.kind not in LIKELIHOOD_SCORES:
             raise ValueError(f"aggregation 'logmeanexp' needs a likelihood score, not {self.score.kind}")
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on(cls, value: Any) -> Any:
+        # YAML 1.1 (PyYAML) reads a bare `on:` key as the boolean True.
+        if isinstance(value, dict) and True in value and "on" not in value:
+            return {("on" if k is True else k): v for k, v in value.items()}
+        return value
+
+    @model_validator(mode="after")
+    def _check_keys(self) -> TargetSpec:
+        keyed_only = [f for f in ("match", "time_key", "start_date", "period") if getattr(self, f) is not None]
+        if self.on is None:
+            if keyed_only:
+                raise ValueError(f"'{keyed_only[0]}' needs key columns: name them with 'on' (e.g. on: [date])")
+            return self
+        if self.index_column is not None:
+            raise ValueError("'index_column' is for targets without keys; with 'on', the keys select the rows")
+        if len(set(self.on)) != len(self.on):
+            raise ValueError(f"'on' repeats a key: {self.on}")
+        if self.time_key is not None and self.time_key not in self.on:
+            raise ValueError(f"time_key '{self.time_key}' is not one of the keys in 'on' ({', '.join(self.on)})")
+        if self.period is not None and self.match != "accumulate":
+            raise ValueError("'period' is only for match: accumulate")
+        return self
+
+    @property
+    def keyed(self) -> bool:
+        """Whether rows are matched on named keys (``on``) rather than by row number."""
+        return self.on is not None
 
 
 class StopSpec(_Spec):
@@ -330,6 +385,7 @@ class CalibrationJob(_Spec):
     stop: StopSpec = Field(default_factory=StopSpec)
     posterior: PosteriorSpec | None = None
     execution: ExecutionSpec = Field(default_factory=ExecutionSpec)
+    start: list[dict[str, Any]] = Field(default_factory=list)
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
 
@@ -372,6 +428,32 @@ class CalibrationJob(_Spec):
                 raise ValueError(f"the grid has {math.prod(sizes.values()):,} cells ({shown}), more than {MAX_GRID_CELLS:,}: "
                                  "lower sampler.options.points or search fewer parameters")
         return self
+
+    @model_validator(mode="after")
+    def _check_start(self) -> CalibrationJob:
+        for i, point in enumerate(self.start):
+            unknown = sorted(set(point) - set(self.parameters))
+            if unknown:
+                raise ValueError(f"start[{i}] names {', '.join(unknown)}, not searched parameters ({', '.join(self.parameters)})")
+            missing = [n for n in self.parameters if n not in point]
+            if missing:
+                raise ValueError(f"start[{i}] lacks {', '.join(missing)}: a starting point gives every searched parameter")
+            for name, value in point.items():
+                if not self.parameters[name].admits(value):
+                    raise ValueError(f"start[{i}].{name} = {value!r} is outside the parameter's space")
+        return self
+
+    def starting_points(self) -> list[dict[str, Any]]:
+        """Points evaluated before any sampled one: every ``start`` point, then the
+        ``guess`` values (parameters without one take the middle of their range)."""
+        points = [dict(p) for p in self.start]
+        if any(spec.guess is not None for spec in self.parameters.values()):
+            points.append({name: spec.guess if spec.guess is not None else midpoint(spec) for name, spec in self.parameters.items()})
+        unique: list[dict[str, Any]] = []
+        for point in points:
+            if point not in unique:
+                unique.append(point)
+        return unique
 
     @property
     def base_dir(self) -> Path:
@@ -462,6 +544,15 @@ def count_values(value: Any, limit: int, depth: int = 0, memo: dict[int, int] | 
             return limit + 1
     memo[key] = total
     return total
+
+
+def midpoint(spec: ParameterSpec) -> Any:
+    """The middle of a parameter's range (geometric on log scale; first choice if categorical)."""
+    if spec.kind == "categorical":
+        return (spec.choices or [None])[0]
+    lo, hi = float(spec.lower), float(spec.upper)  # type: ignore[arg-type]
+    mid = math.sqrt(lo * hi) if spec.log else (lo + hi) / 2
+    return int(round(mid)) if spec.kind == "int" else mid
 
 
 _UNION_TAGS = frozenset({"str", "int", "float", "bool", "none"})
@@ -671,6 +762,81 @@ def load_job(path: str | Path) -> CalibrationJob:
     return job_from_dict(data, source=str(path), base_dir=path.resolve().parent)
 
 
+# What each field means, for `calabaria schema` (a description given with Field(...) wins).
+FIELD_DOCS: dict[str, dict[str, str]] = {
+    "CalibrationJob": {
+        "study": "study name (letters, digits, _ . -); re-running with the same name resumes it",
+        "model": "built-in name (sir, seir, age_seir; see `calabaria models`), package.module:object, or path/file.py:object",
+        "parameters": "searched parameters: {name: {lower, upper, log, kind, step, choices, guess}}",
+        "fixed": "parameters passed to the model unchanged",
+        "targets": "observed series the model is scored against",
+        "n_replicates": "simulations per trial (seeds from 'seed' and the replicate index)",
+        "max_trials": "trial budget of the study",
+        "concurrency": "trials at once: loops (parallel) or batch size (batched); default from the cluster size",
+        "sampler": "Optuna sampler: tpe (constant liar) | gp | cmaes | random | qmc | grid | nsga2, or {name, options}",
+        "seed": "seed of the sampler and of the replicate seeds (`calibrate --seed` overrides it)",
+        "replicate_seeds": "common: the same replicate seeds for every trial; independent: also depend on the trial number",
+        "direction": "minimize (losses, negative log-likelihoods) or maximize",
+        "timeout_s": "seconds one simulation may run before its trial fails",
+        "replicate_retries": "times a replicate that raised is run again before its trial fails (0-10)",
+        "retry_lost_trials": "ask the parameters of trials lost with their coordinator again (uses budget)",
+        "stop": "stop rules besides the budget",
+        "execution": "defaults for the settings: mode, storage, scheduler, replicates per task",
+        "start": "starting points evaluated first, exactly once per study: a list of {parameter: value} giving every searched parameter",
+    },
+    "ParameterSpec": {
+        "kind": "float (default), int or categorical",
+        "lower": "lowest value (float and int)",
+        "upper": "highest value (float and int)",
+        "log": "search on a log scale (needs lower > 0)",
+        "step": "search only lower, lower + step, ... (not with log)",
+        "choices": "the values of a categorical parameter",
+        "guess": "a starting guess: evaluated first (other parameters at their midpoint), exactly once per study",
+    },
+    "ScoreSpec": {
+        "kind": "sse | mse | rmse | poisson_nll | negbin_nll | normal_nll | binomial_nll | betabinomial_nll",
+        "dispersion": "negative-binomial size or beta-binomial overdispersion (> 0)",
+        "sigma": "standard deviation of normal_nll (> 0)",
+        "trials_column": "observed column of binomial denominators",
+        "floor": "simulated means are floored at this value for count likelihoods (a zero mean against a count stays finite)",
+    },
+    "TargetSpec": {
+        "name": "target name (unique; per-target losses are stored under it)",
+        "output": "name of the model output compared with the data",
+        "data": "CSV or Parquet path (relative to the job file) or an inline table {column: [values]}; blank cells are gaps",
+        "index_column": "without 'on': column of whole numbers selecting output rows (default: the first column)",
+        "value_columns": "observed columns compared with the output's columns (default: all but keys and trials_column)",
+        "score": "how simulated and observed values are compared (a name or {kind, ...})",
+        "aggregation": "mean_of_scores | score_of_mean | logmeanexp over the replicates",
+        "weight": "trial loss = sum of weight x aggregated score",
+        "on": "key columns matched between data and output, e.g. [date] or [week, age_group]",
+        "match": "exact (default) | nearest | backward (the model step containing the time) | forward | accumulate (model values summed over each observed interval)",
+        "time_key": "the key matched as-of / accumulated (default: the one date key, or the key named date/day/week/time/t)",
+        "start_date": "ISO date of model day 0, when the model reports day numbers and the data dates",
+        "period": "accumulate: length of each observed interval in time-key units (days for dates); default the smallest spacing of the data",
+    },
+    "StopSpec": {
+        "target_loss": "stop once the best loss reaches this value",
+        "patience": "stop after this many trials without improvement",
+        "max_wall_time_s": "stop after this many seconds",
+        "max_consecutive_failures": "stop after this many failed trials in a row (failure storm guard)",
+    },
+    "SamplerSpec": {"name": "sampler name", "options": "keyword options of the Optuna sampler"},
+    "ExecutionSpec": {
+        "parallel_trials": "parallel loops (true) or batched rounds (false); env PARALLEL_TRIALS",
+        "storage": "study storage URL (postgresql://, sqlite:///, journal:///); env CALABARIA_STORAGE",
+        "scheduler": "Dask scheduler address, empty for a local cluster, or inline; env CALABARIA_SCHEDULER",
+        "replicates_per_task": "replicates one Dask task runs; empty = automatic",
+    },
+}
+
+
 def job_schema() -> dict[str, Any]:
-    """The JSON schema of a job file."""
-    return CalibrationJob.model_json_schema()
+    """The JSON schema of a job file, every field with its description."""
+    schema = CalibrationJob.model_json_schema()
+    for name, model_schema in [("CalibrationJob", schema), *schema.get("$defs", {}).items()]:
+        docs = FIELD_DOCS.get(name, {})
+        for field, prop in model_schema.get("properties", {}).items():
+            if field in docs:
+                prop.setdefault("description", docs[field])
+    return schema

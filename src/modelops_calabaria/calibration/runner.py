@@ -31,6 +31,7 @@ from modelops_calabaria.backend.relational import schema_lock
 from modelops_calabaria.calibration.asktell import Asker, DirectAsker, MirroredAsker
 from modelops_calabaria.calibration.recovery import Heartbeat, new_coordinator_id, recover_stale_trials, settle_orphans
 from modelops_calabaria.calibration.run_state import RunState
+from modelops_calabaria.calibration import preflight, provenance
 from modelops_calabaria.calibration.study import (
     TARGETS_ATTR,
     build_sampler,
@@ -82,6 +83,7 @@ class RunOptions:
     shutdown_grace_s: float = 30.0
     show_progress: bool | None = None
     joining: bool = False
+    accept_changes: bool = False  # resume a study whose observed data or model changed
 
 
 def prepare(job: CalibrationJob, settings: Settings, output_dir: Path | None = None) -> Prepared:
@@ -102,11 +104,13 @@ def prepare(job: CalibrationJob, settings: Settings, output_dir: Path | None = N
     return Prepared(job, model_ref, targets, storage, out, sampler)
 
 
-def check_existing_study(p: Prepared) -> None:
-    """If the study already exists, check that this job has its search space (creates no study).
+def check_existing_study(p: Prepared, accept_changes: bool = False) -> None:
+    """If the study already exists, check that this job has its search space and that
+    its observed data and model did not change (creates no study).
 
     Raises:
-        StudyMismatchError: another parameter space or direction.
+        StudyMismatchError: another parameter space or direction, or changed inputs
+            (unless ``accept_changes``).
     """
     if p.storage.kind == "memory":
         return
@@ -116,11 +120,12 @@ def check_existing_study(p: Prepared) -> None:
         return
     try:
         stored = stored_job_of(p.job.study, backend)
+        if stored:
+            check_same_space(p.job, stored, storable_job(p))
+            check_same_model(p.job.study, stored.get("model"), p.model_ref)
+            provenance.check_unchanged(p.job.study, backend, storable_job(p), accept_changes)
     finally:
         backend.close()
-    if stored:
-        check_same_space(p.job, stored, storable_job(p))
-        check_same_model(p.job.study, stored.get("model"), p.model_ref)
 
 
 def storable_job(p: Prepared) -> dict[str, Any]:
@@ -129,14 +134,7 @@ def storable_job(p: Prepared) -> dict[str, Any]:
     data["model"] = p.model_ref
     data["execution"] = {}  # settings belong to each coordinator, and a storage URL may hold a password
     for spec, compiled in zip(data["targets"], p.targets):
-        obs = compiled.observed
-        index_col = "index"
-        table: dict[str, list] = {index_col: obs.index.tolist()}
-        for j, col in enumerate(obs.columns):
-            table[col] = obs.values[:, j].tolist()
-        if obs.trials is not None:
-            table[spec["score"]["trials_column"]] = obs.trials[:, 0].tolist()
-        spec.update(data=table, index_column=index_col, value_columns=list(obs.columns))
+        spec.update(compiled.observed.inline(spec["score"]["trials_column"]))
     return data
 
 
@@ -185,6 +183,7 @@ def run_calibration(
     shutdown_grace_s: float = 30.0,
     show_progress: bool | None = None,
     joining: bool = False,
+    accept_changes: bool = False,
 ) -> RunResult:
     """Run (or resume, or join) a calibration and write its results.
 
@@ -198,6 +197,7 @@ def run_calibration(
         handle_signals: Install SIGINT/SIGTERM handlers (CLI).
         shutdown_grace_s: After a signal, how long in-flight trials may finish.
         joining: Join an existing study (``worker``): never change its budget.
+        accept_changes: Resume a study whose observed data or model changed (else refused).
 
     Raises:
         JobSpecError, ConfigurationError: bad input (exit 2), nothing created.
@@ -207,8 +207,12 @@ def run_calibration(
     check_run_flags(max_trials=max_trials, extend=extend, workers=concurrency, n_replicates=job.n_replicates)
     settings = settings or resolve_settings(job.execution.model_dump())
     prepared = prepare(job, settings, Path(output_dir) if output_dir else None)
-    options = RunOptions(max_trials, extend, concurrency, handle_signals, shutdown_grace_s, show_progress, joining)
-    check_existing_study(prepared)  # before any cluster starts
+    options = RunOptions(max_trials, extend, concurrency, handle_signals, shutdown_grace_s, show_progress, joining,
+                         accept_changes)
+    if not joining and any(t.aligner is not None for t in prepared.targets):
+        # Keyed targets: a missing key column or an unmatched key would fail every trial.
+        preflight.dry_run(job, prepared.model_ref, prepared.targets, job.timeout_s or 300.0, strict=False)
+    check_existing_study(prepared, accept_changes)  # before any cluster starts
     context = SimContext(prepared.model_ref, dict(job.fixed), prepared.targets, job.timeout_s, job.replicate_retries)
     service = connect_service(settings.scheduler, context, local_workers=settings.local_workers,
                               replicates_per_task=settings.replicates_per_task, listen_host=settings.listen_host)
@@ -233,6 +237,8 @@ def _run_with_service(p: Prepared, settings: Settings, service: SimulationServic
         backend = register(open_store(p.storage, loops))  # one engine for trials and ledger
         with schema_lock(p.storage):  # one creator at a time: the job attr is written once
             study = open_study(job, backend, storable_job(p), p.sampler)
+            if options.accept_changes:
+                provenance.accept_changes(backend, job.study, storable_job(p))
     except BaseException:
         if backend is not None:
             backend.close()
@@ -266,7 +272,7 @@ def _set_budget(study: optuna.Study, ledger: Ledger, job: CalibrationJob, settin
     # claims, so one that claimed before the first read shows up in the last; one that
     # claims later changes `claimed`, and the compare-and-set below then does nothing.
     claimed, _ = ledger.budget(name)
-    n_trials = len(study.get_trials(deepcopy=False))
+    n_trials = len([t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING])  # enqueued starts are not asked yet
     new_max = max(stored_max, n_trials) + extend if extend else wanted
     if new_max > MAX_TRIALS:
         raise ConfigurationError(f"--extend {extend} would raise the study's budget to {new_max:,}, more than {MAX_TRIALS:,}",
@@ -304,7 +310,11 @@ def _drive(p: Prepared, settings: Settings, service: SimulationService, study: o
     retry = job.retry_lost_trials
     recover_stale_trials(study, ledger, settings.grace_period_s, retry=retry, backend=backend)
     budget = _set_budget(study, ledger, job, settings, options.max_trials, options.extend, options.joining)
-    already = len(study.get_trials(deepcopy=False))
+    existing = study.get_trials(deepcopy=False)
+    already = len([t for t in existing if t.state != TrialState.WAITING])  # enqueued starts are not asked yet
+    note = None if options.joining else provenance.budget_note(already, budget, sum(t.state == TrialState.FAIL for t in existing))
+    if note:
+        log.warning(note, study=study.study_name)
     log.info("calibration starting", study=study.study_name, storage=p.storage.display, mode="parallel" if parallel else "batched",
              trials_at_once=loops, slots=service.slots, replicates=job.n_replicates, budget=budget, existing_trials=already,
              scheduler=service.address, coordinator=coordinator_id)

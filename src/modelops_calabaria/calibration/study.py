@@ -36,6 +36,7 @@ from modelops_calabaria.backend.base import (  # noqa: F401  (re-exported: the n
     TARGETS_ATTR,
     StudyBackend,
 )
+from modelops_calabaria.calibration.provenance import on_study_created
 from modelops_calabaria.dbretry import retry_db
 from modelops_calabaria.errors import JobSpecError, StudyMismatchError
 from modelops_calabaria.job import CalibrationJob, ParameterSpec
@@ -118,7 +119,10 @@ def build_sampler(job: CalibrationJob) -> optuna.samplers.BaseSampler:
 
 
 def _space_of(stored: Mapping[str, Any]) -> dict[str, Any]:
-    return {"parameters": stored.get("parameters"), "direction": stored.get("direction")}
+    # A starting guess is not part of the space: changing it must not block a resume.
+    params = {name: {k: v for k, v in (spec or {}).items() if k != "guess"}
+              for name, spec in (stored.get("parameters") or {}).items()}
+    return {"parameters": params, "direction": stored.get("direction")}
 
 
 def open_study(job: CalibrationJob, backend: StudyBackend, stored_job: dict[str, Any],
@@ -147,6 +151,7 @@ def open_study(job: CalibrationJob, backend: StudyBackend, stored_job: dict[str,
         with warnings.catch_warnings():  # "experimental" since Optuna 3.2, and the dashboard reads it
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             retry_db("store job", lambda: study.set_metric_names([OBJECTIVE_NAME]))
+        on_study_created(study, backend, job, stored_job)  # fingerprint + starting points, once, by the creator
     return study
 
 
@@ -156,7 +161,7 @@ def check_same_space(job: CalibrationJob, existing: Mapping[str, Any], stored_jo
     if old == new:
         return
     diffs = []
-    old_p, new_p = old["parameters"] or {}, new["parameters"] or {}
+    old_p, new_p = old["parameters"], new["parameters"]
     for name in sorted(set(old_p) | set(new_p)):
         if name not in old_p or name not in new_p:
             diffs.append(f"parameters.{name}: {'only in the job' if name in new_p else 'only in the study'}")

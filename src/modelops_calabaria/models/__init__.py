@@ -10,7 +10,13 @@ Models are referred to by a string, resolved again on each Dask worker:
 - a built-in name: ``sir``, ``seir``, ``age_seir``;
 - ``package.module:object`` (importable on the workers);
 - ``path/to/file.py:object`` (relative to the job file; the file must exist at
-  the same path on the workers).
+  the same path on the workers). The file's folder is put on ``sys.path``
+  wherever it is loaded (coordinator, Dask workers, inline threads), so it may
+  import modules beside it.
+
+The callable's packages must be importable by the service's Python and by
+every Dask worker's. ``docs/models.md`` is the protocol for model authors;
+:mod:`.catalog` documents the built-ins (``calabaria models``).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import functools
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import sys
 import threading
 import traceback
@@ -30,7 +37,9 @@ from typing import Any, Protocol
 from modelops_calabaria.errors import JobSpecError
 from modelops_calabaria.models.compartmental import BUILTINS
 
-__all__ = ["BUILTINS", "LoadedModel", "Model", "canonical_ref", "load_model"]
+__all__ = ["BUILTINS", "SIGNATURE", "LoadedModel", "Model", "canonical_ref", "load_model", "model_file"]
+
+SIGNATURE = "model(params: dict, seed: int) -> {output name: array | {column: array} | DataFrame}"
 
 
 class Model(Protocol):
@@ -62,9 +71,25 @@ def canonical_ref(ref: str, base_dir: Path) -> str:
 _IMPORT_LOCK = threading.RLock()
 
 
+def model_file(ref: str) -> Path | None:
+    """The file of a ``path/file.py:object`` reference, else None."""
+    path, sep, _ = ref.rpartition(":")
+    return Path(path) if sep and path.endswith(".py") else None
+
+
 def _import_file(path: Path) -> Any:
     with _IMPORT_LOCK:
+        folder = str(path.resolve().parent)
+        if folder not in sys.path:  # sibling modules of the model file import as they do with `python file.py`
+            sys.path.insert(0, folder)
         return _import_file_locked(path)
+
+
+def missing_package_hint(e: ModuleNotFoundError) -> str:
+    """Where a package the model needs must be installed."""
+    name = (e.name or "").split(".")[0] or "the missing package"
+    return (f"install '{name}' in this Python ({sys.executable}) and in the Python of every Dask worker "
+            f"(`pip install {name}` in each environment or image)")
 
 
 def _import_file_locked(path: Path) -> Any:
@@ -79,11 +104,16 @@ def _import_file_locked(path: Path) -> Any:
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
+    except ModuleNotFoundError as e:
+        del sys.modules[name]
+        raise JobSpecError(f"model file {path} imports '{e.name}', which is not installed here",
+                           hint=missing_package_hint(e)) from e
     except Exception as e:
         del sys.modules[name]
+        frame = traceback.extract_tb(e.__traceback__)[-1]
         raise JobSpecError(
-            f"model file {path} raised while importing: {type(e).__name__}: {e}",
-            hint="run `python " + str(path) + "` to see the full error",
+            f"model file {path} raised while importing: {type(e).__name__}: {e} ({frame.filename}, line {frame.lineno})",
+            hint=f"run `cd {path.parent} && python -c 'import {path.stem}'` to see the full error",
         ) from e
     return module
 
@@ -114,6 +144,12 @@ def load_model(ref: str) -> LoadedModel:
     else:
         try:
             module = importlib.import_module(target)
+        except ModuleNotFoundError as e:
+            raise JobSpecError(
+                f"model module {target!r} cannot be imported: {e}",
+                problems=[("model", "install the package that provides it, or use 'path/to/file.py:object'")],
+                hint=missing_package_hint(e),
+            ) from e
         except ImportError as e:
             raise JobSpecError(
                 f"model module {target!r} cannot be imported: {e}",
@@ -141,7 +177,39 @@ def load_model(ref: str) -> LoadedModel:
     run = getattr(obj, "simulate", obj)
     if not callable(run):
         raise JobSpecError(f"model {ref!r} is not callable and has no simulate() method", problems=[("model", "point at a function or a class")])
+    _check_signature(ref, run)
     outputs = getattr(obj, "outputs", None)
     if isinstance(outputs, str):  # outputs = "cases" means one output, not five letters
         outputs = (outputs,)
-    return LoadedModel(ref, run, tuple(outputs) if outputs is not None else None)
+    return LoadedModel(ref, _explaining_type_errors(ref, run), tuple(outputs) if outputs is not None else None)
+
+
+def _check_signature(ref: str, run: Callable[..., Any]) -> None:
+    """Reject a callable that cannot take ``(params, seed)`` before anything runs."""
+    try:
+        sig = inspect.signature(run)
+    except (TypeError, ValueError):
+        return  # builtins and some C callables hide their signature: the call will tell
+    try:
+        sig.bind({}, 0)
+    except TypeError as e:
+        raise JobSpecError(
+            f"model {ref!r} cannot be called as model(params, seed): its signature is {sig} ({e})",
+            problems=[("model", f"expected {SIGNATURE}")],
+            hint="wrap the simulator in a function of (params, seed); see docs/models.md",
+        ) from None
+
+
+def _explaining_type_errors(ref: str, run: Callable[..., Any]) -> Callable[[Mapping[str, Any], int], Any]:
+    """``run`` whose TypeError at the call itself (wrong arguments) states the expected signature."""
+
+    @functools.wraps(run)
+    def call(params: Mapping[str, Any], seed: int) -> Any:
+        try:
+            return run(params, seed)
+        except TypeError as e:
+            if e.__traceback__ is not None and e.__traceback__.tb_next is None:  # raised binding the arguments
+                raise TypeError(f"model {ref!r} must be callable as {SIGNATURE}: {e}") from e
+            raise
+
+    return call

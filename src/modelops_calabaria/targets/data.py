@@ -1,7 +1,16 @@
-"""Observed data: read a CSV file or an inline table into aligned arrays.
+"""Observed data: read a CSV or Parquet file or an inline table into arrays.
 
-Every problem is a :class:`JobSpecError` naming the target's field path and,
-for files, the file, row and column.
+Two forms:
+
+- without ``on`` (the original form): an index column of whole numbers selects
+  rows of the model output;
+- with ``on``: named key columns (dates, numbers or labels), parsed once here,
+  matched to the output's key columns on the worker (:mod:`.align`).
+
+A blank / NA value cell is a gap: it is left out of the score. Blank key cells,
+unparseable dates, repeated keys and fractional counts for a count likelihood
+are errors. Every problem is a :class:`JobSpecError` naming the target's field
+path and, for files, the file, row and column.
 """
 
 from __future__ import annotations
@@ -11,11 +20,15 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from modelops_calabaria.errors import JobSpecError
 from modelops_calabaria.job import COUNT_SCORES, TargetSpec
+from modelops_calabaria.targets.align import KeyColumn, parse_key, time_key_of
+
+PARQUET_SUFFIXES = (".parquet", ".pq")
 
 
 @dataclass(frozen=True)
@@ -23,16 +36,59 @@ class Observed:
     """One target's observations.
 
     Attributes:
-        index: Whole numbers ≥ 0 (n,): rows of the model output to compare.
-        values: Observations (n, m), one column per value column.
+        index: Whole numbers ≥ 0 (n,): rows of the model output to compare
+            (the form without keys), or None.
+        values: Observations (n, m), one column per value column; NaN is a gap.
         columns: The value column names (m).
         trials: Binomial denominators (n, 1), or None.
+        keys: The parsed key columns (the form with ``on``), or None.
+        present: (n, m) mask of the cells that are not gaps, or None when none is missing.
+        table: The used columns as given (JSON-able, None for a gap): the form stored with the study.
+        time_key: The key matched as-of / accumulated, or None.
     """
 
-    index: np.ndarray
+    index: np.ndarray | None
     values: np.ndarray
     columns: tuple[str, ...]
     trials: np.ndarray | None = None
+    keys: tuple[KeyColumn, ...] | None = None
+    present: np.ndarray | None = None
+    table: dict[str, list] | None = None
+    time_key: str | None = None
+
+    def inline(self, trials_column: str | None) -> dict[str, Any]:
+        """The target fields that carry this data inline (stored with the study): ``data``
+        and, without keys, ``index_column`` / ``value_columns``. Gaps become None."""
+        if self.table is not None:
+            return {"data": self.table, "value_columns": list(self.columns)}
+        table: dict[str, list] = {"index": self.index.tolist()}  # type: ignore[union-attr]
+        for j, col in enumerate(self.columns):
+            table[col] = [None if math.isnan(v) else v for v in self.values[:, j].tolist()]
+        if self.trials is not None and trials_column:
+            table[trials_column] = [None if math.isnan(v) else v for v in self.trials[:, 0].tolist()]
+        return {"data": table, "index_column": "index", "value_columns": list(self.columns)}
+
+    @property
+    def gap_rows(self) -> int:
+        """Rows with at least one gap."""
+        return 0 if self.present is None else int((~self.present).any(axis=1).sum())
+
+
+def _read_parquet(path: Path, where: str, name: str) -> dict[str, list[object]]:
+    if not path.is_file():
+        raise JobSpecError(f"observed data file not found: {path}", problems=[(where, "the file does not exist")])
+    with path.open("rb") as fh:
+        magic = fh.read(4)
+    if magic != b"PAR1":
+        raise JobSpecError(f"target '{name}': {path} is not a Parquet file (it does not start with the PAR1 marker); "
+                           f"save it as Parquet, or as CSV with a .csv name ({where})")
+    try:
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+    except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a damaged file
+        raise JobSpecError(f"target '{name}': {path} cannot be read as Parquet: {e} ({where})") from e
+    return {str(c): table.column(c).to_pylist() for c in table.column_names}
 
 
 def _read_csv(path: Path, where: str) -> dict[str, list[str]]:
@@ -69,9 +125,15 @@ def _read_csv(path: Path, where: str) -> dict[str, list[str]]:
     return columns
 
 
-def _numeric(values: Sequence[object], column: str, source: str, where: str) -> np.ndarray:
+_NA = frozenset({"", "NA", "N/A", "NaN", "nan", "null", "NULL", "None", "."})
+
+
+def _numeric(values: Sequence[object], column: str, source: str, where: str, *, gaps: bool = False) -> np.ndarray:
     out = np.empty(len(values), dtype=float)
     for row, cell in enumerate(values):
+        if gaps and (cell is None or (isinstance(cell, str) and cell.strip() in _NA)):
+            out[row] = math.nan
+            continue
         try:
             x = float(cell) if cell not in (None, "") else math.nan  # type: ignore[arg-type]
         except (TypeError, ValueError):
@@ -79,6 +141,9 @@ def _numeric(values: Sequence[object], column: str, source: str, where: str) -> 
                 f"{source}: column '{column}', data row {row + 1}: {cell!r} is not a number",
                 problems=[(where, "every observed cell must be numeric")],
             ) from None
+        if gaps and math.isnan(x):
+            out[row] = x
+            continue
         if not math.isfinite(x):
             raise JobSpecError(
                 f"{source}: column '{column}', data row {row + 1} is empty, NaN or infinite",
@@ -100,13 +165,18 @@ def load_observed(target: TargetSpec, base_dir: Path, where: str) -> Observed:
         path = Path(target.data)
         path = path if path.is_absolute() else base_dir / path
         source = str(path)
-        table: Mapping[str, Sequence[object]] = _read_csv(path, where)
+        if path.suffix.lower() in PARQUET_SUFFIXES:
+            table: Mapping[str, Sequence[object]] = _read_parquet(path, where, target.name)
+        else:
+            table = _read_csv(path, where)
     else:
         source, table = f"inline data of target '{target.name}'", target.data
         lengths = {len(v) for v in table.values()}
         if len(lengths) > 1:
             raise JobSpecError(f"{source}: columns have different lengths {sorted(lengths)}", problems=[(where, "every column needs the same number of values")])
     names = list(table)
+    if target.on is not None:
+        return _load_keyed(target, table, source, where)
     if len(names) < 2:
         raise JobSpecError(f"{source}: needs an index column and at least one value column, found {names}", problems=[(where, "add the columns")])
     index_col = target.index_column or names[0]
@@ -129,9 +199,42 @@ def load_observed(target: TargetSpec, base_dir: Path, where: str) -> Observed:
         raise JobSpecError(f"{source}: index column '{index_col}' must hold whole numbers >= 0", problems=[(where, "index values select rows of the model output (e.g. week 0, 1, ...)")])
     if len(set(index.tolist())) != len(index):
         raise JobSpecError(f"{source}: index column '{index_col}' has repeated values", problems=[(where, "one row per index value")])
-    values = np.column_stack([_numeric(table[c], c, source, where) for c in value_cols])
-    trials = _numeric(table[trials_col], trials_col, source, where).reshape(-1, 1) if trials_col else None
+    values = np.column_stack([_numeric(table[c], c, source, where, gaps=True) for c in value_cols])
+    trials = _numeric(table[trials_col], trials_col, source, where, gaps=True).reshape(-1, 1) if trials_col else None
+    values, present = _check_values(target, values, value_cols, trials, source, where)
+    return Observed(index=index.astype(np.int64), values=values, columns=tuple(value_cols), trials=trials, present=present)
+
+
+def _check_values(target: TargetSpec, values: np.ndarray, value_cols: Sequence[str], trials: np.ndarray | None,
+                  source: str, where: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Count checks on the present cells; a row whose denominator is blank is a gap too."""
+    if trials is not None:
+        values = np.where(np.isnan(trials), np.nan, values)
+    present = ~np.isnan(values)
+    if not present.any():
+        raise JobSpecError(f"target '{target.name}': every observed value is blank ({source})",
+                           problems=[(where, "a target needs at least one observation")])
     kind = target.score.kind
+    filled = np.where(present, values, 0.0)
+    filled_trials = np.where(np.isnan(trials), 0.0, trials) if trials is not None else None
+    if kind in COUNT_SCORES:
+        fractional = filled != np.round(filled)
+        if fractional.any():
+            col, row = _first(fractional, value_cols)
+            raise JobSpecError(f"target '{target.name}': column '{col}', data row {row + 1}: {values[row, list(value_cols).index(col)]:g} "
+                               f"is not a whole number, but {kind} needs counts ({source}): round the data or use normal_nll / sse")
+        if filled_trials is not None and (filled_trials != np.round(filled_trials)).any():
+            row = int(np.flatnonzero(filled_trials[:, 0] != np.round(filled_trials[:, 0]))[0])
+            raise JobSpecError(f"target '{target.name}': column '{target.score.trials_column}', data row {row + 1}: "
+                               f"{trials[row, 0]:g} is not a whole number, but {kind} needs whole denominators ({source})")  # type: ignore[index]
+    _count_checks(target, filled, value_cols, filled_trials, source, where)
+    return values, (None if present.all() else present)
+
+
+def _count_checks(target: TargetSpec, values: np.ndarray, value_cols: Sequence[str], trials: np.ndarray | None,
+                  source: str, where: str) -> None:
+    kind = target.score.kind
+    trials_col = target.score.trials_column
     if kind in COUNT_SCORES and (values < 0).any():
         col, row = _first(values < 0, value_cols)
         raise JobSpecError(
@@ -141,7 +244,73 @@ def load_observed(target: TargetSpec, base_dir: Path, where: str) -> Observed:
     if trials is not None:
         if (trials < 0).any() or (values > trials).any():
             raise JobSpecError(f"{source}: {kind} needs 0 <= value <= '{trials_col}' in every row", problems=[(where, "successes cannot exceed the denominator")])
-    return Observed(index=index.astype(np.int64), values=values, columns=tuple(value_cols), trials=trials)
+
+
+def _load_keyed(target: TargetSpec, table: Mapping[str, Sequence[object]], source: str, where: str) -> Observed:
+    """The form with ``on``: parse the keys, check they are unique, keep blanks as gaps."""
+    keys_named = list(target.on or [])
+    names = list(table)
+    trials_col = target.score.trials_column
+    value_cols = target.value_columns or [c for c in names if c not in (*keys_named, trials_col)]
+    missing = [c for c in (*keys_named, *value_cols, *([trials_col] if trials_col else [])) if c not in table]
+    if missing:
+        raise JobSpecError(
+            f"target '{target.name}': {source} has no column '{missing[0]}' (it has {', '.join(names)})",
+            problems=[(where, "name existing columns in on / value_columns / trials_column")],
+        )
+    if not value_cols:
+        raise JobSpecError(f"target '{target.name}': {source} has no value column besides the keys", problems=[(where, "add a value column")])
+    n_rows = len(table[keys_named[0]])
+    if n_rows == 0:
+        raise JobSpecError(f"{source}: has no data rows", problems=[(where, "observed data must not be empty")])
+    keys = []
+    for name in keys_named:
+        cells = list(table[name])
+        blank = [i for i, c in enumerate(cells) if c is None or (isinstance(c, str) and c.strip() in _NA)]
+        if blank:
+            raise JobSpecError(f"target '{target.name}': key '{name}', data row {blank[0] + 1} is blank ({source}); "
+                               "every row needs all its keys: fill the key or drop the row")
+        try:
+            keys.append(parse_key(name, cells))
+        except ValueError as e:
+            raise JobSpecError(f"target '{target.name}': key '{name}', {e} ({source}); fix the value or the column") from None
+    key_table = np.rec.fromarrays([k.values for k in keys], names=[f"k{i}" for i in range(len(keys))]) if keys else None
+    if key_table is not None:
+        _, first, counts = np.unique(key_table, return_index=True, return_counts=True)
+        if (counts > 1).any():
+            row = int(first[np.flatnonzero(counts > 1)[0]])
+            shown = ", ".join(f"{k.name}={table[k.name][row]}" for k in keys)
+            raise JobSpecError(f"target '{target.name}': key {shown} appears in {int(counts.max())} rows of {source}; "
+                               "keep one row per key (or add the key column that tells them apart to 'on')")
+    time_key, candidates = time_key_of(keys, target.time_key)
+    match = target.match or "exact"
+    if match != "exact" and time_key is None:
+        which = (f"keys {' and '.join(candidates)} are both time keys" if len(candidates) > 1
+                 else "none of its keys is a date or named date/day/week/time/t")
+        raise JobSpecError(f"target '{target.name}': match '{match}' aligns on one time key, but {which} "
+                           f"({', '.join(keys_named)}); name it with time_key, or use match: exact")
+    if target.start_date is not None and not any(k.kind == "date" for k in keys):
+        raise JobSpecError(f"target '{target.name}': start_date is set but no key holds dates",
+                           problems=[(where, "start_date anchors model day numbers to the data's dates")])
+    values = np.column_stack([_numeric(table[c], c, source, where, gaps=True) for c in value_cols])
+    trials = _numeric(table[trials_col], trials_col, source, where, gaps=True).reshape(-1, 1) if trials_col else None
+    values, present = _check_values(target, values, value_cols, trials, source, where)
+    stored: dict[str, list] = {}
+    for name in (*keys_named, *value_cols, *([trials_col] if trials_col else [])):
+        cells = list(table[name])
+        stored[name] = [_jsonable(c) for c in cells]
+    return Observed(index=None, values=values, columns=tuple(value_cols), trials=trials, keys=tuple(keys),
+                    present=present, table=stored, time_key=time_key)
+
+
+def _jsonable(cell: object) -> object:
+    if cell is None or (isinstance(cell, str) and cell.strip() in _NA):
+        return None
+    if isinstance(cell, (int, float, str, bool)):
+        return cell.strip() if isinstance(cell, str) else cell
+    if hasattr(cell, "isoformat"):
+        return cell.isoformat()  # type: ignore[union-attr]
+    return str(cell)
 
 
 def _first(mask: np.ndarray, cols: Sequence[str]) -> tuple[str, int]:

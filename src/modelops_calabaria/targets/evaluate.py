@@ -23,11 +23,15 @@ from typing import Any
 import numpy as np
 
 from modelops_calabaria.errors import JobSpecError, SimulationError
-from modelops_calabaria.job import CalibrationJob, ScoreSpec
+from modelops_calabaria.job import CalibrationJob, ScoreSpec, TargetSpec
+from modelops_calabaria.logging import get_logger
+from modelops_calabaria.targets.align import Aligner, date_days
 from modelops_calabaria.targets.data import Observed, load_observed
 from modelops_calabaria.targets.scores import log_mean_exp_loss, score, synthetic_nll
 
 KEEPS_SERIES = ("score_of_mean", "synthetic_likelihood")  # aggregations that need the replicate series
+
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -40,19 +44,23 @@ class CompiledTarget:
     score: ScoreSpec
     aggregation: str
     weight: float
+    aligner: Aligner | None = None
 
     def align(self, outputs: Mapping[str, Any]) -> np.ndarray:
-        """The simulated values at the observed index, shape (n, m).
+        """The simulated values at the observed rows, shape (n, m).
 
         Raises:
             SimulationError: the output is missing, too short, of the wrong
-                width, or not finite.
+                width, or not finite; AlignmentError (a SimulationError) when
+                keys do not match.
         """
         if self.output not in outputs:
             raise SimulationError(
                 f"target '{self.name}': model returned no output '{self.output}' (it returned: {', '.join(map(str, outputs)) or 'nothing'})"
             )
         raw = outputs[self.output]
+        if self.aligner is not None:
+            return self.aligner.simulated(raw)
         arr = np.asarray(raw.to_numpy() if hasattr(raw, "to_numpy") else raw, dtype=float)
         if arr.ndim == 1:
             arr = arr.reshape(-1, 1)
@@ -74,8 +82,13 @@ class CompiledTarget:
         return sim
 
     def loss(self, sim: np.ndarray) -> float:
-        """Score an aligned simulated array against the observations."""
-        return score(self.score, sim, self.observed.values, self.observed.trials)
+        """Score an aligned simulated array against the observations (gaps left out)."""
+        obs = self.observed
+        if obs.present is None:
+            return score(self.score, sim, obs.values, obs.trials)
+        mask = obs.present
+        trials = None if obs.trials is None else np.broadcast_to(obs.trials, mask.shape)[mask]
+        return score(self.score, np.asarray(sim)[mask], obs.values[mask], trials)
 
 
 def compile_targets(job: CalibrationJob, declared_outputs: Sequence[str] | None = None) -> tuple[CompiledTarget, ...]:
@@ -93,8 +106,19 @@ def compile_targets(job: CalibrationJob, declared_outputs: Sequence[str] | None 
                 problems=[(f"targets[{i}].output", f"expected one of: {', '.join(declared_outputs)}")],
             )
         observed = load_observed(t, job.base_dir, f"targets[{i}].data")
-        compiled.append(CompiledTarget(t.name, t.output, observed, t.score, t.aggregation, t.weight))
+        compiled.append(CompiledTarget(t.name, t.output, observed, t.score, t.aggregation, t.weight, _aligner(t, observed)))
+        if observed.gap_rows:
+            unit = f"{observed.time_key or t.index_column or 'row'}s" if t.keyed or t.index_column else "rows"
+            log.warning(f"target {t.name}: {observed.gap_rows} of {len(observed.values)} {unit} have no data",
+                        target=t.name, gaps=observed.gap_rows, rows=len(observed.values))
     return tuple(compiled)
+
+
+def _aligner(t: TargetSpec, observed: Observed) -> Aligner | None:
+    if observed.keys is None:
+        return None
+    start = float(date_days([t.start_date])[0]) if t.start_date is not None else None
+    return Aligner(t.name, t.output, observed.keys, t.match or "exact", observed.time_key, start, t.period, observed.columns)
 
 
 def evaluate_replicate(

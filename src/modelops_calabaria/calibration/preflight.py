@@ -1,0 +1,113 @@
+"""The dry run: the model once, in this process, before any trial.
+
+``validate`` runs it strictly (every problem is bad input, exit 2);
+``calibrate`` runs it for jobs with keyed targets, where a missing key column
+or an unmatched key would otherwise fail every trial, and reports only the
+problems that no parameter set can fix (signature, missing package, missing
+output or key column, unmatched keys). The model runs with every searched
+parameter at the middle of its range, the fixed ones, and the job's seed.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import traceback
+from collections.abc import Mapping
+from typing import Any
+
+from modelops_calabaria.errors import JobSpecError, SimulationError
+from modelops_calabaria.job import CalibrationJob, midpoint
+from modelops_calabaria.logging import get_logger
+from modelops_calabaria.models import SIGNATURE, load_model, missing_package_hint
+from modelops_calabaria.targets.align import AlignmentError
+from modelops_calabaria.targets.evaluate import CompiledTarget
+
+log = get_logger(__name__)
+
+
+def midpoint_params(job: CalibrationJob) -> dict[str, Any]:
+    """Every searched parameter at the middle of its range (geometric on log scale)."""
+    return {name: midpoint(spec) for name, spec in job.parameters.items()}
+
+
+def _run(fn: Any, params: Mapping[str, Any], seed: int, timeout_s: float) -> tuple[bool, Any]:
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn(params, seed)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+            box["error"] = e
+
+    thread = threading.Thread(target=target, name="calabaria-dry-run", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        return False, None
+    if "error" in box:
+        raise box["error"]
+    return True, box["value"]
+
+
+def dry_run(job: CalibrationJob, model_ref: str, targets: tuple[CompiledTarget, ...], timeout_s: float,
+            strict: bool = True) -> dict[str, float]:
+    """Run the model once and score every target; returns the per-target scores.
+
+    Raises:
+        JobSpecError: (exit 2) the model's signature or packages are wrong, an
+            output, key column or value column is missing, a key matches no
+            output row; with ``strict`` also: the model raised or timed out, or
+            a score is not finite.
+    """
+    model = load_model(model_ref)
+    params = {**job.fixed, **midpoint_params(job)}
+    try:
+        finished, outputs = _run(model.run, params, job.seed, timeout_s)
+    except ModuleNotFoundError as e:
+        raise JobSpecError(f"model {job.model} needs '{e.name}', which is not installed here", hint=missing_package_hint(e)) from e
+    except TypeError as e:
+        if SIGNATURE in str(e) or not strict:
+            if SIGNATURE in str(e):
+                raise JobSpecError(str(e), problems=[("model", f"expected {SIGNATURE}")]) from e
+            log.warning("dry run: the model raised at the midpoint parameters", error=f"{type(e).__name__}: {e}")
+            return {}
+        raise _raised(job, e) from e
+    except Exception as e:  # noqa: BLE001 - the model's own failure
+        if not strict:
+            log.warning("dry run: the model raised at the midpoint parameters", error=f"{type(e).__name__}: {e}")
+            return {}
+        raise _raised(job, e) from e
+    if not finished:
+        if not strict:
+            log.warning("dry run: no result in time; output checks left to the trials", timeout_s=timeout_s)
+            return {}
+        raise JobSpecError(f"model {job.model} did not finish within {timeout_s:g} s at the midpoint parameters",
+                           hint="raise --timeout, or skip the dry run with --no-run")
+    if not isinstance(outputs, Mapping):
+        raise JobSpecError(f"model {job.model} returned {type(outputs).__name__}, expected a mapping of output name to "
+                           f"array, {{column: array}} or DataFrame", problems=[("model", f"expected {SIGNATURE}")])
+    scores: dict[str, float] = {}
+    for i, t in enumerate(targets):
+        try:
+            sim = t.align(outputs)
+        except AlignmentError as e:
+            raise JobSpecError(str(e), problems=[(f"targets[{i}].on", "return the keys the data has, or change 'on' / 'match'")]) from e
+        except SimulationError as e:
+            if t.output not in outputs or strict:
+                raise JobSpecError(str(e), problems=[(f"targets[{i}].output", "return this output from the model")]) from e
+            log.warning("dry run: a target cannot be scored at the midpoint parameters", target=t.name, error=str(e))
+            continue
+        value = t.loss(sim)
+        if strict and not math.isfinite(value):
+            raise JobSpecError(f"target '{t.name}': score {t.score.kind} is {value} at the midpoint parameters",
+                               problems=[(f"targets[{i}].score", "check the output's scale against the data (counts vs rates)")])
+        scores[t.name] = value
+    return scores
+
+
+def _raised(job: CalibrationJob, e: BaseException) -> JobSpecError:
+    frame = traceback.extract_tb(e.__traceback__)[-1]
+    return JobSpecError(f"model {job.model} raised at the midpoint parameters: {type(e).__name__}: {e} "
+                        f"({frame.filename}, line {frame.lineno})",
+                        hint="run `calabaria simulate JOB -p NAME=VALUE` to see the full traceback")
