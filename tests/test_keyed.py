@@ -18,7 +18,8 @@ from optuna.trial import TrialState
 
 from modelops_calabaria import Settings, run_calibration
 from modelops_calabaria.job import job_from_dict
-from modelops_calabaria.storage import open_optuna_storage, parse_storage_url
+from modelops_calabaria.backend.factory import open_optuna_storage
+from modelops_calabaria.storage import parse_storage_url
 
 DATA = Path(__file__).parent / "data" / "keyed"
 MODELS = Path(__file__).parent / "support" / "keyed_models.py"

@@ -176,7 +176,8 @@ def test_figures_show_the_marginals_and_the_predictive_fit(tmp_path):
     job = posterior_job(tmp_path, "line", {"a": {"lower": -5.0, "upper": 5.0}, "b": {"lower": -2.0, "upper": 3.0}},
                         target, max_trials=200, posterior={"initial": 100, "per_stage": 25})
     run_calibration(job, settings(storage), output_dir=tmp_path / "run")
-    sample = study_sample(job, open_optuna_storage(parse_storage_url(storage), 1), job.study)
+    optuna_storage = open_optuna_storage(parse_storage_url(storage), 1)
+    sample = study_sample(job, optuna_storage, optuna_storage.get_study_id_from_name(job.study))
     figures = posterior_figures(job, sample, predictive_draws=10, replicates=1)
     assert len(figures) == 2
     (corner, corner_caption), (fit, fit_caption) = figures

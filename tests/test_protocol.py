@@ -29,7 +29,8 @@ def _settings(storage: str, parallel: bool = True, fast_path: bool = False, sche
 
 
 def _trials(study: str, storage: str) -> list:
-    from modelops_calabaria.storage import open_optuna_storage, parse_storage_url
+    from modelops_calabaria.backend.factory import open_optuna_storage
+    from modelops_calabaria.storage import parse_storage_url
 
     return optuna.load_study(study_name=study, storage=open_optuna_storage(parse_storage_url(storage), 1)).get_trials()
 
@@ -86,7 +87,6 @@ def test_starting_points_on_postgresql(tmp_path, pg_url):
     _check_starts_once(_trials(job.study, pg_url), 12)
 
 
-@pytest.mark.xfail(strict=True, reason="needs the backend's enqueued-trial pop")
 @pytest.mark.parametrize("parallel", [True, False], ids=["parallel", "batched"])
 def test_starting_points_with_the_fast_path(tmp_path, parallel):
     storage = f"sqlite:///{tmp_path}/s.db"

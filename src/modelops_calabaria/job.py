@@ -242,7 +242,7 @@ class TargetSpec(_Spec):
     on: list[str] | None = Field(default=None, min_length=1)
     match: Match | None = None
     time_key: str | None = None
-    start_date: datetime.date | None = None
+    start_date: datetime.date | None = Field(default=None, strict=False)  # an ISO 8601 string or a YAML date
     period: float | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")

@@ -395,7 +395,7 @@ def _collect(p: Prepared, study: optuna.Study, backend: StudyBackend, asker: Ask
         },
     )
     if p.job.posterior is not None:
-        result.posterior = write_posterior(p.output_dir, p.job, backend.optuna_storage, study.study_name)
+        result.posterior = write_posterior(p.output_dir, p.job, backend.optuna_storage, backend.study_id(study.study_name))
     write_results(p.output_dir, result, trials)
     log.info("calibration finished", study=result.study, best_loss=result.best_loss, best_params=result.best_params,
              trials=result.trials, wall_time_s=result.wall_time_s, utilization=result.utilization,

@@ -18,17 +18,16 @@ from modelops_calabaria.posterior.records import WeightedSample, weigh
 from modelops_calabaria.posterior.summary import summarise
 
 
-def _read(storage: optuna.storages.BaseStorage, study_name: str) -> tuple[list[FrozenTrial], dict[str, Any]]:
+def _read(storage: optuna.storages.BaseStorage, sid: int) -> tuple[list[FrozenTrial], dict[str, Any]]:
     """Every trial of the study and its system attributes (the IMIS records)."""
-    sid = retry_db("study load", lambda: storage.get_study_id_from_name(study_name))
     attrs = retry_db("posterior records", lambda: storage.get_study_system_attrs(sid))
     trials = retry_db("posterior trials", lambda: storage.get_all_trials(sid, deepcopy=False))
     return trials, attrs
 
 
-def study_sample(job: CalibrationJob, storage: optuna.storages.BaseStorage, study_name: str) -> WeightedSample:
-    """The weighted sample of the posterior study ``study_name`` in ``storage``, read from the study alone."""
-    trials, attrs = _read(storage, study_name)
+def study_sample(job: CalibrationJob, storage: optuna.storages.BaseStorage, study_id: int) -> WeightedSample:
+    """The weighted sample of the posterior study ``study_id`` in ``storage``, read from the study alone."""
+    trials, attrs = _read(storage, study_id)
     return weigh(joint_prior(job.parameters), trials, attrs)
 
 
@@ -63,9 +62,9 @@ def posterior_csv(job: CalibrationJob, sample: WeightedSample) -> str:
 
 
 def write_posterior(out_dir: Path, job: CalibrationJob, storage: optuna.storages.BaseStorage,
-                    study_name: str) -> dict[str, Any]:
+                    study_id: int) -> dict[str, Any]:
     """Write ``posterior.csv`` into ``out_dir``; return results.json's ``posterior``."""
-    trials, attrs = _read(storage, study_name)
+    trials, attrs = _read(storage, study_id)
     sample = weigh(joint_prior(job.parameters), trials, attrs)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "posterior.csv"
