@@ -164,6 +164,13 @@ class SamplerSpec(_Spec):
         return {"name": value} if isinstance(value, str) else value
 
 
+class ReportSpec(_Spec):
+    """What ``calabaria report`` re-simulates for the fit figure."""
+
+    replicates: int = Field(default=20, ge=0, le=10_000, description="fresh replicates of the best trial (0: none)")
+    others: int = Field(default=4, ge=0, le=50, description="next best trials drawn faintly")
+
+
 class ExecutionSpec(_Spec):
     """Where and how the job runs; each may be overridden by env or CLI (see Settings)."""
 
@@ -196,6 +203,7 @@ class CalibrationJob(_Spec):
         default=False, description="ask the parameters of trials lost with their coordinator again (uses budget)"
     )
     stop: StopSpec = Field(default_factory=StopSpec)
+    report: ReportSpec = Field(default_factory=ReportSpec)
     execution: ExecutionSpec = Field(default_factory=ExecutionSpec)
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
@@ -285,7 +293,7 @@ def validation_problems(err: ValidationError) -> list[tuple[str, str]]:
 
 
 _FIELD_NAMES = sorted(
-    set().union(*(m.model_fields for m in (CalibrationJob, ParameterSpec, ScoreSpec, TargetSpec, StopSpec, SamplerSpec, ExecutionSpec)))
+    set().union(*(m.model_fields for m in (CalibrationJob, ParameterSpec, ScoreSpec, TargetSpec, StopSpec, SamplerSpec, ExecutionSpec, ReportSpec)))
 )
 
 

@@ -274,7 +274,9 @@ def _drive(
             sampler_process=in_process)
     else:
         adapter = DirectAsker(study, space, coordinator_id, retries)
-    progress = Progress(budget, already=already, bar=show_progress)
+    at_start = best_trial(study)  # "best" on the progress line is the study's, not this process's
+    progress = Progress(budget, already=already, bar=show_progress, direction=job.direction,
+                        best=float(at_start.value) if at_start is not None and at_start.value is not None else None)
     wire = Wire(job, adapter, service, ledger, state, parallel, loops, on_trial=progress)
     started = time.monotonic()
     heartbeat.start()
@@ -322,7 +324,7 @@ def _drive(
              stop_reason=result.stop_reason, output=str(p.output_dir))
     if state.failure_storm:
         raise RunFailedError(
-            f"stopped after {state.consecutive_failures} consecutive failed trials; the first failure was:\n{state.first_failure}",
+            f"stopped after {state.storm_count or state.consecutive_failures} consecutive failed trials; the first failure was:\n{state.first_failure}",
             hint="run `calabaria simulate` with one parameter set to debug the model",
         )
     if result.trials.get("COMPLETE", 0) == 0 and state.completed + state.failed > 0 and wire.shutdown_reason is None:

@@ -21,6 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from modelops_calabaria.calibration.study import FAIL_REASON, TARGETS_ATTR
 from modelops_calabaria.redaction import redact_value
+from modelops_calabaria.reporting.timing import speedup, trial_intervals
 
 
 @dataclass
@@ -99,6 +100,10 @@ def write_results(out_dir: Path, result: RunResult, trials: list[FrozenTrial]) -
         "targets": result.best_targets,
     }
     _atomic_write(out_dir / "best.yaml", yaml.safe_dump(redact_value(best), sort_keys=False))
-    _atomic_write(out_dir / "results.json", json.dumps(result.to_json(), indent=2, default=str) + "\n")
+    data = result.to_json()
+    # Sum of trial durations / wall time over the whole study (the report's timeline says the same).
+    sp = speedup(*trial_intervals(trials))
+    data["speedup"] = None if sp is None else round(sp, 4)
+    _atomic_write(out_dir / "results.json", json.dumps(data, indent=2, default=str) + "\n")
     _atomic_write(out_dir / "trials.csv", trials_csv(trials))
 
