@@ -111,13 +111,13 @@ def best_params_of(run_dir: Path) -> dict[str, Any]:
 def check_output_dir(out_dir: Path) -> None:
     """Raise ConfigurationError unless ``out_dir`` is, or can be made, a directory (creates nothing)."""
     if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigurationError(f"output {out_dir} is a file, not a directory", hint="pass --output with a directory path")
+        raise ConfigurationError(f"output {out_dir} is a file, not a directory: pass --output with a directory path")
     ancestor = out_dir.parent
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
-        raise ConfigurationError(f"output {out_dir} cannot be created: {ancestor} is a file, not a directory",
-                                 hint="pass --output with a path in a writable directory")
+        raise ConfigurationError(f"output {out_dir} cannot be created: {ancestor} is a file, not a directory; "
+                                 "pass --output with a path in a directory")
 
 
 def simulate_outputs(model: LoadedModel, job: CalibrationJob, params: Mapping[str, Any], seeds: Sequence[int]) -> list[dict[str, Any]]:
@@ -133,8 +133,8 @@ def simulate_outputs(model: LoadedModel, job: CalibrationJob, params: Mapping[st
         except Exception as e:  # noqa: BLE001 - the user's model failed: report it, no traceback dump
             raise JobSpecError(f"model {job.model} raised {type(e).__name__}: {e} with parameters {dict(params)}") from e
         if not isinstance(outputs, Mapping):
-            raise JobSpecError(f"model {job.model} returned {type(outputs).__name__}, expected a mapping of output name to array",
-                               hint="return a dict such as {'cases': array}; see the model protocol in modelops_calabaria.models")
+            raise JobSpecError(f"model {job.model} returned {type(outputs).__name__}, expected a mapping of output name "
+                               f"to array: return a dict such as {{'cases': array}}")
         runs.append(dict(outputs))
     return runs
 
