@@ -283,3 +283,15 @@ def test_fresh_seeds_are_none_of_the_trials_seeds():
     for trial in range(2000):
         used.update(replicate_seeds(7, 20, trial, "independent"))
     assert used.isdisjoint(seeds)
+
+
+def test_profile_is_the_best_loss_per_bin_and_running_best_skips_failures():
+    from modelops_calabaria.reporting.figures import profile, running_best
+
+    values = np.array([0.05, 0.15, 0.12, 0.55, 0.95, 0.91])
+    loss = np.array([5.0, 4.0, 3.0, 7.0, 1.0, 2.0])
+    centres, best = profile(values, loss, bins=3)
+    assert centres == pytest.approx([0.2, 0.5, 0.8]) and best.tolist() == [3.0, 7.0, 1.0]
+    _, best_max = profile(values, loss, bins=3, minimize=False)
+    assert best_max.tolist() == [5.0, 7.0, 2.0]
+    assert np.allclose(running_best(np.array([np.nan, 3.0, np.nan, 4.0, 1.0])), [np.nan, 3, 3, 3, 1], equal_nan=True)

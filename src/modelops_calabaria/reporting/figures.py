@@ -164,8 +164,11 @@ def traces_figure(t: TrialTable) -> Figure:
     """Each parameter's value by trial number, coloured by the trial's loss."""
     names = list(t.params)
     rows, cols = _grid(len(names), 2)
-    fig = style.new_figure(7.5, 2.0 * rows + 0.4)
-    axes = fig.subplots(rows, cols, squeeze=False, sharex=True)
+    height = 2.0 * rows + 0.4
+    fig = style.new_figure(7.5, height, layout=None)
+    axes = fig.subplots(rows, cols, squeeze=False, sharex=True,
+                        gridspec_kw={"left": 0.1, "right": 0.86, "bottom": 0.55 / height, "top": 1 - 0.15 / height,
+                                     "wspace": 0.3, "hspace": 0.15})
     ok = t.complete
     norm = _loss_norm(t.loss[ok])
     sc = None
@@ -183,7 +186,7 @@ def traces_figure(t: TrialTable) -> Figure:
     for j in range(len(names), rows * cols):
         axes[j // cols][j % cols].set_visible(False)
     if sc is not None and ok.any():
-        fig.colorbar(sc, ax=axes, label="loss", shrink=0.9)
+        fig.colorbar(sc, cax=fig.add_axes((0.89, 0.55 / height, 0.02, 1 - 0.7 / height)), label="loss")
     return fig
 
 
@@ -192,8 +195,9 @@ def pairs_figure(t: TrialTable, top_fraction: float = 0.1, max_params: int = 8) 
     names = list(t.params)[:max_params]
     p = len(names)
     size = min(7.5, 1.7 * p + 1.2)
-    fig = style.new_figure(size + 0.8, size)
-    axes = fig.subplots(p, p, squeeze=False)
+    fig = style.new_figure(size + 0.8, size, layout=None)
+    axes = fig.subplots(p, p, squeeze=False, gridspec_kw={"left": 0.1, "right": 0.84, "bottom": 0.1, "top": 0.97,
+                                                          "wspace": 0.08, "hspace": 0.08})
     ranked = t.ranked()
     n = len(ranked)
     rank = np.empty(n)
@@ -243,7 +247,7 @@ def pairs_figure(t: TrialTable, top_fraction: float = 0.1, max_params: int = 8) 
                 ax.tick_params(labelleft=False)
             ax.tick_params(labelsize=7)
     if sc is not None:
-        cb = fig.colorbar(sc, ax=axes, shrink=0.6, label="loss rank (0 = best)")
+        cb = fig.colorbar(sc, cax=fig.add_axes((0.88, 0.3, 0.025, 0.5)), label="loss rank (0 = best)")
         cb.ax.tick_params(labelsize=7)
     return fig
 
@@ -273,8 +277,11 @@ def profiles_figure(t: TrialTable) -> Figure:
     """1-D profiles: the best loss reached in bins of each parameter (flat = not identified)."""
     names = list(t.params)
     rows, cols = _grid(len(names), 3)
-    fig = style.new_figure(7.5, 2.2 * rows + 0.3)
-    axes = fig.subplots(rows, cols, squeeze=False, sharey=True)
+    height = 2.2 * rows + 0.3
+    fig = style.new_figure(7.5, height, layout=None)
+    axes = fig.subplots(rows, cols, squeeze=False, sharey=True,
+                        gridspec_kw={"left": 0.1, "right": 0.98, "bottom": 0.6 / height, "top": 1 - 0.15 / height,
+                                     "wspace": 0.08, "hspace": 0.45})
     ok = t.complete
     log_loss = style.wants_log(t.loss[ok])
     best = t.ranked()[:1]

@@ -56,9 +56,11 @@ def styled() -> Iterator[None]:
         yield
 
 
-def new_figure(width: float = 7.5, height: float = 3.6) -> Figure:
-    """A figure on its own Agg canvas (thread-safe: no pyplot)."""
-    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+def new_figure(width: float = 7.5, height: float = 3.6, layout: str | None = "constrained") -> Figure:
+    """A figure on its own Agg canvas (thread-safe: no pyplot). Figures with many axes pass
+    ``layout=None`` and place them with ``subplots_adjust``: constrained layout measures every
+    tick label of every axes, which dominates the drawing time of a pair matrix."""
+    fig = Figure(figsize=(width, height), dpi=DPI, layout=layout)
     FigureCanvasAgg(fig)
     return fig
 
