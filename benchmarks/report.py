@@ -54,13 +54,15 @@ def make_study(url: str, name: str, n: int, seed: int = 0) -> None:
     target = parse_storage_url(url)
     storage = open_optuna_storage(target, 8)
     try:
-        optuna.load_study(study_name=name, storage=storage)
-        print(f"reusing study {name}", file=sys.stderr)
-        return
+        study = optuna.load_study(study_name=name, storage=storage)
+        have = len(study.get_trials(deepcopy=False))
+        print(f"reusing study {name} ({have} trials)", file=sys.stderr)
+        if have >= n:
+            return
     except KeyError:
-        pass
-    study = optuna.create_study(study_name=name, storage=storage)
-    storage.set_study_system_attr(study._study_id, JOB_ATTR, json.dumps(stored_job(name)))
+        study = optuna.create_study(study_name=name, storage=storage)
+        storage.set_study_system_attr(study._study_id, JOB_ATTR, json.dumps(stored_job(name)))
+        have = 0
     rng = np.random.default_rng(seed)
     t0 = dt.datetime(2026, 11, 1, 12, 0, 0)
     dists = {"beta": FloatDistribution(0.2, 1.2), "reporting_rate": FloatDistribution(0.05, 0.9)}
@@ -84,11 +86,12 @@ def make_study(url: str, name: str, n: int, seed: int = 0) -> None:
         ))
         trials[-1].datetime_start = t0 + dt.timedelta(seconds=float(start))
         trials[-1].datetime_complete = t0 + dt.timedelta(seconds=float(free[loop]))
+    trials = trials[have:]  # an interrupted creation is completed, not restarted
     started = time.perf_counter()
     chunks = [trials[k::8] for k in range(8)]
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(study.add_trials, chunks))
-    print(f"created {n} trials in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    print(f"created {len(trials)} trials in {time.perf_counter() - started:.1f} s", file=sys.stderr)
 
 
 def main() -> None:

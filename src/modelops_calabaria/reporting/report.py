@@ -234,7 +234,9 @@ def refit(job: CalibrationJob, table: figures.TrialTable, trials: Sequence[Froze
     except Exception as e:  # noqa: BLE001 - the report still has everything else to show
         return observed_only, f"re-simulation not possible: {redact(str(e)).splitlines()[0]}"
     try:
-        results = simulate_at_observed(service, targets, [t.params for t in chosen], seeds)
+        # The faint medians of the next best trials need fewer replicates than the bands of the best.
+        few = seeds[: max(3, n_reps // 4)]
+        results = simulate_at_observed(service, targets, [t.params for t in chosen], [seeds] + [few] * (len(chosen) - 1))
     except Exception as e:  # noqa: BLE001
         return observed_only, f"re-simulation failed: {redact(str(e)).splitlines()[0]}"
     finally:

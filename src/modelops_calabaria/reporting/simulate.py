@@ -236,15 +236,15 @@ def probes(targets: Sequence[CompiledTarget]) -> tuple[PointProbe, ...]:
 
 
 def simulate_at_observed(service: SimulationService, targets: Sequence[CompiledTarget],
-                         param_sets: Sequence[Mapping[str, Any]], seeds: Sequence[int]) -> list[dict[str, np.ndarray] | str]:
-    """Run ``len(seeds)`` replicates of each parameter set on ``service`` (whose context holds
-    :func:`probes` of ``targets``), all submitted before any is awaited.
+                         param_sets: Sequence[Mapping[str, Any]], seeds: Sequence[Sequence[int]]) -> list[dict[str, np.ndarray] | str]:
+    """Run one replicate per seed of ``seeds[k]`` for each parameter set ``param_sets[k]`` on
+    ``service`` (whose context holds :func:`probes` of ``targets``), all submitted before any is awaited.
 
     Returns:
         Per parameter set: target → (R, n, m) simulated values at the observed
         points, or the error text when a replicate failed.
     """
-    handles = [service.submit(-1 - k, params, list(seeds)) for k, params in enumerate(param_sets)]
+    handles = [service.submit(-1 - k, params, list(seeds[k])) for k, params in enumerate(param_sets)]
     results: list[dict[str, np.ndarray] | str] = []
     for evaluation in service.gather(handles):
         if evaluation.error is not None:
