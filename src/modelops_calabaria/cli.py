@@ -224,7 +224,7 @@ def simulate(
 def report(
     run_dir: Annotated[Path | None, typer.Argument(help="Run directory of a calibration (e.g. runs/seir-demo).", show_default=False)] = None,
     study: Annotated[str | None, typer.Option("--study", help="Study name (default: the run directory's).")] = None,
-    storage: Annotated[str | None, typer.Option("--storage", envvar="CALABARIA_STORAGE", help="Storage URL of the study (default: the run directory's study.db).")] = None,
+    storage: Annotated[str | None, typer.Option("--storage", help="Storage URL of the study (default: the run directory's study.db, else env CALABARIA_STORAGE).")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Report file (default RUN_DIR/report.html or runs/<study>/report.html).")] = None,
     scheduler: Scheduler = None,
     local_workers: LocalWorkers = None,
@@ -233,7 +233,7 @@ def report(
     """Write report.html (one self-contained file) and its figures as PNG, for a run directory or a study."""
     from modelops_calabaria.reporting.report import build_input, resolve_source, write_report
 
-    settings = resolve_settings(None, scheduler=scheduler, local_workers=local_workers, storage=storage)
+    settings = resolve_settings(None, scheduler=scheduler, local_workers=local_workers)
     configure_logging("console", stream=sys.stderr)
     src = resolve_source(run_dir, study, storage, output)
     path = write_report(src, build_input(src, scheduler=settings.scheduler, local_workers=settings.local_workers,

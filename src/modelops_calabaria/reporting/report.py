@@ -553,6 +553,9 @@ class ReportSource:
 def resolve_source(run_dir: Path | None, study: str | None, storage: str | None, output: Path | None) -> ReportSource:
     """Work out study, storage and output from a run directory and/or flags; creates nothing.
 
+    Storage, first found: ``storage``; the run directory's ``study.db``; the URL in its
+    results.json unless a password was masked there; the environment's ``CALABARIA_STORAGE``.
+
     Raises:
         ConfigurationError: no such run directory, no study name, an output that cannot be written.
     """
@@ -568,7 +571,11 @@ def resolve_source(run_dir: Path | None, study: str | None, storage: str | None,
         if not storage:
             db = run_dir / "study.db"
             stored = str(results.get("storage") or "")
-            storage = str(db) if db.exists() or not stored or "***" in stored else stored
+            if db.exists():
+                storage = str(db)
+            elif stored and "***" not in stored:
+                storage = stored
+    storage = storage or os.environ.get("CALABARIA_STORAGE")
     if not study:
         raise ConfigurationError("no study to report on", hint="pass a run directory, or --study NAME --storage URL")
     if not storage:
