@@ -169,6 +169,7 @@ def test_calibrate_writes_a_self_contained_report(sqlite_run):
 
 @pytest.mark.slow
 @pytest.mark.postgres
+@pytest.mark.timeout(900)  # three CLI runs, each starting a cluster
 def test_report_of_a_postgresql_study_by_name(tmp_path, pg_url, dask_cluster):
     study = unique("report-pg")
     job = small_job(tmp_path, study, trials=20)

@@ -120,9 +120,10 @@ def convergence_figure(t: TrialTable) -> Figure:
     ok = t.complete
     coords = sorted(set(t.coordinator.tolist()))
     many = len(coords) > 1
+    size = 9 if len(t.number) < 2000 else 3
     for i, c in enumerate(coords):
         sel = ok & (t.coordinator == c)
-        ax.scatter(t.number[sel], t.loss[sel], s=9, alpha=0.7, lw=0, color=style.color_for(i) if many else style.BAND,
+        ax.scatter(t.number[sel], t.loss[sel], s=size, alpha=0.7, lw=0, color=style.color_for(i) if many else style.BAND,
                    label=f"coordinator {c}" if many else "trial loss", rasterized=True)
     if ok.any():
         order = np.argsort(t.number)
@@ -136,7 +137,10 @@ def convergence_figure(t: TrialTable) -> Figure:
                 transform=ax.get_xaxis_transform(), label=f"FAIL ({failed.sum()})", clip_on=False)
     ax.set_xlabel("trial number")
     ax.set_ylabel("loss")
-    ax.legend(loc="upper right", ncol=2 if many else 1, markerscale=1.5)
+    if many:  # one entry per coordinator: below the axes, where it hides no trial
+        fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=3, markerscale=2)
+    else:
+        ax.legend(loc="upper right", markerscale=1.5)
     return fig
 
 
