@@ -25,9 +25,48 @@ def test_simulate_writes_one_csv_per_output(tmp_path):
     assert files == ["attack_rate.csv", "cases.csv", "incidence.csv", "prevalence.csv"]
     rows = list(csv.reader((tmp_path / "sim" / "cases.csv").open()))
     observed = list(csv.reader((ROOT / "examples" / "seir" / "cases.csv").open()))
-    assert rows[0] == ["index", "value"] and len(rows) == len(observed)
+    assert rows[0] == ["week", "cases"] and len(rows) == len(observed)  # the target's index and column names
     # the true parameters and the generator's seed reproduce the example data exactly
     assert [float(r[1]) for r in rows[1:]] == [float(r[1]) for r in observed[1:]]
+
+
+def test_simulate_replicates_of_best_params_with_plot(tmp_path):
+    (tmp_path / "best.yaml").write_text("study: x\nbest_params: {beta: 0.55, reporting_rate: 0.3}\n")
+    out = tmp_path / "sim"
+    proc = run("simulate", str(JOB), "--best", str(tmp_path), "--replicates", "3", "--plot", "--output", str(out))
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.DictReader((out / "cases.csv").open()))
+    assert list(rows[0]) == ["replicate", "seed", "week", "cases"]
+    assert sorted({r["replicate"] for r in rows}) == ["0", "1", "2"] and len({r["seed"] for r in rows}) == 3
+    from PIL import Image
+
+    assert Image.open(out / "fit-weekly_cases.png").size[0] > 300
+    # --params takes the same file; -p overrides one value
+    again = run("simulate", str(JOB), "--params", str(tmp_path / "best.yaml"), "-p", "beta=0.9", "--output", str(tmp_path / "s2"))
+    assert again.returncode == 0, again.stderr
+
+
+def test_simulate_bad_outputs_are_one_line_exit_2(tmp_path):
+    (tmp_path / "file").write_text("x")
+    under_file = run("simulate", str(JOB), "--output", str(tmp_path / "file" / "sim"))
+    assert under_file.returncode == 2 and "is a file" in under_file.stderr and len(under_file.stderr.strip().splitlines()) == 1
+    (tmp_path / "m.py").write_text("import numpy as np\ndef bare(params, seed):\n    return np.zeros(3)\n")
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "study: s\nmodel: m.py:bare\nparameters: {a: {lower: 0, upper: 1}}\n"
+        "targets: [{name: y, output: y, data: {t: [0, 1], y: [1, 2]}, score: sse}]\n"
+    )
+    bare = run("simulate", str(job), "--output", str(tmp_path / "sim"))
+    assert bare.returncode == 2 and "expected a mapping" in bare.stderr and len(bare.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "sim").exists()
+
+
+def test_help_shows_flags_plainly_and_the_version_command():
+    top = run("--help")
+    assert top.returncode == 0 and "version" in top.stdout and "report" in top.stdout and "<bool>" not in top.stdout
+    calibrate = run("calibrate", "--help")
+    assert "--no-report" in calibrate.stdout and "<bool>" not in calibrate.stdout
+    assert run("--version").stdout.startswith("modelops-calabaria ")
 
 
 def test_simulate_rejects_unknown_parameter(tmp_path):

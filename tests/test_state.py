@@ -80,3 +80,13 @@ def test_bad_setting_names_it(monkeypatch):
     monkeypatch.setenv("PARALLEL_TRIALS", "perhaps")
     with pytest.raises(ConfigurationError, match="parallel_trials"):
         resolve_settings()
+
+
+def test_failure_storm_message_count_is_the_stop_reasons():
+    # trials in flight when the storm stops the run fail too: the message keeps the count that stopped it
+    s = RunState("minimize", StopSpec(max_consecutive_failures=25), started=0.0)
+    for n in range(25):
+        s.record_fail(n, "x")
+    reason = s.check_stop(0.0)
+    s.record_fail(25, "x")  # one more, in flight at the stop
+    assert reason == "failure storm: 25 consecutive trials failed" and s.storm_count == 25 and s.consecutive_failures == 26

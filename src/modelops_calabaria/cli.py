@@ -37,6 +37,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: flags without a misleading <bool> type column
 )
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -87,9 +88,32 @@ Output = Annotated[Path | None, typer.Option("--output", "-o", help="Run directo
 Grace = Annotated[float, typer.Option("--grace", min=0, help="After SIGTERM/SIGINT, seconds in-flight trials may finish.")]
 
 
-def _setup(job_execution: dict | None, **cli: Any) -> Any:
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"modelops-calabaria {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    _version: Annotated[bool, typer.Option("--version", callback=_show_version, is_eager=True,
+                                           help="Print the version and exit (`calabaria version` also checks the dependencies).")] = False,
+) -> None:
+    """Calibrate stochastic epidemiological models against surveillance data (Optuna + Dask)."""
+
+
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="On a terminal, also print one line per trial.")]
+
+
+def _setup(job_execution: dict | None, verbose: bool = False, **cli: Any) -> Any:
+    import logging
+
     settings = resolve_settings(job_execution, **cli)
-    configure_logging(settings.log_format)
+    # Per-trial lines are DEBUG when a live progress line shows them in summary (terminal);
+    # -v shows them too. The log stream lets the live line step aside for each log line.
+    from modelops_calabaria.reporting.progress import LOG_STREAM
+
+    configure_logging(settings.log_format, level=logging.DEBUG if verbose else logging.INFO, stream=LOG_STREAM)
     return settings
 
 
@@ -109,8 +133,10 @@ def calibrate(
     grace: Grace = 30.0,
     seed: Annotated[int | None, typer.Option("--seed", min=0, max=MAX_SEED, help="Seed of the sampler and replicates (overrides the job's 'seed').")] = None,
     accept_changes: Annotated[bool, typer.Option("--accept-changes", help="Resume a study whose observed data or model changed.")] = False,
+    no_report: Annotated[bool, typer.Option("--no-report", help="Do not write report.html at the end.")] = False,
+    verbose: Verbose = False,
 ) -> None:
-    """Run (or resume) a calibration and write best.yaml, results.json and trials.csv."""
+    """Run (or resume) a calibration; write best.yaml, results.json, trials.csv and report.html."""
     from modelops_calabaria.calibration.runner import run_calibration
     from modelops_calabaria.job import load_job
 
@@ -120,12 +146,33 @@ def calibrate(
     check_run_flags(workers=workers, n_replicates=job.n_replicates)
     if seed is not None:
         job = job.model_copy(update={"seed": seed}).with_base_dir(job.base_dir)
-    settings = _setup(job.execution.model_dump(), parallel_trials=parallel, storage=storage, scheduler=scheduler,
+    settings = _setup(job.execution.model_dump(), verbose=verbose, parallel_trials=parallel, storage=storage, scheduler=scheduler,
                       log_format=log_format, local_workers=local_workers)
     result = run_calibration(job, settings, output_dir=output, max_trials=max_trials, extend=extend,
                              concurrency=workers, handle_signals=True, shutdown_grace_s=grace,
                              accept_changes=accept_changes)
     _print_summary(result)
+    if not no_report:
+        _report_after_run(result, settings)
+
+
+def _report_after_run(result: Any, settings: Any) -> None:
+    """Write the run's report; a failure here warns and never fails the calibration."""
+    from modelops_calabaria.logging import get_logger
+
+    log = get_logger("modelops_calabaria.cli")
+    try:
+        from modelops_calabaria.reporting.report import make_report
+        from modelops_calabaria.storage import parse_storage_url
+
+        run_dir = Path(result.output_dir)
+        url = parse_storage_url(settings.storage, run_dir / "study.db").url
+        path = make_report(run_dir, study=result.study, storage=url, scheduler=settings.scheduler,
+                           local_workers=settings.local_workers)
+        log.info("report written", report=str(path))
+    except Exception as e:  # noqa: BLE001 - the calibration succeeded; the report is a bonus
+        log.warning("report not written", error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                    hint=f"run `calabaria report {result.output_dir}` to retry")
 
 
 @app.command()
@@ -143,6 +190,7 @@ def worker(
     grace: Grace = 30.0,
     job_file: Annotated[Path | None, typer.Option("--job", help="The study's job file: refuse to run if the study's stored model is not this file's model.")] = None,
     seed: Annotated[int | None, typer.Option("--seed", min=0, max=MAX_SEED, help="Refuse to join unless the study's seed is this one.")] = None,
+    verbose: Verbose = False,
 ) -> None:
     """Join an existing study and work until its budget is spent (the job is read from the study).
 
@@ -163,7 +211,7 @@ def worker(
             raise ConfigurationError(f"--job {job_file} is for study '{file_job.study}', not '{study}'",
                                      hint="pass the job file of the study you join")
         expected_model = canonical_ref(file_job.model, file_job.base_dir)
-    settings = _setup(None, parallel_trials=parallel, storage=storage, scheduler=scheduler, log_format=log_format,
+    settings = _setup(None, verbose=verbose, parallel_trials=parallel, storage=storage, scheduler=scheduler, log_format=log_format,
                       local_workers=local_workers)
     target = parse_storage_url(settings.storage)
     job = load_joined_job(study, target, wait)
@@ -217,17 +265,45 @@ def status(
 @handle_errors
 def simulate(
     job_file: JobFile,
-    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="NAME=VALUE (repeatable); others take the middle of their range.")] = None,
-    seed: Annotated[int, typer.Option("--seed", min=0, max=MAX_SEED, help="Simulation seed.")] = 0,
+    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="NAME=VALUE (repeatable); overrides --params/--best; others take the middle of their range.")] = None,
+    params: Annotated[Path | None, typer.Option("--params", help="YAML of parameters: a run's best.yaml, or NAME: VALUE lines.")] = None,
+    best: Annotated[Path | None, typer.Option("--best", help="Run directory: simulate its best parameters (its best.yaml).")] = None,
+    replicates: Annotated[int, typer.Option("--replicates", "-r", min=1, help="Runs with distinct seeds.")] = 1,
+    seed: Annotated[int | None, typer.Option("--seed", min=0, max=MAX_SEED, help="Seed of the first run (then seed+1, ...); default: derived from the job seed, distinct from every trial's.")] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Directory for one CSV per output.")] = Path("simulation"),
+    plot: Annotated[bool, typer.Option("--plot", help="Also draw the fit figure of each target (fit-<target>.png).")] = False,
 ) -> None:
-    """Run the job's model once and write each output as CSV."""
-    from modelops_calabaria.reporting.simulate import simulate_once
+    """Run the job's model with chosen parameters; write each output as CSV (its index and columns)."""
+    from modelops_calabaria.reporting.simulate import run_simulate
 
     configure_logging("console", stream=sys.stderr)
-    written = simulate_once(job_file, param or [], seed, output)
-    for path in written:
+    for path in run_simulate(job_file, param or [], params, best, replicates, seed, output, plot):
         _echo(str(path))
+
+
+@app.command()
+@handle_errors
+def report(
+    run_dir: Annotated[Path | None, typer.Argument(help="Run directory of a calibration (e.g. runs/seir-demo).", show_default=False)] = None,
+    study: Annotated[str | None, typer.Option("--study", help="Study name (default: the run directory's).")] = None,
+    storage: Annotated[str | None, typer.Option("--storage", help="Storage URL of the study (default: the run directory's study.db, else env CALABARIA_STORAGE).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Report file (default RUN_DIR/report.html or runs/<study>/report.html).")] = None,
+    scheduler: Scheduler = None,
+    local_workers: LocalWorkers = None,
+    replicates: Annotated[int | None, typer.Option("--replicates", min=0, help="Fresh replicates of the best trial (default: the job's report.replicates, 20; 0: none).")] = None,
+) -> None:
+    """Write report.html (one self-contained file) and its figures as PNG, for a run directory or a study."""
+    from modelops_calabaria.reporting.report import build_input, resolve_source, write_report
+
+    study = _study_option(study) if study is not None else None
+    settings = resolve_settings(None, scheduler=scheduler, local_workers=local_workers)
+    configure_logging("console", stream=sys.stderr)
+    src = resolve_source(run_dir, study, storage, output)
+    path = write_report(src, build_input(src, scheduler=settings.scheduler, local_workers=settings.local_workers,
+                                         replicates=replicates))
+    _echo(str(path))
+    _echo(f"study '{src.study}' in {src.target.display}")
+    _echo(f"dashboard: optuna-dashboard '{src.target.display}'")
 
 
 @app.command()

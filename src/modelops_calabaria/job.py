@@ -351,6 +351,13 @@ class PosteriorSpec(_Spec):
     target_ess: float | None = Field(default=None, gt=0)
 
 
+class ReportSpec(_Spec):
+    """What ``calabaria report`` re-simulates for the fit figure."""
+
+    replicates: int = Field(default=20, ge=0, le=10_000, description="fresh replicates of the best trial (0: none)")
+    others: int = Field(default=4, ge=0, le=50, description="next best trials drawn faintly")
+
+
 class ExecutionSpec(_Spec):
     """Where and how the job runs; each may be overridden by env or CLI (see Settings)."""
 
@@ -384,6 +391,7 @@ class CalibrationJob(_Spec):
     )
     stop: StopSpec = Field(default_factory=StopSpec)
     posterior: PosteriorSpec | None = None
+    report: ReportSpec = Field(default_factory=ReportSpec)
     execution: ExecutionSpec = Field(default_factory=ExecutionSpec)
     start: list[dict[str, Any]] = Field(default_factory=list)
 
@@ -616,7 +624,7 @@ def validation_problems(err: ValidationError) -> list[tuple[str, str]]:
 
 _FIELD_NAMES = sorted(
     set().union(*(m.model_fields for m in (CalibrationJob, ParameterSpec, ScoreSpec, TargetSpec, StopSpec, SamplerSpec, ExecutionSpec, PriorSpec,
-                   PosteriorSpec)))
+                   PosteriorSpec, ReportSpec)))
 )
 
 

@@ -38,6 +38,7 @@ class RunState:
     stop_reason: str | None = None
     target_ess: float | None = None
     ess_probe: Callable[[], float | None] | None = None
+    storm_count: int | None = None  # consecutive failures when the storm stopped the run (trials in flight may add more)
 
     def _better(self, loss: float) -> bool:
         if self.best_loss is None:
@@ -76,6 +77,7 @@ class RunState:
         s = self.stop
         reason = None
         if self.failure_storm:
+            self.storm_count = self.consecutive_failures
             reason = f"failure storm: {self.consecutive_failures} consecutive trials failed"
         elif s.target_loss is not None and self.best_loss is not None and (
             self.best_loss <= s.target_loss if self.direction == "minimize" else self.best_loss >= s.target_loss

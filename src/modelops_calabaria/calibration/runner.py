@@ -325,7 +325,9 @@ def _drive(p: Prepared, settings: Settings, service: SimulationService, study: o
                          coordinator_id if options.joining or already else None)
     state = RunState(job.direction, job.stop, time.monotonic(), **posterior_stop(job, p.sampler))
     asker = _choose_asker(p, settings, study, backend, parallel, loops, coordinator_id)
-    progress = Progress(budget, already=already, bar=options.show_progress)
+    at_start = best_trial(study)  # "best" on the progress line is the study's, not this process's
+    progress = Progress(budget, already=already, bar=options.show_progress, direction=job.direction,
+                        best=float(at_start.value) if at_start is not None and at_start.value is not None else None)
     started = time.monotonic()
     with ExitStack() as stack:
         heartbeat.start()
@@ -402,7 +404,7 @@ def _collect(p: Prepared, study: optuna.Study, backend: StudyBackend, asker: Ask
              stop_reason=result.stop_reason, output=str(p.output_dir))
     if state.failure_storm:
         raise RunFailedError(
-            f"stopped after {state.consecutive_failures} consecutive failed trials; the first failure was:\n{state.first_failure}",
+            f"stopped after {state.storm_count or state.consecutive_failures} consecutive failed trials; the first failure was:\n{state.first_failure}",
             hint="run `calabaria simulate` with one parameter set to debug the model",
         )
     if result.trials.get("COMPLETE", 0) == 0 and state.completed + state.failed > 0 and wire.shutdown_reason is None:

@@ -26,6 +26,7 @@ from modelops_calabaria.backend.base import FAIL_REASON, TARGETS_ATTR
 from modelops_calabaria.errors import ResultsWriteError
 from modelops_calabaria.outcome import RunResult
 from modelops_calabaria.redaction import redact_value
+from modelops_calabaria.reporting.timing import speedup, trial_intervals
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
@@ -109,9 +110,13 @@ def write_results(out_dir: Path, result: RunResult, trials: list[FrozenTrial]) -
         "best_params": result.best_params,
         "targets": result.best_targets,
     }
+    data = result.to_json()
+    # Sum of trial durations / wall time over the whole study (the report's timeline says the same).
+    sp = speedup(*trial_intervals(trials))
+    data["speedup"] = None if sp is None else round(sp, 4)
     write_files(out_dir, {
         "best.yaml": yaml.safe_dump(redact_value(best), sort_keys=False),
-        "results.json": json.dumps(result.to_json(), indent=2, default=str) + "\n",
+        "results.json": json.dumps(data, indent=2, default=str) + "\n",
         "trials.csv": trials_csv(trials),
     })
 

@@ -1,17 +1,48 @@
-"""``calabaria simulate``: run a job's model once, outputs to CSV."""
+"""Re-simulating chosen parameters: ``calabaria simulate`` and the report's fit bands.
+
+Two ways to run a job's model with fixed parameters:
+
+- :func:`simulate_outputs` runs it in this process (``calabaria simulate``) and
+  :func:`write_outputs` writes every output as CSV with its real index and
+  column names;
+- :func:`simulate_at_observed` runs replicates through a
+  :class:`~modelops_calabaria.simulation.SimulationService` (Dask or inline,
+  as a calibration does) and brings back the simulated values at each
+  target's observed points only. The service returns scalars, never outputs,
+  so each observed point is asked for as a *probe* target whose "score" is the
+  simulated value at that point (:class:`PointProbe`).
+
+Replicate seeds for both come from :func:`fresh_seeds`: derived from the job
+seed but distinct from the seeds of every trial (see
+:mod:`modelops_calabaria.calibration.seeds`).
+"""
 
 from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from modelops_calabaria.errors import ConfigurationError, JobSpecError
-from modelops_calabaria.job import CalibrationJob, ParameterSpec, load_job
-from modelops_calabaria.models import canonical_ref, load_model
+from modelops_calabaria.job import CalibrationJob, ParameterSpec
+from modelops_calabaria.models import LoadedModel
+from modelops_calabaria.simulation.base import SimulationService
+from modelops_calabaria.targets.evaluate import CompiledTarget
+
+# Trial seeds are SeedSequence([job seed, r]) (common) or ([job seed, trial + 1, r]) (independent);
+# this tag in the second place keeps re-simulation seeds apart from both for any realistic trial count.
+FRESH_SEED_TAG = 0x7265706F
+
+
+def fresh_seeds(job_seed: int, n: int) -> list[int]:
+    """``n`` replicate seeds from the job seed, none of them a seed any trial used."""
+    return [int(np.random.SeedSequence([job_seed, FRESH_SEED_TAG, r]).generate_state(1, dtype=np.uint32)[0]) for r in range(n)]
 
 
 def middle(spec: ParameterSpec) -> Any:
@@ -23,45 +54,245 @@ def middle(spec: ParameterSpec) -> Any:
     return int(round(mid)) if spec.kind == "int" else mid
 
 
-def parse_params(job: CalibrationJob, items: list[str]) -> dict[str, Any]:
-    """``NAME=VALUE`` strings → parameter values; others take the middle of their range."""
+def _coerce(job: CalibrationJob, name: str, raw: Any, where: str) -> Any:
+    if name not in job.parameters and name not in job.fixed:
+        raise ConfigurationError(f"{where} {name}: not a parameter of this job",
+                                 hint=f"parameters: {', '.join(job.parameters)}; fixed: {', '.join(job.fixed) or '-'}")
+    spec = job.parameters.get(name)
+    if spec is not None and spec.kind == "categorical":
+        return raw
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise ConfigurationError(f"{where} {name}: {raw!r} is not a number") from None
+    return int(value) if spec is not None and spec.kind == "int" else value
+
+
+def parse_params(job: CalibrationJob, items: list[str], base: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``NAME=VALUE`` strings over ``base`` (default: the middle of every range) → parameter values."""
     params = {name: middle(spec) for name, spec in job.parameters.items()}
+    for name, raw in (base or {}).items():
+        params[name] = _coerce(job, name, raw, "parameter")
     for item in items:
         name, sep, raw = item.partition("=")
         if not sep or not name:
             raise ConfigurationError(f"--param {item!r}: expected NAME=VALUE")
-        if name not in job.parameters and name not in job.fixed:
-            raise ConfigurationError(f"--param {name}: not a parameter of this job",
-                                     hint=f"parameters: {', '.join(job.parameters)}; fixed: {', '.join(job.fixed) or '-'}")
-        spec = job.parameters.get(name)
-        try:
-            params[name] = raw if spec is not None and spec.kind == "categorical" else float(raw)
-        except ValueError:
-            raise ConfigurationError(f"--param {name}: {raw!r} is not a number") from None
-        if spec is not None and spec.kind == "int":
-            params[name] = int(params[name])
+        params[name] = _coerce(job, name, raw, "--param")
     return params
 
 
-def simulate_once(job_file: Path, items: list[str], seed: int, out_dir: Path) -> list[Path]:
-    """Run the model once and write ``<output>.csv`` files; return their paths."""
-    job = load_job(job_file)
-    model = load_model(canonical_ref(job.model, job.base_dir))
-    params = parse_params(job, items)
+def params_file(path: Path) -> dict[str, Any]:
+    """Parameters from a ``best.yaml`` (its ``best_params``) or a plain YAML mapping of name → value.
+
+    Raises:
+        ConfigurationError: missing, unreadable, or not a mapping of parameters.
+    """
+    if not path.is_file():
+        raise ConfigurationError(f"parameters file not found: {path}", hint="pass a run's best.yaml, or --best RUN_DIR")
     try:
-        outputs = model.run({**job.fixed, **params}, seed)
-    except Exception as e:  # noqa: BLE001 - the user's model failed: report it, no traceback dump
-        raise JobSpecError(f"model {job.model} raised {type(e).__name__}: {e} with parameters {params}") from e
-    arrays = {name: np.asarray(v.to_numpy() if hasattr(v, "to_numpy") else v, dtype=float) for name, v in outputs.items()}
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ConfigurationError(f"parameters file {path} cannot be read as YAML: {str(e).splitlines()[0]}") from None
+    if isinstance(data, dict) and "best_params" in data:
+        data = data["best_params"]
+    if not isinstance(data, dict) or not data:
+        raise ConfigurationError(f"parameters file {path} holds no parameters",
+                                 hint="expected best.yaml of a run (best_params: ...) or a mapping NAME: VALUE")
+    return data
+
+
+def best_params_of(run_dir: Path) -> dict[str, Any]:
+    """The best parameters of a run directory (its best.yaml)."""
+    if not run_dir.is_dir():
+        raise ConfigurationError(f"run directory {run_dir} does not exist", hint="pass the --output of a calibration")
+    return params_file(run_dir / "best.yaml")
+
+
+def check_output_dir(out_dir: Path) -> None:
+    """Raise ConfigurationError unless ``out_dir`` is, or can be made, a directory (creates nothing)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigurationError(f"output {out_dir} is a file, not a directory: pass --output with a directory path")
+    ancestor = out_dir.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ConfigurationError(f"output {out_dir} cannot be created: {ancestor} is a file, not a directory; "
+                                 "pass --output with a path in a directory")
+
+
+def simulate_outputs(model: LoadedModel, job: CalibrationJob, params: Mapping[str, Any], seeds: Sequence[int]) -> list[dict[str, Any]]:
+    """Run the model once per seed in this process; the outputs of each run.
+
+    Raises:
+        JobSpecError: the model raised, or returned something other than a mapping of outputs.
+    """
+    runs = []
+    for seed in seeds:
+        try:
+            outputs = model.run({**job.fixed, **params}, seed)
+        except Exception as e:  # noqa: BLE001 - the user's model failed: report it, no traceback dump
+            raise JobSpecError(f"model {job.model} raised {type(e).__name__}: {e} with parameters {dict(params)}") from e
+        if not isinstance(outputs, Mapping):
+            raise JobSpecError(f"model {job.model} returned {type(outputs).__name__}, expected a mapping of output name "
+                               f"to array: return a dict such as {{'cases': array}}")
+        runs.append(dict(outputs))
+    return runs
+
+
+def _labels(job: CalibrationJob, targets: Sequence[CompiledTarget], output: str, value: Any, width: int) -> tuple[str, list[str]]:
+    """Index name and column names of one output: the pandas ones, else the targets', else generic."""
+    index_name = getattr(getattr(value, "index", None), "name", None)
+    columns = getattr(value, "columns", None)
+    if columns is not None and len(columns) == width:
+        cols = [str(c) for c in columns]
+    elif getattr(value, "name", None) is not None and width == 1 and not hasattr(value, "columns"):
+        cols = [str(value.name)]
+    else:
+        cols = []
+    for spec, t in zip(job.targets, targets):
+        if t.output == output:
+            index_name = index_name or spec.index_column
+            if not cols and len(t.observed.columns) == width:
+                cols = list(t.observed.columns)
+    if not cols:
+        cols = [output] if width == 1 else [f"{output}_{j}" for j in range(width)]
+    return str(index_name or "index"), cols
+
+
+def write_outputs(job: CalibrationJob, targets: Sequence[CompiledTarget], runs: list[dict[str, Any]],
+                  seeds: Sequence[int], out_dir: Path) -> list[Path]:
+    """Write ``<output>.csv`` per output: index, columns (and ``replicate``, ``seed`` with several runs)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, arr in arrays.items():
-        arr2 = arr.reshape(-1, 1) if arr.ndim <= 1 else arr.reshape(arr.shape[0], -1)
+    for name in runs[0]:
+        first = runs[0][name]
+        index = getattr(first, "index", None)
+        arrays = []
+        for run in runs:
+            v = run[name]
+            arr = np.asarray(v.to_numpy() if hasattr(v, "to_numpy") else v, dtype=float)
+            arrays.append(arr.reshape(-1, 1) if arr.ndim <= 1 else arr.reshape(arr.shape[0], -1))
+        width = arrays[0].shape[1]
+        index_name, cols = _labels(job, targets, name, first, width)
+        idx = list(index) if index is not None and len(index) == arrays[0].shape[0] else list(range(arrays[0].shape[0]))
         path = out_dir / f"{name}.csv"
         with path.open("w", newline="") as fh:
             w = csv.writer(fh)
-            w.writerow(["index", *(["value"] if arr2.shape[1] == 1 else [f"value_{j}" for j in range(arr2.shape[1])])])
-            for i, row in enumerate(arr2):
-                w.writerow([i, *row.tolist()])
+            many = len(runs) > 1
+            w.writerow([*(["replicate", "seed"] if many else []), index_name, *cols])
+            for r, arr in enumerate(arrays):
+                for i, row in zip(idx, arr):
+                    w.writerow([*([r, seeds[r]] if many else []), i, *row.tolist()])
         written.append(path)
+    return written
+
+
+def observed_quantiles(values: np.ndarray) -> dict[float, np.ndarray]:
+    """Quantiles (2.5, 25, 50, 75, 97.5 %) over replicates of an (R, n, m) array."""
+    from modelops_calabaria.reporting.figures import QUANTILES
+
+    return {q: np.quantile(values, q, axis=0) for q in QUANTILES}
+
+
+def aligned(targets: Sequence[CompiledTarget], runs: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Each target's simulated values at its observed points over the runs: target → (R, n, m).
+
+    Raises:
+        JobSpecError: an output does not fit its target (missing, too short, wrong width).
+    """
+    from modelops_calabaria.errors import SimulationError
+
+    try:
+        return {t.name: np.stack([t.align(run) for run in runs]) for t in targets}
+    except SimulationError as e:
+        raise JobSpecError(str(e)) from e
+
+
+@dataclass(frozen=True)
+class PointProbe(CompiledTarget):
+    """A target whose per-replicate "score" is the simulated value at one observed point.
+
+    Run through a simulation service, the replicate scores of a trial are then
+    the simulated series at the observed index, without the service ever
+    returning outputs.
+    """
+
+    row: int = 0
+    col: int = 0
+
+    def loss(self, sim: np.ndarray) -> float:
+        return float(sim[self.row, self.col])
+
+
+def probes(targets: Sequence[CompiledTarget]) -> tuple[PointProbe, ...]:
+    """One probe per observed point of every target (named ``<target>[row,col]``)."""
+    out = []
+    for t in targets:
+        n, m = t.observed.values.shape
+        for i in range(n):
+            for j in range(m):
+                out.append(PointProbe(f"{t.name}[{i},{j}]", t.output, t.observed, t.score, "mean_of_scores", 1.0, i, j))
+    return tuple(out)
+
+
+def simulate_at_observed(service: SimulationService, targets: Sequence[CompiledTarget],
+                         param_sets: Sequence[Mapping[str, Any]], seeds: Sequence[Sequence[int]]) -> list[dict[str, np.ndarray] | str]:
+    """Run one replicate per seed of ``seeds[k]`` for each parameter set ``param_sets[k]`` on
+    ``service`` (whose context holds :func:`probes` of ``targets``), all submitted before any is awaited.
+
+    Returns:
+        Per parameter set: target → (R, n, m) simulated values at the observed
+        points, or the error text when a replicate failed.
+    """
+    handles = [service.submit(-1 - k, params, list(seeds[k])) for k, params in enumerate(param_sets)]
+    results: list[dict[str, np.ndarray] | str] = []
+    for evaluation in service.gather(handles):
+        if evaluation.error is not None:
+            results.append(evaluation.error)
+            continue
+        reps = evaluation.replicate_scores
+        per: dict[str, np.ndarray] = {}
+        for t in targets:
+            n, m = t.observed.values.shape
+            per[t.name] = np.array([[[rep[f"{t.name}[{i},{j}]"] for j in range(m)] for i in range(n)] for rep in reps])
+        results.append(per)
+    return results
+
+
+def run_simulate(job_file: Path, items: list[str], params_path: Path | None, best_dir: Path | None, replicates: int,
+                 seed: int | None, out_dir: Path, plot: bool) -> list[Path]:
+    """``calabaria simulate``: check every input, run the model ``replicates`` times in this
+    process, write ``<output>.csv`` per output (and ``fit-<target>.png`` with ``plot``).
+
+    Raises:
+        JobSpecError, ConfigurationError: a bad job, parameter, parameters file or
+            output path, or a model that fails or returns no mapping (nothing written).
+    """
+    from modelops_calabaria.job import load_job
+    from modelops_calabaria.models import canonical_ref, load_model
+    from modelops_calabaria.targets.evaluate import compile_targets
+
+    job = load_job(job_file)
+    if params_path is not None and best_dir is not None:
+        raise ConfigurationError("--params and --best both name parameters", hint="pass one of them")
+    base = params_file(params_path) if params_path is not None else best_params_of(best_dir) if best_dir is not None else None
+    check_output_dir(out_dir)
+    model = load_model(canonical_ref(job.model, job.base_dir))
+    targets = compile_targets(job, model.outputs)
+    params = parse_params(job, items, base)
+    seeds = fresh_seeds(job.seed, replicates) if seed is None else [seed + r for r in range(replicates)]
+    runs = simulate_outputs(model, job, params, seeds)
+    fits = aligned(targets, runs) if plot else {}
+    written = write_outputs(job, targets, runs, seeds, out_dir)
+    if plot:
+        from modelops_calabaria.reporting import figures, style
+
+        for t in targets:
+            fit = figures.FitData(t.name, t.observed.index, t.observed.columns, t.observed.values,
+                                  observed_quantiles(fits[t.name]), label=f"{replicates} replicate(s)")
+            with style.styled():
+                png = style.to_png(figures.fit_figure(fit))
+            path = out_dir / f"fit-{t.name}.png"
+            path.write_bytes(png)
+            written.append(path)
     return written

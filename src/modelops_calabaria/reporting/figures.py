@@ -1,0 +1,371 @@
+"""The report's figures: pure functions from plain arrays to matplotlib figures.
+
+No I/O and no Optuna here: :mod:`modelops_calabaria.reporting.report` reads
+the study into a :class:`TrialTable` and each function draws one figure in the
+house style (:mod:`modelops_calabaria.reporting.style`). Every function
+returns a :class:`~matplotlib.figure.Figure`; callers turn it into PNG bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from matplotlib.collections import LineCollection
+from matplotlib.colors import LogNorm, Normalize
+from matplotlib.figure import Figure
+
+from modelops_calabaria.reporting import style
+from modelops_calabaria.reporting.timing import in_flight, lanes
+
+QUANTILES = (0.025, 0.25, 0.5, 0.75, 0.975)
+
+
+@dataclass
+class TrialTable:
+    """The study's trials as columns (one entry per trial, ordered by trial number).
+
+    ``loss`` is NaN unless the trial is COMPLETE; ``start``/``end`` are seconds
+    since the first trial started (NaN when unknown); categorical parameter
+    values are stored as their index in ``categories[name]``.
+    """
+
+    number: np.ndarray
+    state: np.ndarray
+    loss: np.ndarray
+    start: np.ndarray
+    end: np.ndarray
+    coordinator: np.ndarray
+    params: dict[str, np.ndarray]
+    targets: dict[str, np.ndarray]
+    fail_reason: list[str]
+    categories: dict[str, list] = field(default_factory=dict)
+    log_params: frozenset[str] = frozenset()
+    minimize: bool = True
+
+    @property
+    def complete(self) -> np.ndarray:
+        return (self.state == "COMPLETE") & np.isfinite(self.loss)
+
+    def ranked(self) -> np.ndarray:
+        """Indices of COMPLETE trials, best first."""
+        idx = np.flatnonzero(self.complete)
+        order = np.argsort(self.loss[idx] if self.minimize else -self.loss[idx], kind="stable")
+        return idx[order]
+
+
+@dataclass
+class FitData:
+    """One target's observations and the re-simulated bands at the observed index.
+
+    ``quantiles`` maps each of :data:`QUANTILES` to an (n, m) array;
+    ``others`` are (label, median (n, m)) of the next best trials.
+    """
+
+    target: str
+    index: np.ndarray
+    columns: Sequence[str]
+    observed: np.ndarray
+    quantiles: Mapping[float, np.ndarray] | None
+    others: Sequence[tuple[str, np.ndarray]] = ()
+    label: str = "best trial"
+
+
+def _grid(n: int, max_cols: int = 3) -> tuple[int, int]:
+    cols = min(n, max_cols)
+    return (n + cols - 1) // cols, cols
+
+
+def fit_figure(fit: FitData) -> Figure:
+    """Observed points over the simulated median, 50 % and 95 % bands; small multiples per column."""
+    m = len(fit.columns)
+    rows, cols = _grid(m)
+    fig = style.new_figure(7.5 if cols > 1 else 7.0, 2.6 * rows + 0.6)
+    axes = fig.subplots(rows, cols, squeeze=False, sharex=True)
+    x = fit.index
+    for j, col in enumerate(fit.columns):
+        ax = axes[j // cols][j % cols]
+        for k, (label, med) in enumerate(fit.others):
+            ax.plot(x, med[:, j], color=style.MUTED, lw=0.9, alpha=0.6, label="next best trials" if k == 0 else None)
+        if fit.quantiles is not None:
+            q = fit.quantiles
+            ax.fill_between(x, q[0.025][:, j], q[0.975][:, j], color=style.BAND, alpha=0.18, lw=0, label="95 % band")
+            ax.fill_between(x, q[0.25][:, j], q[0.75][:, j], color=style.BAND, alpha=0.35, lw=0, label="50 % band")
+            ax.plot(x, q[0.5][:, j], color=style.BAND, lw=1.8, label=f"median, {fit.label}")
+        ax.plot(x, fit.observed[:, j], "o", color=style.DATA, ms=3.2, label="observed")
+        ax.set_title(col if m > 1 else f"{fit.target}: {col}")
+        if j // cols == rows - 1:
+            ax.set_xlabel("index")
+    for j in range(m, rows * cols):
+        axes[j // cols][j % cols].set_visible(False)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(5, len(labels)))
+    if m > 1:
+        fig.suptitle(fit.target, fontweight="bold")
+    return fig
+
+
+def running_best(loss: np.ndarray, minimize: bool = True) -> np.ndarray:
+    """Best loss so far at each position (NaN entries are skipped; NaN until the first value)."""
+    filled = np.where(np.isfinite(loss), loss, np.inf if minimize else -np.inf)
+    best = np.minimum.accumulate(filled) if minimize else np.maximum.accumulate(filled)
+    return np.where(np.isfinite(best), best, np.nan)
+
+
+def convergence_figure(t: TrialTable) -> Figure:
+    """Each trial's loss by trial number, coloured by coordinator, the running best, FAIL trials marked."""
+    fig = style.new_figure(7.5, 3.4)
+    ax = fig.subplots()
+    ok = t.complete
+    coords = sorted(set(t.coordinator.tolist()))
+    many = len(coords) > 1
+    size = 9 if len(t.number) < 2000 else 3
+    for i, c in enumerate(coords):
+        sel = ok & (t.coordinator == c)
+        ax.scatter(t.number[sel], t.loss[sel], s=size, alpha=0.7, lw=0, color=style.color_for(i) if many else style.BAND,
+                   label=f"coordinator {c}" if many else "trial loss", rasterized=True)
+    if ok.any():
+        order = np.argsort(t.number)
+        best = running_best(t.loss[order], t.minimize)
+        ax.step(t.number[order], best, where="post", color=style.ACCENT, lw=1.6, label="running best")
+        if style.wants_log(t.loss[ok]):
+            ax.set_yscale("log")
+    failed = t.state == "FAIL"
+    if failed.any():
+        ax.plot(t.number[failed], np.zeros(failed.sum()), "|", color=style.FAIL, ms=10, mew=1.2,
+                transform=ax.get_xaxis_transform(), label=f"FAIL ({failed.sum()})", clip_on=False)
+    ax.set_xlabel("trial number")
+    ax.set_ylabel("loss")
+    if many:  # one entry per coordinator: below the axes, where it hides no trial
+        fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=3, markerscale=2)
+    else:
+        ax.legend(loc="upper right", markerscale=1.5)
+    return fig
+
+
+def _values(t: TrialTable, name: str) -> np.ndarray:
+    return t.params[name].astype(float)
+
+
+def _param_axis(ax: object, t: TrialTable, name: str, axis: str) -> None:
+    if name in t.log_params:
+        getattr(ax, f"set_{axis}scale")("log")
+    if name in t.categories:
+        cats = t.categories[name]
+        getattr(ax, f"set_{axis}ticks")(range(len(cats)), [str(c) for c in cats])
+
+
+def _loss_norm(loss: np.ndarray) -> Normalize:
+    finite = loss[np.isfinite(loss)]
+    if finite.size and style.wants_log(finite):
+        return LogNorm(float(finite.min()), float(finite.max()))
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    return Normalize(lo, hi if hi > lo else lo + 1.0)
+
+
+def traces_figure(t: TrialTable) -> Figure:
+    """Each parameter's value by trial number, coloured by the trial's loss."""
+    names = list(t.params)
+    rows, cols = _grid(len(names), 2)
+    height = 2.0 * rows + 0.4
+    fig = style.new_figure(7.5, height, layout=None)
+    axes = fig.subplots(rows, cols, squeeze=False, sharex=True,
+                        gridspec_kw={"left": 0.1, "right": 0.86, "bottom": 0.55 / height, "top": 1 - 0.15 / height,
+                                     "wspace": 0.3, "hspace": 0.15})
+    ok = t.complete
+    norm = _loss_norm(t.loss[ok])
+    sc = None
+    for i, name in enumerate(names):
+        ax = axes[i // cols][i % cols]
+        v = _values(t, name)
+        ax.scatter(t.number[~ok], v[~ok], s=8, marker="x", color=style.FAIL, lw=0.8, rasterized=True)
+        order = np.argsort(-t.loss[ok] if t.minimize else t.loss[ok])  # best drawn last, on top
+        sc = ax.scatter(t.number[ok][order], v[ok][order], c=t.loss[ok][order], cmap=style.LOSS_CMAP, norm=norm,
+                        s=9, lw=0, rasterized=True)
+        _param_axis(ax, t, name, "y")
+        ax.set_ylabel(name)
+        if i // cols == rows - 1:
+            ax.set_xlabel("trial number")
+    for j in range(len(names), rows * cols):
+        axes[j // cols][j % cols].set_visible(False)
+    if sc is not None and ok.any():
+        fig.colorbar(sc, cax=fig.add_axes((0.89, 0.55 / height, 0.02, 1 - 0.7 / height)), label="loss")
+    return fig
+
+
+def pairs_figure(t: TrialTable, top_fraction: float = 0.1, max_params: int = 8) -> Figure:
+    """Pair matrix of the COMPLETE trials, coloured by loss rank; top 10 % outlined, best starred."""
+    names = list(t.params)[:max_params]
+    p = len(names)
+    size = min(7.5, 1.7 * p + 1.2)
+    fig = style.new_figure(size + 0.8, size, layout=None)
+    axes = fig.subplots(p, p, squeeze=False, gridspec_kw={"left": 0.1, "right": 0.84, "bottom": 0.1, "top": 0.97,
+                                                          "wspace": 0.08, "hspace": 0.08})
+    ranked = t.ranked()
+    n = len(ranked)
+    rank = np.empty(n)
+    rank[:] = np.arange(n) / max(n - 1, 1)  # 0 = best, 1 = worst
+    top = ranked[: max(1, int(np.ceil(top_fraction * n)))] if n else ranked
+    draw = ranked[::-1]  # worst first, best on top
+    sc = None
+    for r in range(p):
+        for c in range(p):
+            ax = axes[r][c]
+            if c > r:
+                ax.set_visible(False)
+                continue
+            x = _values(t, names[c])
+            if r == c:
+                vals = x[ranked]
+                vals = vals[np.isfinite(vals)]
+                lo, hi = (float(vals.min()), float(vals.max())) if vals.size else (0.0, 1.0)
+                hi = hi if hi > lo else lo + 1.0
+                if names[c] in t.log_params and lo > 0:
+                    bins = np.geomspace(lo, hi, 21)
+                    ax.set_xscale("log")
+                else:
+                    bins = np.linspace(lo, hi, 21)  # the same bins for all trials and the best 10 %
+                ax.hist(vals, bins=bins, color=style.MUTED)
+                if len(top):
+                    ax.hist(x[top], bins=bins, color=style.ACCENT, alpha=0.8)
+                ax.set_yticks([])
+                ax.grid(False)
+            else:
+                y = _values(t, names[r])
+                sc = ax.scatter(x[draw], y[draw], c=rank[::-1], cmap=style.LOSS_CMAP, s=10, lw=0, vmin=0, vmax=1,
+                                rasterized=True)
+                if len(top):
+                    ax.scatter(x[top], y[top], s=14, facecolors="none", edgecolors=style.ACCENT, lw=0.6, rasterized=True)
+                if n:
+                    ax.plot(x[ranked[0]], y[ranked[0]], "*", color="black", ms=11, mfc=style.ACCENT, mew=0.8)
+                _param_axis(ax, t, names[r], "y")
+                _param_axis(ax, t, names[c], "x")
+            if r == p - 1:
+                ax.set_xlabel(names[c])
+            else:
+                ax.tick_params(labelbottom=False)
+            if c == 0 and r > 0:
+                ax.set_ylabel(names[r])
+            elif c > 0 or r == 0:
+                ax.tick_params(labelleft=False)
+            ax.tick_params(labelsize=7)
+    if sc is not None:
+        cb = fig.colorbar(sc, cax=fig.add_axes((0.88, 0.3, 0.025, 0.5)), label="loss rank (0 = best)")
+        cb.ax.tick_params(labelsize=7)
+    return fig
+
+
+def profile(values: np.ndarray, loss: np.ndarray, *, bins: int = 20, log: bool = False,
+            minimize: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Best loss in each of ``bins`` bins of a parameter: (bin centres, best loss; NaN for empty bins)."""
+    ok = np.isfinite(values) & np.isfinite(loss)
+    v, l = values[ok], loss[ok]
+    if v.size == 0:
+        return np.array([]), np.array([])
+    lo, hi = float(v.min()), float(v.max())
+    if hi <= lo:
+        return np.array([lo]), np.array([l.min() if minimize else l.max()])
+    edges = np.geomspace(lo, hi, bins + 1) if log and lo > 0 else np.linspace(lo, hi, bins + 1)
+    which = np.clip(np.searchsorted(edges, v, side="right") - 1, 0, bins - 1)
+    best = np.full(bins, np.nan)
+    for b in range(bins):
+        sel = l[which == b]
+        if sel.size:
+            best[b] = sel.min() if minimize else sel.max()
+    centres = np.sqrt(edges[:-1] * edges[1:]) if log and lo > 0 else (edges[:-1] + edges[1:]) / 2
+    return centres, best
+
+
+def profiles_figure(t: TrialTable) -> Figure:
+    """1-D profiles: the best loss reached in bins of each parameter (flat = not identified)."""
+    names = list(t.params)
+    rows, cols = _grid(len(names), 3)
+    height = 2.2 * rows + 0.3
+    fig = style.new_figure(7.5, height, layout=None)
+    axes = fig.subplots(rows, cols, squeeze=False, sharey=True,
+                        gridspec_kw={"left": 0.1, "right": 0.98, "bottom": 0.6 / height, "top": 1 - 0.15 / height,
+                                     "wspace": 0.08, "hspace": 0.45})
+    ok = t.complete
+    log_loss = style.wants_log(t.loss[ok])
+    best = t.ranked()[:1]
+    for i, name in enumerate(names):
+        ax = axes[i // cols][i % cols]
+        v = _values(t, name)
+        ax.scatter(v[ok], t.loss[ok], s=4, color=style.MUTED, alpha=0.5, lw=0, rasterized=True)
+        x, y = profile(v[ok], t.loss[ok], log=name in t.log_params, minimize=t.minimize)
+        ax.plot(x, y, "-o", color=style.BAND, ms=3, lw=1.4)
+        if len(best):
+            ax.axvline(v[best[0]], color=style.ACCENT, lw=1, ls="--")
+        _param_axis(ax, t, name, "x")
+        if log_loss:
+            ax.set_yscale("log")
+        ax.set_xlabel(name)
+        if i % cols == 0:
+            ax.set_ylabel("best loss in bin")
+    for j in range(len(names), rows * cols):
+        axes[j // cols][j % cols].set_visible(False)
+    return fig
+
+
+def per_target_figure(t: TrialTable, k: int = 10) -> Figure:
+    """Per-target values of the k best trials, one group of bars per trial (best first)."""
+    best = t.ranked()[:k]
+    names = list(t.targets)
+    fig = style.new_figure(7.5, 3.2)
+    ax = fig.subplots()
+    width = 0.8 / max(len(names), 1)
+    x = np.arange(len(best))
+    for j, name in enumerate(names):
+        ax.bar(x + (j - (len(names) - 1) / 2) * width, t.targets[name][best], width, label=name, color=style.color_for(j))
+    ax.set_xticks(x, [f"#{n}" for n in t.number[best]])
+    ax.set_xlabel("trial (best first)")
+    ax.set_ylabel("target value")
+    ax.legend(ncol=min(4, len(names)))
+    return fig
+
+
+def timeline_figure(t: TrialTable, slots: int | None = None) -> Figure:
+    """Each trial a bar from start to end, one block of rows per coordinator; trials in flight below."""
+    ok = np.isfinite(t.start) & np.isfinite(t.end)
+    fig = style.new_figure(7.5, 4.6)
+    ax, ax2 = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1.2])
+    coords = sorted(set(t.coordinator[ok].tolist()))
+    base = 0
+    ticks, labels = [], []
+    for i, c in enumerate(coords):
+        sel = np.flatnonzero(ok & (t.coordinator == c))
+        lane = lanes(t.start[sel], t.end[sel])
+        failed = t.state[sel] == "FAIL"
+        segs = np.stack([np.stack([t.start[sel], base + lane], 1), np.stack([t.end[sel], base + lane], 1)], 1)
+        colors = np.where(failed, style.FAIL, style.color_for(i))
+        ax.add_collection(LineCollection(segs, colors=colors, linewidths=max(0.5, min(6.0, 120 / max(lane.max() + 1, 1) / max(len(coords), 1))),
+                                         capstyle="butt", rasterized=True))
+        n_lanes = int(lane.max()) + 1 if len(lane) else 0
+        ticks.append(base + (n_lanes - 1) / 2)
+        labels.append(f"{c}\n({n_lanes} rows)" if len(coords) > 1 else f"{n_lanes} rows")
+        base += n_lanes + 1
+    ax.set_ylim(-1, max(base, 1))
+    ax.set_yticks(ticks, labels)
+    ax.grid(axis="y", visible=False)
+    ax.set_ylabel("coordinator / loop")
+    if ok.any():
+        ax.set_xlim(float(np.nanmin(t.start[ok])), float(np.nanmax(t.end[ok])))
+        times, count = in_flight(t.start[ok], t.end[ok])
+        ax2.step(times, count, where="post", color=style.BAND, lw=1.2)
+        ax2.fill_between(times, count, step="post", color=style.BAND, alpha=0.25, lw=0)
+    ax2.set_ylabel("trials running")
+    ax2.set_xlabel("seconds since the first trial started")
+    return fig
+
+
+def failures_figure(reasons: Mapping[str, int]) -> Figure:
+    """Failed trials counted by reason (most frequent on top)."""
+    items = sorted(reasons.items(), key=lambda kv: kv[1])[-12:]
+    fig = style.new_figure(7.5, 0.45 * len(items) + 1.0)
+    ax = fig.subplots()
+    ax.barh(range(len(items)), [v for _, v in items], color=style.FAIL)
+    ax.set_yticks(range(len(items)), [k if len(k) <= 70 else k[:67] + "..." for k, _ in items])
+    ax.set_xlabel("failed trials")
+    ax.grid(axis="y", visible=False)
+    return fig

@@ -1,0 +1,655 @@
+"""``calabaria report``: one self-contained HTML file a person reads to judge a calibration.
+
+The report is a list of :class:`Section` objects (title, intro, figures with
+captions, tables, preformatted text), each built by one function of
+:data:`SECTIONS` from a :class:`ReportInput`. A new section is one more
+function appended to that list. :func:`render_html` turns the sections into
+one HTML file: figures inline as base64 PNG, CSS inline, no script, no
+external URL, so that it opens from an e-mail attachment. Each figure is also
+written as a PNG beside the HTML file.
+
+Trials are read through Optuna's public API only (``optuna.load_study`` and
+``get_trials``); the job comes from the study (it is stored with it, without
+its execution block, so it holds no secret; it is redacted anyway).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import json
+import math
+import os
+import platform
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import yaml
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import FrozenTrial
+
+from modelops_calabaria import __version__
+from modelops_calabaria.calibration.study import COORDINATOR_ATTR, FAIL_REASON, JOB_ATTR, TARGETS_ATTR
+from modelops_calabaria.errors import ConfigurationError, StudyNotFoundError
+from modelops_calabaria.job import CalibrationJob, job_from_dict
+from modelops_calabaria.logging import get_logger
+from modelops_calabaria.redaction import redact, redact_value
+from modelops_calabaria.reporting import figures, style
+from modelops_calabaria.reporting.timing import busy_wall, speedup, trial_intervals
+from modelops_calabaria.storage import StorageTarget, parse_storage_url
+
+log = get_logger(__name__)
+TOP_FRACTION = 0.1
+
+
+# -- the report's content -------------------------------------------------------------------------
+
+
+@dataclass
+class Table:
+    """A table; ``keys`` (one per row, optional) become ``data-key`` attributes, ``values`` ``data-value``."""
+
+    title: str
+    columns: list[str]
+    rows: list[list[Any]]
+    id: str | None = None
+    keys: list[str] | None = None
+    values: list[Any] | None = None
+
+
+@dataclass
+class Figure:
+    """One figure: PNG bytes, caption, and (optionally) the plotted numbers as a table."""
+
+    name: str
+    title: str
+    caption: str
+    png: bytes
+    data: Table | None = None
+
+
+@dataclass
+class Section:
+    """One section of the report."""
+
+    id: str
+    title: str
+    intro: str = ""
+    figures: list[Figure] = field(default_factory=list)
+    tables: list[Table] = field(default_factory=list)
+    pre: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class ReportInput:
+    """Everything the sections draw from (read once)."""
+
+    study: str
+    storage: str  # redacted, in the form Optuna's own tools accept
+    job: CalibrationJob | None
+    stored_job: dict[str, Any]
+    trials: list[FrozenTrial]
+    table: figures.TrialTable
+    results: dict[str, Any] | None = None
+    run_dir: Path | None = None
+    fits: list[figures.FitData] = field(default_factory=list)
+    fit_note: str = ""
+    generated: str = ""
+
+
+# -- reading ---------------------------------------------------------------------------------------
+
+
+def _optuna_storage(target: StorageTarget) -> optuna.storages.BaseStorage:
+    if target.kind == "journal":
+        backend = optuna.storages.journal.JournalFileBackend(str(target.path), lock_obj=optuna.storages.journal.JournalFileOpenLock(str(target.path)))
+        return optuna.storages.JournalStorage(backend)
+    return optuna.storages.RDBStorage(target.url, engine_kwargs={"pool_pre_ping": True})
+
+
+def load_study(study_name: str, target: StorageTarget) -> tuple[optuna.Study, dict[str, Any]]:
+    """Open an existing study and its stored job (never creates a study or a file).
+
+    Raises:
+        StudyNotFoundError: no such study (or no such file).
+        ServiceUnavailableError: the database cannot be reached.
+    """
+    from modelops_calabaria.errors import ServiceUnavailableError
+
+    if target.kind == "memory" or (target.path is not None and not target.path.exists()):
+        raise StudyNotFoundError(f"study '{study_name}' does not exist in {target.display}",
+                                 hint="check the run directory or --storage (`optuna studies --storage URL` lists studies)")
+    try:
+        storage = _optuna_storage(target)
+        study = optuna.load_study(study_name=study_name, storage=storage)
+        raw = storage.get_study_system_attrs(storage.get_study_id_from_name(study_name)).get(JOB_ATTR)
+    except KeyError:
+        raise StudyNotFoundError(f"study '{study_name}' does not exist in {target.display}",
+                                 hint="check the name (`optuna studies --storage URL` lists them)") from None
+    except Exception as e:  # noqa: BLE001 - SQLAlchemy/psycopg2 errors may carry the password: converted, not chained
+        reason = redact(str(getattr(e, "orig", None) or e)).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ServiceUnavailableError(f"cannot read study '{study_name}' from {target.display}: {reason}",
+                                      hint="check that the database is running and the URL is right") from None
+    return study, (json.loads(raw) if raw else {})
+
+
+def trial_table(trials: Sequence[FrozenTrial], minimize: bool = True) -> figures.TrialTable:
+    """The trials as columns, ordered by number (categorical values as their index)."""
+    trials = sorted(trials, key=lambda t: t.number)
+    names: list[str] = []
+    categories: dict[str, list] = {}
+    log_params: set[str] = set()
+    for t in trials:
+        for name, dist in t.distributions.items():
+            if name not in names:
+                names.append(name)
+                if isinstance(dist, CategoricalDistribution):
+                    categories[name] = list(dist.choices)
+                elif getattr(dist, "log", False):
+                    log_params.add(name)
+    params = {n: np.full(len(trials), np.nan) for n in names}
+    target_names: list[str] = []
+    for t in trials:
+        for k in _targets_of(t):
+            if k not in target_names:
+                target_names.append(k)
+    targets = {k: np.full(len(trials), np.nan) for k in target_names}
+    for i, t in enumerate(trials):
+        for name, value in t.params.items():
+            params[name][i] = categories[name].index(value) if name in categories else float(value)
+        for k, v in _targets_of(t).items():
+            targets[k][i] = v
+    start, end = trial_intervals(trials)
+    t0 = np.nanmin(start) if np.isfinite(start).any() else 0.0
+    return figures.TrialTable(
+        number=np.array([t.number for t in trials], dtype=int),
+        state=np.array([t.state.name for t in trials], dtype=object),
+        loss=np.array([float(t.value) if t.value is not None and t.state.name == "COMPLETE" else np.nan for t in trials]),
+        start=start - t0, end=end - t0,
+        coordinator=np.array([_short(str(t.system_attrs.get(COORDINATOR_ATTR, "-"))) for t in trials], dtype=object),
+        params=params, targets=targets,
+        fail_reason=[str(t.user_attrs.get(FAIL_REASON, "")) for t in trials],
+        categories=categories, log_params=frozenset(log_params), minimize=minimize,
+    )
+
+
+def _short(coordinator: str) -> str:
+    return coordinator if len(coordinator) <= 24 else coordinator[:21] + "..."
+
+
+def _targets_of(t: FrozenTrial) -> dict[str, float]:
+    """Per-target values: the numeric ``loss:<target>`` attributes when present, else the ``targets`` dict."""
+    values = {k[5:]: v for k, v in t.user_attrs.items() if k.startswith("loss:") and isinstance(v, (int, float))}
+    if values:
+        return {k: float(v) for k, v in values.items()}
+    raw = t.user_attrs.get(TARGETS_ATTR) or {}
+    return {k: float(v) for k, v in raw.items() if isinstance(v, (int, float))}
+
+
+# -- re-simulation ---------------------------------------------------------------------------------
+
+
+def refit(job: CalibrationJob, table: figures.TrialTable, trials: Sequence[FrozenTrial], *, scheduler: str | None,
+          local_workers: int | None, replicates: int | None = None) -> tuple[list[figures.FitData], str]:
+    """Fresh replicates of the best trial (and the next best) on the job's simulation service.
+
+    Returns the fit data per target, and a note for the reader (why there are
+    no bands, when there are none). Never raises for a model or cluster
+    problem: the report then shows the observations alone and says why.
+    """
+    from modelops_calabaria.reporting.simulate import fresh_seeds, observed_quantiles, probes, simulate_at_observed
+    from modelops_calabaria.simulation import SimContext, connect_service
+    from modelops_calabaria.targets.evaluate import compile_targets
+
+    targets = compile_targets(job)
+    n_reps = job.report.replicates if replicates is None else replicates
+    observed_only = [figures.FitData(t.name, t.observed.index, t.observed.columns, t.observed.values, None) for t in targets]
+    ranked = table.ranked()
+    if n_reps <= 0:
+        return observed_only, "no re-simulation (report.replicates is 0)"
+    if not len(ranked):
+        return observed_only, "no trial completed: nothing to re-simulate"
+    by_number = {t.number: t for t in trials}
+    chosen: list[FrozenTrial] = []
+    seen: list[dict] = []
+    for i in ranked:
+        trial = by_number[int(table.number[i])]
+        if trial.params not in seen:
+            seen.append(dict(trial.params))
+            chosen.append(trial)
+        if len(chosen) > job.report.others:
+            break
+    seeds = fresh_seeds(job.seed, n_reps)
+    context = SimContext(job.model, dict(job.fixed), probes(targets), job.timeout_s, job.replicate_retries)
+    started = time.monotonic()
+    try:
+        service = connect_service(scheduler, context, local_workers=local_workers)
+    except Exception as e:  # noqa: BLE001 - the report still has everything else to show
+        return observed_only, f"re-simulation not possible: {redact(str(e)).splitlines()[0]}"
+    try:
+        # The faint medians of the next best trials need fewer replicates than the bands of the best.
+        few = seeds[: max(3, n_reps // 4)]
+        results = simulate_at_observed(service, targets, [t.params for t in chosen], [seeds] + [few] * (len(chosen) - 1))
+    except Exception as e:  # noqa: BLE001
+        return observed_only, f"re-simulation failed: {redact(str(e)).splitlines()[0]}"
+    finally:
+        service.close()
+    best = results[0]
+    if isinstance(best, str):
+        return observed_only, f"re-simulating the best trial failed: {best.strip().splitlines()[0]}"
+    fits = []
+    for t in targets:
+        others = [(f"trial {trial.number}", np.median(r[t.name], axis=0)) for trial, r in zip(chosen[1:], results[1:])
+                  if not isinstance(r, str)]
+        fits.append(figures.FitData(t.name, t.observed.index, t.observed.columns, t.observed.values,
+                                    observed_quantiles(best[t.name]), others, label=f"trial {chosen[0].number}"))
+    log.info("re-simulated for the report", trials=[t.number for t in chosen], replicates=n_reps,
+             seconds=round(time.monotonic() - started, 2))
+    return fits, f"{n_reps} fresh replicates of trial {chosen[0].number} (seeds from the job seed, none used by a trial)" + (
+        f"; faint lines: medians of trials {', '.join(str(t.number) for t in chosen[1:])}" if len(chosen) > 1 else "")
+
+
+# -- sections --------------------------------------------------------------------------------------
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return "-" if math.isnan(v) else f"{v:.6g}"
+    return str(v)
+
+
+def _png(fig: Any) -> bytes:
+    return style.to_png(fig)
+
+
+def section_fit(r: ReportInput) -> Section | None:
+    s = Section("fit", "Fit to the data",
+                "Observed points (dark) over the simulated median and its 50 % and 95 % bands. " + (r.fit_note + "." if r.fit_note else ""))
+    for i, fit in enumerate(r.fits):
+        with style.styled():
+            png = _png(figures.fit_figure(fit))
+        columns = ["index"] + [f"observed:{c}" for c in fit.columns]
+        if fit.quantiles is not None:
+            columns += [f"{q}:{c}" for q in ("q2.5", "median", "q97.5") for c in fit.columns]
+        rows = []
+        for k, x in enumerate(fit.index):
+            row: list[Any] = [int(x), *[float(v) for v in fit.observed[k]]]
+            if fit.quantiles is not None:
+                for q in (0.025, 0.5, 0.975):
+                    row += [float(v) for v in fit.quantiles[q][k]]
+            rows.append(row)
+        s.figures.append(Figure(f"fit-{i + 1}", f"{fit.target}",
+                                f"Target '{fit.target}': x = the target's index; one panel per value column.",
+                                png, Table(f"Data plotted: {fit.target}", columns, rows, id=f"data-fit-{i + 1}")))
+    return s
+
+
+def section_convergence(r: ReportInput) -> Section | None:
+    t = r.table
+    with style.styled():
+        png = _png(figures.convergence_figure(t))
+    coords = len(set(t.coordinator.tolist()))
+    return Section("convergence", "Convergence",
+                   "Every trial's loss by trial number and the running best (red). A running best that still drops at "
+                   "the end means more trials would help; FAIL trials are ticks on the x axis."
+                   + (f" {coords} coordinators worked on this study, one colour each." if coords > 1 else ""),
+                   [Figure("convergence", "Loss by trial", "Loss by trial number; red: best so far.", png)])
+
+
+def section_parameters(r: ReportInput) -> Section | None:
+    t = r.table
+    if not t.params:
+        return None
+    with style.styled():
+        traces = _png(figures.traces_figure(t))
+        pairs = _png(figures.pairs_figure(t, TOP_FRACTION))
+        profiles = _png(figures.profiles_figure(t))
+    return Section("parameters", "Parameters",
+                   "Where the search went and what the data pin down.", [
+                       Figure("traces", "Traces", "Each parameter's value by trial number, coloured by loss (bright = low). "
+                              "Values that settle into a narrow band are well identified.", traces),
+                       Figure("pairs", "Pair matrix", "Trials coloured by loss rank (bright = best), the best 10 % circled red, "
+                              "the best trial starred. A diagonal ridge of good trials means two parameters trade off "
+                              "(e.g. transmission rate against recovery rate).", pairs),
+                       Figure("profiles", "1-D profiles", "Best loss reached in bins of each parameter (blue); dashed: the best "
+                              "trial. A sharp valley = identified; a flat floor = the data do not constrain it.", profiles),
+                   ])
+
+
+def section_targets(r: ReportInput) -> Section | None:
+    t = r.table
+    if not t.targets or not t.complete.any():
+        return None
+    k = 10
+    with style.styled():
+        png = _png(figures.per_target_figure(t, k))
+    best = t.ranked()[:k]
+    names = list(t.targets)
+    rows = [[int(t.number[i]), float(t.loss[i]), *[float(t.targets[n][i]) for n in names]] for i in best]
+    return Section("targets", "Per-target loss",
+                   "Each target's aggregated value for the best trials: the target with the largest share drives the fit.",
+                   [Figure("targets", "Per-target loss of the best trials", f"The {len(best)} best trials, best first.", png)],
+                   [Table("Best trials by target", ["trial", "loss", *names], rows, id="per-target")])
+
+
+def section_timeline(r: ReportInput) -> Section | None:
+    t = r.table
+    ok = np.isfinite(t.start) & np.isfinite(t.end)
+    if not ok.any():
+        return None
+    slots = (r.results or {}).get("slots")
+    with style.styled():
+        png = _png(figures.timeline_figure(t, slots))
+    sp = speedup(t.start, t.end)
+    wall = busy_wall(t.start[ok], t.end[ok])
+    util = (r.results or {}).get("utilization")
+    intro = (f"Effective parallel speedup {_fmt(sp)} (sum of trial durations ÷ wall time {wall:.1f} s)"
+             + (f"; slot utilisation {util:.0%} (busy simulation time ÷ slots × wall time, {slots} slots)." if util is not None else "."))
+    return Section("timeline", "Timeline and speedup", intro,
+                   [Figure("timeline", "Timeline", "Each trial a bar from start to end (orange: FAIL), rows packed per "
+                           "coordinator (one row ≈ one loop); below, trials running at once. Gaps mean idle slots.", png)])
+
+
+def fail_key(reason: str) -> str:
+    """The grouping key of a failure: its last meaningful line (the exception), without replicate/seed prefixes."""
+    lines = [ln.strip() for ln in reason.strip().splitlines() if ln.strip()]
+    if not lines:
+        return "(no reason recorded)"
+    first = lines[0]
+    if ": " in first and first.startswith("replicate "):
+        first = first.split(": ", 1)[1]
+    return first[:200]
+
+
+def section_failures(r: ReportInput) -> Section | None:
+    t = r.table
+    failed = [i for i, s in enumerate(t.state) if s == "FAIL"]
+    s = Section("failures", "Failures")
+    if not failed:
+        s.intro = "No trial failed."
+        return s
+    counts = Counter(fail_key(t.fail_reason[i]) for i in failed)
+    with style.styled():
+        png = _png(figures.failures_figure(counts))
+    s.intro = f"{len(failed)} of {len(t.state)} trials failed."
+    s.figures.append(Figure("failures", "Failures by reason", "Failed trials counted by reason.", png))
+    s.tables.append(Table("Failures by reason", ["reason", "trials"], [[k, v] for k, v in counts.most_common()], id="failures"))
+    first = min(failed, key=lambda i: t.number[i])
+    s.pre.append((f"First failure (trial {t.number[first]})", redact(t.fail_reason[first] or "(no reason recorded)")))
+    return s
+
+
+def facts(r: ReportInput) -> list[tuple[str, str, Any]]:
+    """(key, label, value) of the run facts; keys are results.json's where it has them."""
+    t = r.table
+    res = r.results or {}
+    ranked = t.ranked()
+    ok = np.isfinite(t.start) & np.isfinite(t.end)
+    counts = Counter(t.state.tolist())
+    wall = res.get("wall_time_s", busy_wall(t.start[ok], t.end[ok]) if ok.any() else None)
+    told = counts.get("COMPLETE", 0) + counts.get("FAIL", 0)
+    rows: list[tuple[str, str, Any]] = [
+        ("study", "study", r.study),
+        ("storage", "storage", r.storage),
+        ("best_loss", "best loss", float(t.loss[ranked[0]]) if len(ranked) else None),
+        ("best_trial", "best trial", int(t.number[ranked[0]]) if len(ranked) else None),
+        ("trials.total", "trials in the study", len(t.state)),
+        ("trials.COMPLETE", "complete", counts.get("COMPLETE", 0)),
+        ("trials.FAIL", "failed", counts.get("FAIL", 0)),
+        ("trials.RUNNING", "running", counts.get("RUNNING", 0)),
+        ("wall_time_s", "wall time (s)", wall),
+        ("trials_per_minute", "trials per minute", res.get("trials_per_minute",
+                                                           round(60 * told / wall, 2) if wall else None)),
+        ("speedup", "effective parallel speedup", res.get("speedup", speedup(t.start, t.end))),
+    ]
+    for key, label in (("utilization", "slot utilisation"), ("mode", "mode"), ("concurrency", "trials at once"),
+                       ("slots", "simulation slots"), ("stop_reason", "stop reason")):
+        if key in res:
+            rows.append((key, label, res[key]))
+    if "this_run" in res:
+        rows.append(("this_run.told", "trials told by the last run", res["this_run"].get("told")))
+    return rows
+
+
+def section_facts(r: ReportInput) -> Section | None:
+    rows = facts(r)
+    s = Section("facts", "Run facts")
+    s.tables.append(Table("Run", ["", "value"], [[label, _fmt(v)] for _, label, v in rows], id="facts",
+                          keys=[k for k, _, _ in rows], values=[v for _, _, v in rows]))
+    t = r.table
+    ranked = t.ranked()
+    if len(ranked):
+        b = ranked[0]
+        prow = []
+        for name, values in t.params.items():
+            v = values[b]
+            shown = t.categories[name][int(v)] if name in t.categories else float(v)
+            spec = r.job.parameters.get(name) if r.job else None
+            rng = f"{spec.lower:g} .. {spec.upper:g}" + (" (log)" if spec.log else "") if spec and spec.lower is not None else ""
+            prow.append([name, _fmt(shown), rng])
+        s.tables.append(Table("Best parameters", ["parameter", "value", "range"], prow, id="best-params"))
+    import dask
+    import matplotlib
+    versions = [["modelops-calabaria", __version__], ["optuna", optuna.__version__], ["dask", dask.__version__],
+                ["numpy", np.__version__], ["matplotlib", matplotlib.__version__], ["python", platform.python_version()]]
+    s.tables.append(Table("Versions (of this report)", ["package", "version"], versions, id="versions"))
+    job = dict(r.stored_job)
+    job.pop("execution", None)  # a coordinator's settings, possibly with a storage password: never shown
+    for spec in job.get("targets", []):
+        data = spec.get("data")
+        if isinstance(data, dict):
+            n = max((len(v) for v in data.values()), default=0)
+            spec["data"] = f"<{n} rows: {', '.join(data)}> (see the fit section)"
+    s.pre.append(("Job (as stored with the study)", yaml.safe_dump(redact_value(job), sort_keys=False)))
+    return s
+
+
+SECTIONS: list[Callable[[ReportInput], Section | None]] = [
+    section_fit, section_convergence, section_parameters, section_targets, section_timeline, section_failures, section_facts,
+]
+"""The report's sections, in order; append a function to add one."""
+
+
+# -- HTML ------------------------------------------------------------------------------------------
+
+CSS = """
+body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;color:#1f2933;max-width:1000px;margin:0 auto;padding:1.5em;line-height:1.45}
+h1{font-size:1.6em;margin-bottom:.1em}h2{font-size:1.25em;border-bottom:2px solid #e4e7eb;padding-bottom:.2em;margin-top:2em}
+h3{font-size:1.05em;margin-bottom:.3em}.sub{color:#52606d;margin-top:0}nav a{margin-right:1em;color:#2e86c1}
+figure{margin:1em 0}figure img{max-width:100%;height:auto;border:1px solid #e4e7eb}figcaption{color:#52606d;font-size:.92em}
+table{border-collapse:collapse;margin:.5em 0 1em;font-size:.9em}th,td{padding:.25em .7em;border-bottom:1px solid #e4e7eb;text-align:left}
+td.num{text-align:right;font-variant-numeric:tabular-nums}pre{background:#f5f7fa;padding:.8em;overflow-x:auto;font-size:.82em}
+.summary{display:flex;flex-wrap:wrap;gap:1em;margin:1em 0}.summary div{background:#f5f7fa;padding:.5em 1em;border-radius:4px}
+.summary b{display:block;font-size:1.2em}details{margin:.3em 0 1em}summary{cursor:pointer;color:#2e86c1}
+"""
+
+
+def _cell(v: Any) -> str:
+    numeric = isinstance(v, (int, float)) and not isinstance(v, bool)
+    text = _fmt(v) if numeric else html.escape(str(v))
+    return f'<td class="num">{text}</td>' if numeric else f"<td>{text}</td>"
+
+
+def _table_html(t: Table) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in t.columns)
+    body = []
+    for k, row in enumerate(t.rows):
+        attrs = ""
+        if t.keys is not None:
+            attrs += f' data-key="{html.escape(t.keys[k])}"'
+        if t.values is not None:
+            attrs += f' data-value="{html.escape(json.dumps(t.values[k], default=str))}"'
+        cells = []
+        for j, v in enumerate(row):
+            cell = _cell(v) if not (j == 0 and t.keys is not None) else f"<th>{html.escape(str(v))}</th>"
+            cells.append(cell)
+        body.append(f"<tr{attrs}>{''.join(cells)}</tr>")
+    ident = f' id="{html.escape(t.id)}"' if t.id else ""
+    return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def figure_files(sections: Sequence[Section]) -> dict[str, bytes]:
+    """PNG file name → bytes for every figure (``fig-<section>-<name>.png``)."""
+    return {f"fig-{s.id}-{f.name}.png": f.png for s in sections for f in s.figures}
+
+
+def render_html(r: ReportInput, sections: Sequence[Section]) -> str:
+    """The whole report as one HTML document (no script, no external reference)."""
+    t = r.table
+    ranked = t.ranked()
+    best = _fmt(float(t.loss[ranked[0]])) if len(ranked) else "-"
+    stop = (r.results or {}).get("stop_reason") or ("budget spent" if r.results else "-")
+    summary = [("best loss", best), ("trials", str(len(t.state))), ("failed", str(int((t.state == "FAIL").sum()))),
+               ("stop", stop)]
+    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+           '<meta name="viewport" content="width=device-width, initial-scale=1">',
+           f"<title>Calibration report: {html.escape(r.study)}</title><style>{CSS}</style></head><body>",
+           f"<h1>Calibration report: {html.escape(r.study)}</h1>",
+           f'<p class="sub">{html.escape(r.storage)} · generated {html.escape(r.generated)} · modelops-calabaria {__version__}</p>',
+           '<div class="summary">' + "".join(f"<div>{html.escape(k)}<b>{html.escape(v)}</b></div>" for k, v in summary) + "</div>",
+           "<nav>" + "".join(f'<a href="#{s.id}">{html.escape(s.title)}</a>' for s in sections) + "</nav>"]
+    for s in sections:
+        out.append(f'<section id="{s.id}"><h2>{html.escape(s.title)}</h2>')
+        if s.intro:
+            out.append(f"<p>{html.escape(s.intro)}</p>")
+        for f in s.figures:
+            b64 = base64.b64encode(f.png).decode("ascii")
+            out.append(f'<figure id="figure-{s.id}-{f.name}"><h3>{html.escape(f.title)}</h3>'
+                       f'<img alt="{html.escape(f.title)}" data-file="fig-{s.id}-{f.name}.png" src="data:image/png;base64,{b64}">'
+                       f"<figcaption>{html.escape(f.caption)}</figcaption></figure>")
+            if f.data is not None:
+                out.append(f"<details><summary>{html.escape(f.data.title)}</summary>{_table_html(f.data)}</details>")
+        for tb in s.tables:
+            out.append(f"<h3>{html.escape(tb.title)}</h3>{_table_html(tb)}")
+        for title, text in s.pre:
+            out.append(f"<h3>{html.escape(title)}</h3><pre>{html.escape(text)}</pre>")
+        out.append("</section>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+# -- entry point -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReportSource:
+    """Where a report reads from and writes to (checked, nothing created)."""
+
+    study: str
+    target: StorageTarget
+    output: Path
+    run_dir: Path | None
+
+
+def resolve_source(run_dir: Path | None, study: str | None, storage: str | None, output: Path | None) -> ReportSource:
+    """Work out study, storage and output from a run directory and/or flags; creates nothing.
+
+    Storage, first found: ``storage``; the run directory's ``study.db``; the URL in its
+    results.json unless a password was masked there; the environment's ``CALABARIA_STORAGE``.
+
+    Raises:
+        ConfigurationError: no such run directory, no study name, an output that cannot be written.
+    """
+    results: dict[str, Any] = {}
+    if run_dir is not None:
+        if not run_dir.is_dir():
+            raise ConfigurationError(f"run directory {run_dir} does not exist" if not run_dir.exists() else f"{run_dir} is not a directory",
+                                     hint="pass the run directory of a calibration (e.g. runs/seir-demo), or --study NAME --storage URL")
+        results = read_results(run_dir) or {}
+        study = study or results.get("study")
+        if study is None:
+            raise ConfigurationError(f"{run_dir} holds no results.json naming its study", hint="pass --study NAME")
+        if not storage:
+            db = run_dir / "study.db"
+            stored = str(results.get("storage") or "")
+            if db.exists():
+                storage = str(db)
+            elif stored and "***" not in stored:
+                storage = stored
+    storage = storage or os.environ.get("CALABARIA_STORAGE")
+    if not study:
+        raise ConfigurationError("no study to report on", hint="pass a run directory, or --study NAME --storage URL")
+    if not storage:
+        raise ConfigurationError("no storage URL given", hint="pass --storage or set CALABARIA_STORAGE")
+    target = parse_storage_url(storage)
+    out = output or (run_dir or Path("runs") / study) / "report.html"
+    if out.exists() and out.is_dir():
+        out = out / "report.html"
+    from modelops_calabaria.storage import check_creatable
+
+    if out.parent.exists() and not out.parent.is_dir():
+        raise ConfigurationError(f"report {out} cannot be written: {out.parent} is a file", hint="pass --output with a path in a directory")
+    check_creatable(out.resolve(), "report")
+    return ReportSource(study, target, out, run_dir)
+
+
+def read_results(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / "results.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
+def build_input(src: ReportSource, *, scheduler: str | None = None, local_workers: int | None = None,
+                replicates: int | None = None, simulate: bool = True) -> ReportInput:
+    """Read the study (and results.json) and re-simulate the best trial."""
+    study, stored = load_study(src.study, src.target)
+    trials = study.get_trials(deepcopy=False)
+    job = None
+    if stored:
+        try:
+            job = job_from_dict(stored, source=f"job stored with study '{src.study}'")
+        except Exception as e:  # noqa: BLE001 - a job from another version: report what can be reported
+            log.warning("the stored job does not validate; the fit section is left out", error=str(e).splitlines()[0])
+    minimize = study.direction == optuna.study.StudyDirection.MINIMIZE
+    table = trial_table(trials, minimize)
+    r = ReportInput(src.study, src.target.display, job, stored, trials, table,
+                    read_results(src.run_dir) if src.run_dir else None, src.run_dir,
+                    generated=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+    if job is not None:
+        if simulate:
+            r.fits, r.fit_note = refit(job, table, trials, scheduler=scheduler, local_workers=local_workers, replicates=replicates)
+        else:
+            r.fits, r.fit_note = refit(job, table, trials, scheduler=scheduler, local_workers=local_workers, replicates=0)
+    return r
+
+
+def write_report(src: ReportSource, r: ReportInput) -> Path:
+    """Render every section; write the HTML file and the PNGs beside it; return the HTML path."""
+    sections = [s for s in (build(r) for build in SECTIONS) if s is not None]
+    src.output.parent.mkdir(parents=True, exist_ok=True)
+    for name, png in figure_files(sections).items():
+        _atomic(src.output.parent / name, png)
+    _atomic(src.output, render_html(r, sections).encode("utf-8"))
+    return src.output
+
+
+def _atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def make_report(run_dir: Path | None = None, *, study: str | None = None, storage: str | None = None,
+                output: Path | None = None, scheduler: str | None = None, local_workers: int | None = None,
+                replicates: int | None = None, simulate: bool = True) -> Path:
+    """Write the report of a run directory or a study; return the path of ``report.html``.
+
+    Raises:
+        ConfigurationError: bad run directory, storage URL or output (nothing written).
+        StudyNotFoundError: the study does not exist.
+        ServiceUnavailableError: the database cannot be reached.
+    """
+    src = resolve_source(run_dir, study, storage, output)
+    r = build_input(src, scheduler=scheduler, local_workers=local_workers, replicates=replicates, simulate=simulate)
+    return write_report(src, r)
