@@ -389,8 +389,13 @@ def test_worker_left_running_a_runaway_model_is_replaced(tmp_path):
 
     import psutil
 
+    import dask
+
     markers = tmp_path / "markers"
     markers.mkdir()
+    # This LocalCluster (the test's, not the service's) would drop a worker whose restart takes
+    # longer than its lost-worker timeout (15 s: a slow start on a loaded machine).
+    config = dask.config.set({"distributed.deploy.lost-worker-timeout": "300s"})
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
                            silence_logs=logging.ERROR)
     storage = f"sqlite:///{tmp_path}/s.db"
@@ -404,9 +409,11 @@ def test_worker_left_running_a_runaway_model_is_replaced(tmp_path):
         spun = {int(marker.name.split("-")[0]) for marker in markers.iterdir()}
         still_spinning = [pid for pid in spun if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
         with Client(cluster.scheduler_address, set_as_default=False) as client:
+            client.wait_for_workers(2, timeout=120)
             workers = client.scheduler_info()["workers"]
     finally:
         cluster.close()
+        config.__exit__(None, None, None)
     trials = check_invariants(storage, job.study, 12)
     timed_out = [t for t in trials if t.state == TrialState.FAIL]
     assert timed_out and all("timed out after 0.5 s" in t.user_attrs["fail_reason"] for t in timed_out)
