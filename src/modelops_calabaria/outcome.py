@@ -49,6 +49,7 @@ class RunResult:
     first_failure: str | None = None
     output_dir: str | None = None
     latency_ms: dict[str, float] = field(default_factory=dict)
+    selection: dict[str, Any] | None = None  # how the best was chosen (calibration/reevaluate.py)
 
     def to_json(self) -> dict[str, Any]:
         return redact_value(asdict(self))

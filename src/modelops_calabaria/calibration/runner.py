@@ -29,6 +29,7 @@ from modelops_calabaria.backend.factory import open_store, register
 from modelops_calabaria.backend.ledger import Ledger
 from modelops_calabaria.backend.relational import schema_lock
 from modelops_calabaria.calibration.asktell import Asker, DirectAsker, MirroredAsker
+from modelops_calabaria.calibration.reevaluate import apply_selection, reevaluate_at_end
 from modelops_calabaria.calibration.recovery import Heartbeat, new_coordinator_id, recover_stale_trials, settle_orphans
 from modelops_calabaria.calibration.run_state import RunState
 from modelops_calabaria.calibration.study import (
@@ -52,6 +53,7 @@ from modelops_calabaria.simulation import SimulationService, connect_service
 from modelops_calabaria.simulation.task import SimContext
 from modelops_calabaria.storage import StorageTarget, check_creatable, parse_storage_url
 from modelops_calabaria.targets.evaluate import CompiledTarget, compile_targets
+from modelops_calabaria.targets.scores import biased_aggregations
 
 log = get_logger(__name__)
 OVERSUBSCRIPTION_WARNING = 4
@@ -294,6 +296,8 @@ def _drive(p: Prepared, settings: Settings, service: SimulationService, study: o
     log.info("calibration starting", study=study.study_name, storage=p.storage.display, mode="parallel" if parallel else "batched",
              trials_at_once=loops, slots=service.slots, replicates=job.n_replicates, budget=budget, existing_trials=already,
              scheduler=service.address, coordinator=coordinator_id)
+    for problem, fix in biased_aggregations(job.targets, job.n_replicates):  # docs/quality.md
+        log.warning(problem, hint=fix)
     heartbeat = Heartbeat(study, ledger, coordinator_id, settings.heartbeat_interval_s, settings.grace_period_s, retry,
                           backend=backend)
     state = RunState(job.direction, job.stop, time.monotonic())
@@ -313,12 +317,14 @@ def _drive(p: Prepared, settings: Settings, service: SimulationService, study: o
             settle_orphans(study, ledger, settings.grace_period_s, settings.heartbeat_interval_s, retry=retry,
                            backend=backend)
     progress.line()
-    return _collect(p, study, asker, wire, state, parallel, loops, service.slots, time.monotonic() - started)
+    return _collect(p, study, asker, wire, state, parallel, loops, service.slots, time.monotonic() - started,
+                    service=None if options.joining else service)
 
 
 def _collect(p: Prepared, study: optuna.Study, asker: Asker, wire: Wire, state: RunState, parallel: bool, loops: int,
-             slots: int, wall: float) -> RunResult:
-    """The run's result from the study as it now stands; results files written."""
+             slots: int, wall: float, service: SimulationService | None = None) -> RunResult:
+    """The run's result from the study as it now stands; results files written.
+    With ``service``, the best trials are re-evaluated on fresh seeds first (reevaluate.py)."""
     trials = study.get_trials(deepcopy=False)
     best = best_trial(study)
     asks, tells = asker.latencies()
@@ -344,6 +350,8 @@ def _collect(p: Prepared, study: optuna.Study, asker: Asker, wire: Wire, state: 
             "ask_p50": _pct(asks, 50), "ask_p95": _pct(asks, 95), "tell_p50": _pct(tells, 50), "tell_p95": _pct(tells, 95)
         },
     )
+    if service is not None and wire.shutdown_reason is None and not state.failure_storm:
+        apply_selection(result, reevaluate_at_end(p.job, trials, service), trials)
     write_results(p.output_dir, result, trials)
     log.info("calibration finished", study=result.study, best_loss=result.best_loss, best_params=result.best_params,
              trials=result.trials, wall_time_s=result.wall_time_s, utilization=result.utilization,

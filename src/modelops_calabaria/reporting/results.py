@@ -71,6 +71,11 @@ def write_results(out_dir: Path, result: RunResult, trials: list[FrozenTrial]) -
         "best_params": result.best_params,
         "targets": result.best_targets,
     }
+    if result.selection is not None:  # the best chosen on fresh seeds (calibration/reevaluate.py)
+        sel = result.selection
+        best.update(selected_by=sel["selected_by"], reevaluated_loss=sel.get("reevaluated_loss"),
+                    in_sample_best=sel["in_sample_best"],
+                    reevaluated=[{k: c[k] for k in ("trial", "in_sample_loss", "loss", "params") if k in c} for c in sel["reevaluated"]])
     _atomic_write(out_dir / "best.yaml", yaml.safe_dump(redact_value(best), sort_keys=False))
     _atomic_write(out_dir / "results.json", json.dumps(result.to_json(), indent=2, default=str) + "\n")
     _atomic_write(out_dir / "trials.csv", trials_csv(trials))

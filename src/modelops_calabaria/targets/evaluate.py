@@ -23,7 +23,7 @@ import numpy as np
 from modelops_calabaria.errors import JobSpecError, SimulationError
 from modelops_calabaria.job import CalibrationJob, ScoreSpec
 from modelops_calabaria.targets.data import Observed, load_observed
-from modelops_calabaria.targets.scores import log_mean_exp_loss, score
+from modelops_calabaria.targets.scores import dispersion_of, log_mean_exp_loss, score
 
 
 @dataclass(frozen=True)
@@ -69,9 +69,12 @@ class CompiledTarget:
             raise SimulationError(f"target '{self.name}': output '{self.output}' has NaN or infinite values")
         return sim
 
-    def loss(self, sim: np.ndarray) -> float:
-        """Score an aligned simulated array against the observations."""
-        return score(self.score, sim, self.observed.values, self.observed.trials)
+    def loss(self, sim: np.ndarray, outputs: Mapping[str, Any] | None = None) -> float:
+        """Score an aligned simulated array against the observations (``outputs``: the
+        replicate's, for a score whose dispersion is a model output)."""
+        label = f"target '{self.name}' (output '{self.output}')"
+        dispersion = dispersion_of(self.score, outputs or {}, label) if self.score.dispersion_output else None
+        return score(self.score, sim, self.observed.values, self.observed.trials, dispersion, label)
 
 
 def compile_targets(job: CalibrationJob, declared_outputs: Sequence[str] | None = None) -> tuple[CompiledTarget, ...]:
@@ -87,6 +90,12 @@ def compile_targets(job: CalibrationJob, declared_outputs: Sequence[str] | None 
             raise JobSpecError(
                 f"target '{t.name}': model '{job.model}' has no output '{t.output}'",
                 problems=[(f"targets[{i}].output", f"expected one of: {', '.join(declared_outputs)}")],
+            )
+        extra = t.score.dispersion_output
+        if declared_outputs is not None and extra is not None and extra not in declared_outputs:
+            raise JobSpecError(
+                f"target '{t.name}': model '{job.model}' has no output '{extra}' (the score's dispersion_output)",
+                problems=[(f"targets[{i}].score.dispersion_output", f"expected one of: {', '.join(declared_outputs)}")],
             )
         observed = load_observed(t, job.base_dir, f"targets[{i}].data")
         compiled.append(CompiledTarget(t.name, t.output, observed, t.score, t.aggregation, t.weight))
@@ -107,7 +116,7 @@ def evaluate_replicate(
     kept: dict[str, np.ndarray] = {}
     for t in targets:
         sim = t.align(outputs)
-        scores[t.name] = t.loss(sim)
+        scores[t.name] = t.loss(sim, outputs)
         if t.aggregation == "score_of_mean":
             kept[t.name] = sim
     return scores, kept
