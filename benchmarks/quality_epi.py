@@ -110,12 +110,12 @@ abm_sir.outputs = ("incidence",)
 DATA_SEED = 424242
 PROBLEMS: dict[str, dict[str, Any]] = {
     "seir": {"truth": {"beta": 0.55, "reporting_rate": 0.3}, "trials": 160, "quick_trials": 60},
-    "age_seir": {"truth": {"beta": 0.04, "susceptibility_65": 0.6, "reporting_rate": 0.4}, "trials": 160,
+    "age_seir": {"truth": {"beta": 0.04, "susceptibility_65": 0.6, "reporting_rate": 0.4}, "trials": 100,
                  "quick_trials": 60},
     "poisson": {"truth": {"a": 8.0, "r": 0.15}, "trials": 160, "quick_trials": 60},
     "abm": {"truth": {"p_transmit": 0.05, "p_recover": 0.2}, "trials": 160, "quick_trials": 60},
 }
-AGE_FIXED = {"sigma": 0.25, "gamma": 0.2, "n_days": 126, "initial_infected": 20}
+AGE_FIXED = {"sigma": 0.25, "gamma": 0.2, "n_days": 112, "initial_infected": 20}
 
 
 def _table(index_name: str, index: list[int], columns: dict[str, np.ndarray]) -> dict[str, list]:
@@ -140,16 +140,15 @@ def problem_job(name: str, *, seed: int, trials: int, aggregation: str | None = 
             "parameters": {"beta": {"lower": 0.01, "upper": 0.1}, "susceptibility_65": {"lower": 0.2, "upper": 1.0},
                            "reporting_rate": {"lower": 0.1, "upper": 0.9}},
             "targets": [{"name": "cases_by_age", "output": "cases_by_age", "score": "poisson_nll",
-                         "aggregation": "mean_of_scores",
                          "data": _table("week", list(range(cases.shape[0])), {f"g{g}": cases[:, g] for g in range(3)})}],
-            "n_replicates": 4,
+            "n_replicates": 2,
         }
     elif name == "poisson":
         cases = poisson_growth(truth, DATA_SEED)["cases"]
         job = {
             "model": f"{SELF}:poisson_growth",
             "parameters": {"a": {"lower": 1.0, "upper": 30.0}, "r": {"lower": 0.01, "upper": 0.3}},
-            "targets": [{"name": "cases", "output": "cases", "score": "poisson_nll", "aggregation": "mean_of_scores",
+            "targets": [{"name": "cases", "output": "cases", "score": "poisson_nll",
                          "data": _table("t", list(range(20)), {"cases": cases})}],
             "n_replicates": 4,
         }
@@ -159,7 +158,6 @@ def problem_job(name: str, *, seed: int, trials: int, aggregation: str | None = 
             "model": f"{SELF}:abm_sir",
             "parameters": {"p_transmit": {"lower": 0.01, "upper": 0.15}, "p_recover": {"lower": 0.05, "upper": 0.5}},
             "targets": [{"name": "incidence", "output": "incidence", "score": "poisson_nll",
-                         "aggregation": "mean_of_scores",
                          "data": _table("week", list(range(inc.size)), {"incidence": inc})}],
             "n_replicates": 3,
         }
@@ -173,12 +171,12 @@ def problem_job(name: str, *, seed: int, trials: int, aggregation: str | None = 
 VARIANTS: dict[str, dict[str, Any]] = {
     # sampler options given in the job, on top of build_sampler's defaults
     "default": {},
-    "startup16": {"n_startup_trials": 16},
     "startup_c": {"n_startup_trials": "10+c"},
+    "startup_low": {"n_startup_trials": "max(1,11-c)"},  # = build_sampler's default now
     "group": {"group": True},
     "no_liar": {"constant_liar": False},
     "independent_tpe": {"multivariate": False},
-    "pre_pr_defaults": {"n_startup_trials": 10, "constant_liar": True, "multivariate": True},
+    "startup10": {"n_startup_trials": 10},  # the start-up before docs/quality.md (Optuna's default)
 }
 
 
@@ -211,11 +209,15 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     from modelops_calabaria.logging import configure_logging
 
     configure_logging("json", level=logging.ERROR, stream=sys.stderr)
+    import warnings
+
     import optuna
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     name, seed, c = spec["problem"], spec["seed"], spec["concurrency"]
     data = problem_job(name, seed=seed, trials=spec["trials"], aggregation=spec.get("aggregation"))
-    options = {k: (10 + c if v == "10+c" else v) for k, v in VARIANTS[spec.get("variant", "default")].items()}
+    options = {k: ({"10+c": 10 + c, "max(1,11-c)": max(1, 11 - c)}.get(v, v) if isinstance(v, str) else v)
+               for k, v in VARIANTS[spec.get("variant", "default")].items()}
     if options:
         data["sampler"] = {"name": "tpe", "options": options}
     if spec.get("replicate_seeds"):
@@ -279,7 +281,9 @@ def efficiency(one: list[list[float]], many: list[list[float]], checkpoints: lis
 
 
 def checkpoints_for(trials: int) -> list[int]:
-    return sorted({max(10, trials // 4), trials // 2, 3 * trials // 4, trials})
+    """Trial counts N where the one-loop median is compared: up to 5/8 of the budget, so that
+    the many-loop runs (same budget) can show a ratio up to 1.6."""
+    return sorted({max(10, trials // 4), trials // 2, 5 * trials // 8})
 
 
 def summarize_concurrency(rows: list[dict], problems: list[str], variants: list[str], concs: list[int]) -> list[dict]:
@@ -301,6 +305,7 @@ def summarize_concurrency(rows: list[dict], problems: list[str], variants: list[
                 for n in cps:
                     row[f"best@{n}"] = med([x[n - 1] for x in rb])
                     row[f"eff@{n}"] = eff[n]
+                row[f"best@{trials}"] = med([x[trials - 1] for x in rb])
                 row["err_med"] = med([max(r["err_reported"].values()) for r in sel[c]])
                 row["oos_reported"] = med([r.get("oos_reported") for r in sel[c]])
                 row["oos_in_sample"] = med([r.get("oos_in_sample") for r in sel[c]])
@@ -354,7 +359,7 @@ def plan(a: argparse.Namespace) -> list[dict]:
     experiments = a.experiments.split(",")
     if "concurrency" in experiments:
         for p in problems:
-            trials = PROBLEMS[p]["quick_trials" if a.quick else "trials"]
+            trials = a.trials or PROBLEMS[p]["quick_trials" if a.quick else "trials"]
             for v in a.variants.split(","):
                 for c in [int(x) for x in a.concurrency.split(",")]:
                     for s in seeds:
@@ -385,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", default="1,4,16")
     p.add_argument("--variants", default="default")
     p.add_argument("--experiments", default="concurrency,seeds,aggregation")
+    p.add_argument("--trials", type=int, default=None, help="budget of the concurrency runs (default: per problem)")
     p.add_argument("--oos-replicates", type=int, default=16)
     p.add_argument("--procs", type=int, default=2, help="runs at once (processes)")
     p.add_argument("--json", dest="json_out", default=None)

@@ -251,3 +251,35 @@ def test_dispersion_output_must_be_a_declared_output(tmp_path):
     with pytest.raises(JobSpecError) as err:
         compile_targets(job, ("fraction", "positives", "phi"))
     assert err.value.problems[0][0] == "targets[0].score.dispersion_output"
+
+
+# --- the sampler's start-up under concurrency ---------------------------------------------------
+
+def test_tpe_random_start_up_shrinks_with_trials_in_flight(tmp_path):
+    """Optuna counts only finished trials toward n_startup_trials: with c trials in flight about
+    n_startup + c - 1 points are random. The default keeps that near one loop's 10."""
+    import optuna
+
+    from modelops_calabaria.calibration.mirror import FinishTrial, Mirror
+    from modelops_calabaria.calibration.study import build_sampler, distributions, tpe_startup_trials
+
+    assert [tpe_startup_trials(c) for c in (1, 4, 10, 16, 64)] == [10, 7, 1, 1, 1]
+    job = make_job(tmp_path, parameters={"x": {"lower": -5.0, "upper": 5.0}, "y": {"lower": -5.0, "upper": 5.0}})
+
+    def first_model_based(sampler, in_flight: int) -> int:
+        """Index of the first point TPE's model drew (random points do not call _sample)."""
+        calls = []
+        original = sampler._sample
+        sampler._sample = lambda study, trial, space: calls.append(trial.number) or original(study, trial, space)
+        mirror = Mirror(sampler, [optuna.study.StudyDirection.MINIMIZE], distributions(job))
+        running = [mirror.sample() for _ in range(in_flight)]
+        while not calls:
+            key, p = running.pop(0)
+            mirror.apply([FinishTrial(key, optuna.trial.TrialState.COMPLETE, p["x"] ** 2 + p["y"] ** 2)])
+            running.append(mirror.sample())
+        return calls[0]
+
+    assert first_model_based(build_sampler(job, 1), 1) == 10
+    assert first_model_based(build_sampler(job, 16), 16) == 16  # one loop's 10 would make it 25
+    given = make_job(tmp_path, sampler={"name": "tpe", "options": {"n_startup_trials": 10}})
+    assert first_model_based(build_sampler(given, 16), 16) == 25  # an explicit option still wins

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -215,6 +215,8 @@ def _run_with_service(p: Prepared, settings: Settings, service: SimulationServic
     parallel = settings.parallel_trials
     slots = service.slots
     loops = options.concurrency or job.concurrency or default_concurrency(slots, job.n_replicates, parallel)
+    if loops != (job.concurrency or 1):  # the sampler's start-up depends on the trials at once (study.py)
+        p = replace(p, sampler=build_sampler(job, loops))
     if loops * job.n_replicates > OVERSUBSCRIPTION_WARNING * slots:
         log.warning("concurrency over-subscribes the cluster", trials_at_once=loops, replicates=job.n_replicates,
                     slots=slots, ratio=round(loops * job.n_replicates / slots, 1),
