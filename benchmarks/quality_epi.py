@@ -292,12 +292,17 @@ def summarize_concurrency(rows: list[dict], problems: list[str], variants: list[
         for v in variants:
             sel = {c: [r for r in rows if r["experiment"] == "concurrency" and r["problem"] == p and r["variant"] == v
                        and r["concurrency"] == c] for c in concs}
+            if not sel.get(1):  # a variant run only with many loops: compared with the default's one loop
+                sel[1] = [r for r in rows if r["experiment"] == "concurrency" and r["problem"] == p
+                          and r["variant"] == "default" and r["concurrency"] == 1]
             if not sel.get(1):
                 continue
             trials = sel[1][0]["trials"]
             cps = checkpoints_for(trials)
             for c in concs:
                 if not sel.get(c):
+                    continue
+                if c == 1 and sel[1] and sel[1][0]["variant"] != v:
                     continue
                 rb = [r["running_best"] for r in sel[c]]
                 eff = efficiency([r["running_best"] for r in sel[1]], rb, cps) if c > 1 else {n: 1.0 for n in cps}
@@ -352,6 +357,11 @@ def print_rows(title: str, table: list[dict]) -> None:
 
 # ----------------------------------------------------------------------------------------------
 
+# (replicate_seeds, reevaluate top_k): the service's options; (independent, 0) is a search that
+# reseeds every trial and reports its in-sample best, as peer tools do; (common, 0) the old default.
+SEED_CELLS = [("common", 0), ("common", 5), ("independent", 0), ("independent", 5), ("staged", 5)]
+
+
 def plan(a: argparse.Namespace) -> list[dict]:
     specs: list[dict] = []
     problems = [p for p in a.problems.split(",") if p]
@@ -360,15 +370,15 @@ def plan(a: argparse.Namespace) -> list[dict]:
     if "concurrency" in experiments:
         for p in problems:
             trials = a.trials or PROBLEMS[p]["quick_trials" if a.quick else "trials"]
-            for v in a.variants.split(","):
-                for c in [int(x) for x in a.concurrency.split(",")]:
+            cells = [(v, c) for v in a.variants.split(",") for c in [int(x) for x in a.concurrency.split(",")]]
+            cells += [(v, c) for v in a.extra_variants.split(",") if v for c in [int(x) for x in a.concurrency.split(",")] if c > 1]
+            for v, c in cells:
                     for s in seeds:
                         specs.append({"experiment": "concurrency", "problem": p, "variant": v, "concurrency": c,
                                       "seed": s, "trials": trials, "oos_replicates": a.oos_replicates})
     if "seeds" in experiments:
         for trials in ([40, 100] if a.quick else [40, 200]):
-            for mode in ("common", "independent", "staged"):
-                for top_k in (0, 5):
+            for mode, top_k in SEED_CELLS:
                     for s in seeds:
                         specs.append({"experiment": "seeds", "problem": "abm", "variant": "default", "concurrency": 1,
                                       "seed": s, "trials": trials, "replicate_seeds": mode, "reevaluate": top_k,
@@ -389,6 +399,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--problems", default="seir,age_seir,poisson,abm")
     p.add_argument("--concurrency", default="1,4,16")
     p.add_argument("--variants", default="default")
+    p.add_argument("--extra-variants", default="", help="variants run only with more than one loop")
+    p.add_argument("--summarize", default=None, help="print the tables of a (partial) JSON and exit")
     p.add_argument("--experiments", default="concurrency,seeds,aggregation")
     p.add_argument("--trials", type=int, default=None, help="budget of the concurrency runs (default: per problem)")
     p.add_argument("--oos-replicates", type=int, default=16)
@@ -399,18 +411,24 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(HERE))
     from _common import machine
 
-    specs = plan(a)
-    print(f"{len(specs)} runs on {a.procs} processes", flush=True)
     started = time.monotonic()
     rows: list[dict] = []
-    with ProcessPoolExecutor(max_workers=a.procs) as pool:
-        for i, r in enumerate(pool.map(run_one, specs)):
-            rows.append(r)
-            if (i + 1) % 10 == 0:
-                print(f"  {i + 1}/{len(specs)} runs, {time.monotonic() - started:.0f} s", flush=True)
+    if a.summarize:
+        rows = json.loads(Path(a.summarize).read_text())["runs"]
+    else:
+        specs = plan(a)
+        print(f"{len(specs)} runs on {a.procs} processes", flush=True)
+        with ProcessPoolExecutor(max_workers=a.procs) as pool:
+            for i, r in enumerate(pool.map(run_one, specs)):
+                rows.append(r)
+                if (i + 1) % 10 == 0:
+                    print(f"  {i + 1}/{len(specs)} runs, {time.monotonic() - started:.0f} s", flush=True)
+                    if a.json_out:  # partial results: --summarize reads them
+                        Path(a.json_out + ".partial").write_text(json.dumps({"runs": rows}, default=str) + "\n")
     problems = [x for x in a.problems.split(",") if x]
+    variants = [v for v in (a.variants + "," + a.extra_variants).split(",") if v]
     tables = {
-        "concurrency": summarize_concurrency(rows, problems, a.variants.split(","), [int(x) for x in a.concurrency.split(",")]),
+        "concurrency": summarize_concurrency(rows, problems, variants, [int(x) for x in a.concurrency.split(",")]),
         "seeds": summarize_params(rows, "seeds", ["trials", "replicate_seeds", "reevaluate"]),
         "aggregation": summarize_params(rows, "aggregation", ["problem", "aggregation"]),
     }

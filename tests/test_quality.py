@@ -193,7 +193,7 @@ def test_the_default_aggregation_is_not_flagged(tmp_path):
 
 def _positivity_job(tmp_path, output: str, **score):
     return make_job(tmp_path, model=qmodel("positivity"), parameters={"a": {"lower": 0.5, "upper": 2.0}},
-                    targets=[{"name": "positivity", "output": output,
+                    targets=[{"name": "positivity", "output": output, "aggregation": "mean_of_scores",
                               "data": {"week": [0, 1, 2], "positive": [6, 15, 31], "tested": [50, 80, 100]},
                               "score": {"kind": "betabinomial_nll", "trials_column": "tested", **score}}])
 

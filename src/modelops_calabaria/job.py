@@ -143,7 +143,7 @@ class TargetSpec(_Spec):
     index_column: str | None = None
     value_columns: list[str] | None = None
     score: ScoreSpec
-    aggregation: Aggregation = "mean_of_scores"
+    aggregation: Aggregation = "score_of_mean"  # the least biased on the panel (docs/quality.md)
     weight: float = Field(default=1.0, gt=0)
 
     @model_validator(mode="after")
