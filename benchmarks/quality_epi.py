@@ -377,14 +377,14 @@ def plan(a: argparse.Namespace) -> list[dict]:
                         specs.append({"experiment": "concurrency", "problem": p, "variant": v, "concurrency": c,
                                       "seed": s, "trials": trials, "oos_replicates": a.oos_replicates})
     if "seeds" in experiments:
-        for trials in ([40, 100] if a.quick else [40, 200]):
+        for trials in ([int(x) for x in a.seed_trials.split(",")] if a.seed_trials else [40, 100] if a.quick else [40, 200]):
             for mode, top_k in SEED_CELLS:
                     for s in seeds:
                         specs.append({"experiment": "seeds", "problem": "abm", "variant": "default", "concurrency": 1,
                                       "seed": s, "trials": trials, "replicate_seeds": mode, "reevaluate": top_k,
                                       "oos_replicates": a.oos_replicates})
     if "aggregation" in experiments:
-        for p in ("poisson", "abm"):
+        for p in a.aggregation_problems.split(","):
             for agg in ("mean_of_scores", "score_of_mean", "logmeanexp"):
                 for s in seeds:
                     specs.append({"experiment": "aggregation", "problem": p, "variant": "default", "concurrency": 1,
@@ -400,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", default="1,4,16")
     p.add_argument("--variants", default="default")
     p.add_argument("--extra-variants", default="", help="variants run only with more than one loop")
+    p.add_argument("--seed-trials", default=None, help="budgets of the seeds experiment (default 40,200; quick 40,100)")
+    p.add_argument("--aggregation-problems", default="poisson,abm")
     p.add_argument("--summarize", default=None, help="print the tables of a (partial) JSON and exit")
     p.add_argument("--experiments", default="concurrency,seeds,aggregation")
     p.add_argument("--trials", type=int, default=None, help="budget of the concurrency runs (default: per problem)")
