@@ -196,11 +196,16 @@ class ScoreSpec(_Spec):
     ``sigma`` the normal standard deviation, ``trials_column`` the observed
     column of binomial denominators. Simulated means are floored at ``floor``
     for count likelihoods so that a zero mean against a positive count is a
-    large but finite loss.
+    large but finite loss. ``binomial_nll`` / ``betabinomial_nll`` score a
+    probability output (each value in [0, 1]) against observed successes out of
+    the ``trials_column`` denominators. ``dispersion_output`` names a model
+    output holding the beta-binomial overdispersion of each simulation (one
+    positive number), instead of the constant ``dispersion``.
     """
 
     kind: ScoreKind
     dispersion: float | None = Field(default=None, gt=0)
+    dispersion_output: str | None = Field(default=None, min_length=1)
     sigma: float | None = Field(default=None, gt=0)
     trials_column: str | None = None
     floor: float = Field(default=1e-9, gt=0)
@@ -212,8 +217,13 @@ class ScoreSpec(_Spec):
 
     @model_validator(mode="after")
     def _check(self) -> ScoreSpec:
-        if self.kind in ("negbin_nll", "betabinomial_nll") and self.dispersion is None:
-            raise ValueError(f"{self.kind} needs 'dispersion' (> 0)")
+        if self.dispersion_output is not None:
+            if self.kind != "betabinomial_nll":
+                raise ValueError(f"'dispersion_output' is for betabinomial_nll, not {self.kind}")
+            if self.dispersion is not None:
+                raise ValueError("give 'dispersion' (a constant) or 'dispersion_output' (a model output), not both")
+        elif self.kind in ("negbin_nll", "betabinomial_nll") and self.dispersion is None:
+            raise ValueError(f"{self.kind} needs 'dispersion' (> 0)" + (" or 'dispersion_output'" if self.kind == "betabinomial_nll" else ""))
         if self.kind == "normal_nll" and self.sigma is None:
             raise ValueError("normal_nll needs 'sigma' (> 0)")
         if self.kind in ("binomial_nll", "betabinomial_nll") and not self.trials_column:
@@ -237,7 +247,7 @@ class TargetSpec(_Spec):
     index_column: str | None = None
     value_columns: list[str] | None = None
     score: ScoreSpec
-    aggregation: Aggregation = "mean_of_scores"
+    aggregation: Aggregation = "score_of_mean"  # the least biased on the panel (docs/quality.md)
     weight: float = Field(default=1.0, gt=0)
     on: list[str] | None = Field(default=None, min_length=1)
     match: Match | None = None
@@ -249,6 +259,8 @@ class TargetSpec(_Spec):
     def _check(self) -> TargetSpec:
         if self.aggregation == "logmeanexp" and self.score.kind not in LIKELIHOOD_SCORES:
             raise ValueError(f"aggregation 'logmeanexp' needs a likelihood score, not {self.score.kind}")
+        if self.score.dispersion_output is not None and self.aggregation == "score_of_mean":
+            raise ValueError("'dispersion_output' is per simulation: use aggregation mean_of_scores or logmeanexp, not score_of_mean")
         return self
 
     @model_validator(mode="before")
@@ -358,6 +370,19 @@ class ReportSpec(_Spec):
     others: int = Field(default=4, ge=0, le=50, description="next best trials drawn faintly")
 
 
+class ReevaluateSpec(_Spec):
+    """Re-evaluating the best trials on fresh seeds at the end of a run (docs/quality.md).
+
+    The ``top_k`` best COMPLETE trials are run again with ``replicates`` fresh,
+    independent replicates (default: 2 x ``n_replicates``), with seeds no trial
+    used; the reported best is the one with the best re-evaluated loss.
+    ``top_k: 0`` turns it off (the reported best is then the in-sample best).
+    """
+
+    top_k: int = Field(default=5, ge=0, le=1000)
+    replicates: int | None = Field(default=None, ge=1, le=10_000)
+
+
 class ExecutionSpec(_Spec):
     """Where and how the job runs; each may be overridden by env or CLI (see Settings)."""
 
@@ -382,7 +407,8 @@ class CalibrationJob(_Spec):
     )
     sampler: SamplerSpec = Field(default_factory=SamplerSpec)
     seed: int = Field(default=0, ge=0, le=MAX_SEED)
-    replicate_seeds: Literal["common", "independent"] = "common"
+    replicate_seeds: Literal["common", "independent", "staged"] = "common"
+    reevaluate: ReevaluateSpec = Field(default_factory=ReevaluateSpec)
     direction: Literal["minimize", "maximize"] = "minimize"
     timeout_s: float | None = Field(default=None, gt=0, description="per simulation")
     replicate_retries: int = Field(default=0, ge=0, le=10)
@@ -624,7 +650,7 @@ def validation_problems(err: ValidationError) -> list[tuple[str, str]]:
 
 _FIELD_NAMES = sorted(
     set().union(*(m.model_fields for m in (CalibrationJob, ParameterSpec, ScoreSpec, TargetSpec, StopSpec, SamplerSpec, ExecutionSpec, PriorSpec,
-                   PosteriorSpec, ReportSpec)))
+                   PosteriorSpec, ReportSpec, ReevaluateSpec)))
 )
 
 

@@ -50,6 +50,7 @@ class RunResult:
     output_dir: str | None = None
     latency_ms: dict[str, float] = field(default_factory=dict)
     posterior: dict[str, Any] | None = None  # a posterior run's summary (docs/posterior.md)
+    selection: dict[str, Any] | None = None  # how the best was chosen (calibration/reevaluate.py)
 
     def to_json(self) -> dict[str, Any]:
         return redact_value(asdict(self))

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from modelops_calabaria.backend.factory import open_store, register
 from modelops_calabaria.backend.ledger import Ledger
 from modelops_calabaria.backend.relational import schema_lock
 from modelops_calabaria.calibration.asktell import Asker, DirectAsker, MirroredAsker
+from modelops_calabaria.calibration.reevaluate import apply_selection, reevaluate_at_end
 from modelops_calabaria.calibration.recovery import Heartbeat, new_coordinator_id, recover_stale_trials, settle_orphans
 from modelops_calabaria.calibration.run_state import RunState
 from modelops_calabaria.calibration import preflight, provenance
@@ -54,6 +55,7 @@ from modelops_calabaria.simulation import SimulationService, connect_service
 from modelops_calabaria.simulation.task import SimContext
 from modelops_calabaria.storage import StorageTarget, check_creatable, parse_storage_url
 from modelops_calabaria.targets.evaluate import CompiledTarget, compile_targets
+from modelops_calabaria.targets.scores import biased_aggregations
 
 log = get_logger(__name__)
 OVERSUBSCRIPTION_WARNING = 4
@@ -227,6 +229,8 @@ def _run_with_service(p: Prepared, settings: Settings, service: SimulationServic
     parallel = settings.parallel_trials
     slots = service.slots
     loops = options.concurrency or job.concurrency or default_concurrency(slots, job.n_replicates, parallel)
+    if loops != (job.concurrency or 1):  # the sampler's start-up depends on the trials at once (study.py)
+        p = replace(p, sampler=build_sampler(job, loops))
     if loops * job.n_replicates > OVERSUBSCRIPTION_WARNING * slots:
         log.warning("concurrency over-subscribes the cluster", trials_at_once=loops, replicates=job.n_replicates,
                     slots=slots, ratio=round(loops * job.n_replicates / slots, 1),
@@ -318,6 +322,8 @@ def _drive(p: Prepared, settings: Settings, service: SimulationService, study: o
     log.info("calibration starting", study=study.study_name, storage=p.storage.display, mode="parallel" if parallel else "batched",
              trials_at_once=loops, slots=service.slots, replicates=job.n_replicates, budget=budget, existing_trials=already,
              scheduler=service.address, coordinator=coordinator_id)
+    for problem, fix in biased_aggregations(job.targets, job.n_replicates):  # docs/quality.md
+        log.warning(problem, hint=fix)
     heartbeat = Heartbeat(study, ledger, coordinator_id, settings.heartbeat_interval_s, settings.grace_period_s, retry,
                           backend=backend)
     if isinstance(p.sampler, ImisSampler):  # records into the shared study; draws apart from other coordinators'
@@ -337,7 +343,8 @@ def _drive(p: Prepared, settings: Settings, service: SimulationService, study: o
             writing.callback(asker.close)  # every tell written before anything reads the study
             wire = _run_rounds(p, settings, service, study, backend, asker, state, progress, parallel, loops, options)
     progress.line()
-    return _collect(p, study, backend, asker, wire, state, parallel, loops, service.slots, time.monotonic() - started)
+    return _collect(p, study, backend, asker, wire, state, parallel, loops, service.slots, time.monotonic() - started,
+                    service=None if options.joining else service)
 
 
 MAX_ROUNDS = 10  # bounds the rounds for slots given back late (each needs a coordinator to die meanwhile)
@@ -369,8 +376,9 @@ def _run_rounds(p: Prepared, settings: Settings, service: SimulationService, stu
 
 
 def _collect(p: Prepared, study: optuna.Study, backend: StudyBackend, asker: Asker, wire: Wire, state: RunState,
-             parallel: bool, loops: int, slots: int, wall: float) -> RunResult:
-    """The run's result from the study as it now stands; results files written."""
+             parallel: bool, loops: int, slots: int, wall: float, service: SimulationService | None = None) -> RunResult:
+    """The run's result from the study as it now stands; results files written.
+    With ``service``, the best trials are re-evaluated on fresh seeds first (reevaluate.py)."""
     trials = study.get_trials(deepcopy=False)
     best = best_trial(study)
     asks, tells = asker.latencies()
@@ -398,6 +406,8 @@ def _collect(p: Prepared, study: optuna.Study, backend: StudyBackend, asker: Ask
     )
     if p.job.posterior is not None:
         result.posterior = write_posterior(p.output_dir, p.job, backend.optuna_storage, backend.study_id(study.study_name))
+    if service is not None and wire.shutdown_reason is None and not state.failure_storm:
+        apply_selection(result, reevaluate_at_end(p.job, trials, service), trials)
     write_results(p.output_dir, result, trials)
     log.info("calibration finished", study=result.study, best_loss=result.best_loss, best_params=result.best_params,
              trials=result.trials, wall_time_s=result.wall_time_s, utilization=result.utilization,

@@ -110,6 +110,11 @@ def write_results(out_dir: Path, result: RunResult, trials: list[FrozenTrial]) -
         "best_params": result.best_params,
         "targets": result.best_targets,
     }
+    if result.selection is not None:  # the best chosen on fresh seeds (calibration/reevaluate.py)
+        sel = result.selection
+        best.update(selected_by=sel["selected_by"], reevaluated_loss=sel.get("reevaluated_loss"),
+                    in_sample_best=sel["in_sample_best"],
+                    reevaluated=[{k: c[k] for k in ("trial", "in_sample_loss", "loss", "params") if k in c} for c in sel["reevaluated"]])
     data = result.to_json()
     # Sum of trial durations / wall time over the whole study (the report's timeline says the same).
     sp = speedup(*trial_intervals(trials))

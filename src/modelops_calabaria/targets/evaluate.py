@@ -27,7 +27,7 @@ from modelops_calabaria.job import CalibrationJob, ScoreSpec, TargetSpec
 from modelops_calabaria.logging import get_logger
 from modelops_calabaria.targets.align import Aligner, date_days
 from modelops_calabaria.targets.data import Observed, load_observed
-from modelops_calabaria.targets.scores import log_mean_exp_loss, score, synthetic_nll
+from modelops_calabaria.targets.scores import dispersion_of, log_mean_exp_loss, score, synthetic_nll
 
 KEEPS_SERIES = ("score_of_mean", "synthetic_likelihood")  # aggregations that need the replicate series
 
@@ -81,14 +81,17 @@ class CompiledTarget:
             raise SimulationError(f"target '{self.name}': output '{self.output}' has NaN or infinite values")
         return sim
 
-    def loss(self, sim: np.ndarray) -> float:
-        """Score an aligned simulated array against the observations (gaps left out)."""
+    def loss(self, sim: np.ndarray, outputs: Mapping[str, Any] | None = None) -> float:
+        """Score an aligned simulated array against the observations (gaps left out;
+        ``outputs``: the replicate's, for a score whose dispersion is a model output)."""
+        label = f"target '{self.name}' (output '{self.output}')"
+        dispersion = dispersion_of(self.score, outputs or {}, label) if self.score.dispersion_output else None
         obs = self.observed
         if obs.present is None:
-            return score(self.score, sim, obs.values, obs.trials)
+            return score(self.score, sim, obs.values, obs.trials, dispersion, label)
         mask = obs.present
         trials = None if obs.trials is None else np.broadcast_to(obs.trials, mask.shape)[mask]
-        return score(self.score, np.asarray(sim)[mask], obs.values[mask], trials)
+        return score(self.score, np.asarray(sim)[mask], obs.values[mask], trials, dispersion, label)
 
 
 def compile_targets(job: CalibrationJob, declared_outputs: Sequence[str] | None = None) -> tuple[CompiledTarget, ...]:
@@ -104,6 +107,12 @@ def compile_targets(job: CalibrationJob, declared_outputs: Sequence[str] | None 
             raise JobSpecError(
                 f"target '{t.name}': model '{job.model}' has no output '{t.output}'",
                 problems=[(f"targets[{i}].output", f"expected one of: {', '.join(declared_outputs)}")],
+            )
+        extra = t.score.dispersion_output
+        if declared_outputs is not None and extra is not None and extra not in declared_outputs:
+            raise JobSpecError(
+                f"target '{t.name}': model '{job.model}' has no output '{extra}' (the score's dispersion_output)",
+                problems=[(f"targets[{i}].score.dispersion_output", f"expected one of: {', '.join(declared_outputs)}")],
             )
         observed = load_observed(t, job.base_dir, f"targets[{i}].data")
         compiled.append(CompiledTarget(t.name, t.output, observed, t.score, t.aggregation, t.weight, _aligner(t, observed)))
@@ -135,7 +144,7 @@ def evaluate_replicate(
     kept: dict[str, np.ndarray] = {}
     for t in targets:
         sim = t.align(outputs)
-        scores[t.name] = t.loss(sim)
+        scores[t.name] = t.loss(sim, outputs)
         if t.aggregation in KEEPS_SERIES:
             kept[t.name] = sim
     return scores, kept

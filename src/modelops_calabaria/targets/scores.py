@@ -8,19 +8,68 @@ aggregations. No I/O here.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from scipy.special import betaln, gammaln, logsumexp
 
-from modelops_calabaria.job import ScoreSpec
+from modelops_calabaria.errors import SimulationError
+from modelops_calabaria.job import LIKELIHOOD_SCORES, ScoreSpec, TargetSpec
+
+PROBABILITY_SCORES = frozenset({"binomial_nll", "betabinomial_nll"})
 
 
 def _log_binom(n: np.ndarray, k: np.ndarray) -> np.ndarray:
     return gammaln(n + 1) - gammaln(k + 1) - gammaln(n - k + 1)
 
 
-def score(spec: ScoreSpec, sim: np.ndarray, obs: np.ndarray, trials: np.ndarray | None = None) -> float:
-    """Loss of ``sim`` against ``obs`` (same shape) under ``spec``."""
+def check_probability(spec: ScoreSpec, sim: np.ndarray, label: str = "the output") -> None:
+    """Binomial-type scores take a probability per cell; anything outside [0, 1]
+    (typically a count) would be clipped and scored as nonsense, so it fails the replicate.
+
+    Raises:
+        SimulationError: a value of ``sim`` is outside [0, 1], saying what to return.
+    """
+    bad = (sim < 0) | (sim > 1)
+    if bad.any():
+        raise SimulationError(
+            f"{label}: {spec.kind} scores a probability per observed row, but the simulated values go from "
+            f"{float(sim.min()):g} to {float(sim.max()):g} ({int(bad.sum())} of {sim.size} outside [0, 1]); "
+            f"return the fraction (e.g. positives / tested) and keep the denominators in the data's "
+            f"'{spec.trials_column}' column, or use poisson_nll / negbin_nll for a count"
+        )
+
+
+def dispersion_of(spec: ScoreSpec, outputs: Mapping[str, Any], label: str = "target") -> float | None:
+    """The beta-binomial dispersion of one simulation: the constant ``spec.dispersion``,
+    or the single positive number the model returned as ``spec.dispersion_output``.
+
+    Raises:
+        SimulationError: the dispersion output is missing, not one number, or not > 0.
+    """
+    if spec.dispersion_output is None:
+        return spec.dispersion
+    name = spec.dispersion_output
+    if name not in outputs:
+        raise SimulationError(f"{label}: model returned no output '{name}' (the score's dispersion_output)")
+    value = np.asarray(outputs[name], dtype=float).ravel()
+    if value.size != 1 or not math.isfinite(value[0]) or value[0] <= 0:
+        shown = value[0] if value.size == 1 else f"{value.size} values"
+        raise SimulationError(f"{label}: dispersion output '{name}' must be one positive finite number per simulation, got {shown}")
+    return float(value[0])
+
+
+def score(spec: ScoreSpec, sim: np.ndarray, obs: np.ndarray, trials: np.ndarray | None = None,
+          dispersion: float | None = None, label: str = "the output") -> float:
+    """Loss of ``sim`` against ``obs`` (same shape) under ``spec``.
+
+    ``dispersion`` overrides ``spec.dispersion`` (a per-simulation value, see
+    :func:`dispersion_of`); ``label`` names the target in error messages.
+
+    Raises:
+        SimulationError: a binomial-type score got values outside [0, 1].
+    """
     sim = np.asarray(sim, dtype=float)
     obs = np.asarray(obs, dtype=float)
     kind = spec.kind
@@ -41,16 +90,46 @@ def score(spec: ScoreSpec, sim: np.ndarray, obs: np.ndarray, trials: np.ndarray 
         ll = gammaln(obs + r) - gammaln(r) - gammaln(obs + 1) + r * np.log(r / (r + mu)) + obs * np.log(mu / (r + mu))
         return float(-ll.sum())
     assert trials is not None, "binomial scores need trials"
+    check_probability(spec, sim, label)
     p = np.clip(sim, spec.floor, 1 - spec.floor)
     if kind == "binomial_nll":
         ll = _log_binom(trials, obs) + obs * np.log(p) + (trials - obs) * np.log1p(-p)
         return float(-ll.sum())
     if kind == "betabinomial_nll":
-        phi = float(spec.dispersion)  # type: ignore[arg-type]
+        phi = float(dispersion if dispersion is not None else spec.dispersion)  # type: ignore[arg-type]
         a, b = p * phi, (1 - p) * phi
         ll = _log_binom(trials, obs) + betaln(obs + a, trials - obs + b) - betaln(a, b)
         return float(-ll.sum())
     raise ValueError(f"unknown score {kind!r}")  # unreachable: ScoreSpec validates kind
+
+
+LOGMEANEXP_MIN_REPLICATES = 10
+
+
+def biased_aggregations(targets: Sequence[TargetSpec], n_replicates: int) -> list[tuple[str, str]]:
+    """``(problem, fix)`` for each target whose score and aggregation are known to be
+    biased for a stochastic model (measured in docs/quality.md).
+
+    - a likelihood with ``mean_of_scores`` estimates E[nll(obs | one simulation)]: each
+      replicate's output is taken as the observation model's mean, so simulation noise
+      adds to the loss (Jensen) and the fit drifts toward parameters whose simulations
+      are less noisy; more replicates do not remove it;
+    - ``logmeanexp`` with few replicates: -log of an R-sample average of likelihoods is
+      biased upward by O(variance / R), most where replicates disagree most.
+    """
+    out = []
+    for t in targets:
+        where = f"target '{t.name}'"
+        if t.score.kind in LIKELIHOOD_SCORES and t.aggregation == "mean_of_scores":
+            out.append((f"{where}: {t.score.kind} with aggregation mean_of_scores is biased for a stochastic model "
+                        "(it scores every replicate as if it were the expected output; more replicates do not fix it)",
+                        "use aggregation: score_of_mean (the likelihood of the replicate mean), "
+                        f"or logmeanexp with n_replicates >= {LOGMEANEXP_MIN_REPLICATES}"))
+        elif t.aggregation == "logmeanexp" and n_replicates < LOGMEANEXP_MIN_REPLICATES:
+            out.append((f"{where}: logmeanexp with {n_replicates} replicate(s) overestimates the loss "
+                        "(the log of a small average of likelihoods)",
+                        f"raise n_replicates to >= {LOGMEANEXP_MIN_REPLICATES}, or use aggregation: score_of_mean"))
+    return out
 
 
 def log_mean_exp_loss(nlls: np.ndarray) -> float:
