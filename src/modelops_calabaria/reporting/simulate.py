@@ -20,7 +20,6 @@ seed but distinct from the seeds of every trial (see
 from __future__ import annotations
 
 import csv
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ import numpy as np
 import yaml
 
 from modelops_calabaria.errors import ConfigurationError, JobSpecError
-from modelops_calabaria.job import CalibrationJob, ParameterSpec
+from modelops_calabaria.job import CalibrationJob, midpoint
 from modelops_calabaria.models import LoadedModel
 from modelops_calabaria.simulation.base import SimulationService
 from modelops_calabaria.targets.evaluate import CompiledTarget
@@ -43,15 +42,6 @@ FRESH_SEED_TAG = 0x7265706F
 def fresh_seeds(job_seed: int, n: int) -> list[int]:
     """``n`` replicate seeds from the job seed, none of them a seed any trial used."""
     return [int(np.random.SeedSequence([job_seed, FRESH_SEED_TAG, r]).generate_state(1, dtype=np.uint32)[0]) for r in range(n)]
-
-
-def middle(spec: ParameterSpec) -> Any:
-    """The middle of a parameter's range (geometric for log scale; first choice if categorical)."""
-    if spec.kind == "categorical":
-        return (spec.choices or [None])[0]
-    lo, hi = float(spec.lower), float(spec.upper)  # type: ignore[arg-type]
-    mid = math.sqrt(lo * hi) if spec.log else (lo + hi) / 2
-    return int(round(mid)) if spec.kind == "int" else mid
 
 
 def _coerce(job: CalibrationJob, name: str, raw: Any, where: str) -> Any:
@@ -70,7 +60,7 @@ def _coerce(job: CalibrationJob, name: str, raw: Any, where: str) -> Any:
 
 def parse_params(job: CalibrationJob, items: list[str], base: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """``NAME=VALUE`` strings over ``base`` (default: the middle of every range) → parameter values."""
-    params = {name: middle(spec) for name, spec in job.parameters.items()}
+    params = {name: midpoint(spec) for name, spec in job.parameters.items()}
     for name, raw in (base or {}).items():
         params[name] = _coerce(job, name, raw, "parameter")
     for item in items:
