@@ -151,9 +151,9 @@ def calibrate(
     result = run_calibration(job, settings, output_dir=output, max_trials=max_trials, extend=extend,
                              concurrency=workers, handle_signals=True, shutdown_grace_s=grace,
                              accept_changes=accept_changes)
-    _print_summary(result)
     if not no_report:
         _report_after_run(result, settings)
+    _print_summary(result)  # the command's last line: scripts read it
 
 
 def _report_after_run(result: Any, settings: Any) -> None:
