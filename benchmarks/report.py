@@ -32,7 +32,8 @@ from _common import quiet_logging  # noqa: E402
 from modelops_calabaria.calibration.study import COORDINATOR_ATTR, FAIL_REASON, JOB_ATTR, TARGETS_ATTR  # noqa: E402
 from modelops_calabaria.job import load_job  # noqa: E402
 from modelops_calabaria.reporting.report import build_input, resolve_source, write_report  # noqa: E402
-from modelops_calabaria.storage import open_optuna_storage, parse_storage_url  # noqa: E402
+from modelops_calabaria.backend.factory import open_optuna_storage  # noqa: E402
+from modelops_calabaria.storage import parse_storage_url  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -117,7 +118,7 @@ def main() -> None:
         times["read"].append(t_read - t)
         times["render_and_write"].append(t_end - t_read)
         times["total"].append(t_end - t)
-    result = {"trials": len(r.trials), "report": str(out), "size_bytes": out.stat().st_size,
+    result = {"trials": len(r.table.number), "report": str(out), "size_bytes": out.stat().st_size,
               **{f"{k}_s_median": round(statistics.median(v), 2) for k, v in times.items()},
               "total_s_all": [round(x, 2) for x in times["total"]]}
     print(json.dumps(result, indent=2))
