@@ -37,9 +37,8 @@ import yaml
 from optuna.distributions import CategoricalDistribution
 
 from modelops_calabaria import __version__
-from modelops_calabaria.backend.base import TrialColumns
+from modelops_calabaria.backend.base import FAIL_REASON, TARGETS_ATTR, TrialColumns
 from modelops_calabaria.backend.factory import open_store
-from modelops_calabaria.calibration.study import COORDINATOR_ATTR, FAIL_REASON, JOB_ATTR, TARGETS_ATTR
 from modelops_calabaria.errors import CalabariaError, ConfigurationError, ServiceUnavailableError, StudyNotFoundError
 from modelops_calabaria.job import CalibrationJob, job_from_dict
 from modelops_calabaria.logging import get_logger
