@@ -4,7 +4,8 @@ Creates (once; reused by name afterwards) a study of ``--trials`` finished trial
 in the given storage through Optuna's public API: two parameters, per-target
 values, four coordinators, start/end times as if 16 loops had run them, ~3 %
 FAIL with a reason; then times reading the study, drawing every section and
-writing report.html + PNGs, several times.
+writing report.html + PNGs, several times: wall and CPU seconds (this process),
+and the load average before and after (the machine may be shared).
 
     .venv/bin/python benchmarks/report.py --storage postgresql://postgres@127.0.0.1:5432/test --trials 10000
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -32,7 +34,8 @@ from _common import quiet_logging  # noqa: E402
 from modelops_calabaria.calibration.study import COORDINATOR_ATTR, FAIL_REASON, JOB_ATTR, TARGETS_ATTR  # noqa: E402
 from modelops_calabaria.job import load_job  # noqa: E402
 from modelops_calabaria.reporting.report import build_input, resolve_source, write_report  # noqa: E402
-from modelops_calabaria.storage import open_optuna_storage, parse_storage_url  # noqa: E402
+from modelops_calabaria.backend.factory import open_optuna_storage  # noqa: E402
+from modelops_calabaria.storage import parse_storage_url  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -106,20 +109,24 @@ def main() -> None:
     name = args.study or f"bench-report-{args.trials}"
     make_study(args.storage, name, args.trials)
     out = args.output or Path(tempfile.mkdtemp()) / "report.html"
-    times: dict[str, list[float]] = {"read": [], "render_and_write": [], "total": []}
+    times: dict[str, list[float]] = {k: [] for k in ("read", "render_and_write", "total", "read_cpu", "render_and_write_cpu",
+                                                     "total_cpu")}
+    load = os.getloadavg()
     for _ in range(args.repeat):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         src = resolve_source(None, name, args.storage, out)
         r = build_input(src, replicates=0)
-        t_read = time.perf_counter()
+        t_read, c_read = time.perf_counter(), time.process_time()
         write_report(src, r)
-        t_end = time.perf_counter()
-        times["read"].append(t_read - t)
-        times["render_and_write"].append(t_end - t_read)
-        times["total"].append(t_end - t)
-    result = {"trials": len(r.trials), "report": str(out), "size_bytes": out.stat().st_size,
+        t_end, c_end = time.perf_counter(), time.process_time()
+        for key, value in (("read", t_read - t), ("render_and_write", t_end - t_read), ("total", t_end - t),
+                           ("read_cpu", c_read - c), ("render_and_write_cpu", c_end - c_read), ("total_cpu", c_end - c)):
+            times[key].append(value)
+    result = {"trials": len(r.table.number), "report": str(out), "size_bytes": out.stat().st_size,
               **{f"{k}_s_median": round(statistics.median(v), 2) for k, v in times.items()},
-              "total_s_all": [round(x, 2) for x in times["total"]]}
+              "total_s_all": [round(x, 2) for x in times["total"]],
+              "load_average_before": [round(x, 2) for x in load],
+              "load_average_after": [round(x, 2) for x in os.getloadavg()]}
     print(json.dumps(result, indent=2))
 
 

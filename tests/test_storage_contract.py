@@ -292,3 +292,67 @@ def test_a_coordinator_that_beats_while_recovery_reads_the_ledger_keeps_its_tria
     ledger.coordinators = real_coordinators
     assert recover_stale_trials(study, ledger, grace_s=30) == []  # A is alive: still its trial
     ledger.close()
+
+
+def test_trial_columns_equal_get_trials_field_by_field(storage_url):
+    """The report's column read (relational: set-based SQL; generic: from get_trials) against Optuna's own reading."""
+    import math
+
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+    from optuna.trial import create_trial
+
+    from modelops_calabaria.backend.factory import open_store
+
+    target = parse_storage_url(storage_url)
+    storage = open_optuna_storage(target, 1)
+    name = unique("columns")
+    study = optuna.create_study(study_name=name, storage=storage)
+    other = optuna.create_study(study_name=unique("columns-other"), storage=storage)
+    other.add_trial(create_trial(value=1.0, params={"x": 0.5}, distributions={"x": FloatDistribution(0, 1)}))
+    dists = {"beta": FloatDistribution(0.01, 10.0, log=True), "n": IntDistribution(1, 9),
+             "rate": FloatDistribution(0.0, 1.0), "mode": CategoricalDistribution(["sir", None, 2.5, "seir"])}
+    rows = [
+        (TrialState.COMPLETE, 3.5, {"beta": 0.0123, "n": 4, "rate": 0.25, "mode": "seir"},
+         {"targets": {"cases": 3.0, "deaths": 0.5}, "loss:cases": 3.0, "loss:deaths": 0.5, "busy_s": 1.5},
+         {COORDINATOR_ATTR: "host-a-1"}),
+        (TrialState.FAIL, None, {"beta": 7.0, "n": 9, "rate": 1.0, "mode": None},
+         {"fail_reason": "replicate 0: ValueError: boom\nTraceback ..."}, {COORDINATOR_ATTR: "host-b-2"}),
+        (TrialState.COMPLETE, float("inf"), {"beta": 1.0, "n": 1, "mode": 2.5}, {"targets": {"cases": 1e300}}, {}),
+        (TrialState.RUNNING, None, {"rate": 0.5}, {}, {COORDINATOR_ATTR: "host-a-1", "other": 1}),
+        (TrialState.COMPLETE, 0.25, {"beta": 2.0, "n": 2, "rate": 0.0, "mode": "sir"}, {"note": "not read"}, {}),
+        (TrialState.COMPLETE, -1.5, {}, {}, {}),
+    ]
+    for state, value, params, user, system in rows:
+        study.add_trial(create_trial(state=state, value=value, params=params,
+                                     distributions={k: dists[k] for k in params}, user_attrs=user, system_attrs=system))
+    expected = study.get_trials(deepcopy=False)
+    backend = open_store(target, read_only=True)
+    try:
+        cols = backend.trial_columns(backend.study_id(name))
+        with pytest.raises(KeyError):
+            backend.trial_columns(987654)
+    finally:
+        backend.close()
+    assert len(cols) == len(expected) == len(rows)
+    assert set(cols.params) == set(dists) and set(cols.distributions) == set(dists)
+    assert cols.distributions["mode"] == dists["mode"] and cols.distributions["beta"] == dists["beta"]
+    assert cols.params["mode"].dtype == object and cols.params["beta"].dtype == float
+    for i, t in enumerate(sorted(expected, key=lambda t: t.number)):
+        assert int(cols.number[i]) == t.number
+        assert cols.state[i] == t.state
+        if t.value is None:
+            assert math.isnan(cols.value[i])
+        else:
+            assert cols.value[i] == t.value
+        assert cols.datetime_start[i] == t.datetime_start
+        assert cols.datetime_complete[i] == t.datetime_complete
+        params = cols.params_of(i)
+        assert params == t.params
+        assert {k: type(v) for k, v in params.items()} == {k: type(v) for k, v in t.params.items()}
+        for pname in dists:
+            assert bool(cols.present[pname][i]) == (pname in t.params)
+            if pname not in t.params and pname != "mode":
+                assert math.isnan(cols.params[pname][i])
+        wanted = {k: v for k, v in t.user_attrs.items() if k in ("targets", "fail_reason") or k.startswith("loss:")}
+        assert cols.user_attrs[i] == wanted
+        assert cols.coordinator[i] == t.system_attrs.get(COORDINATOR_ATTR)

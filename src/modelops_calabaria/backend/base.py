@@ -11,10 +11,12 @@ in-memory: Optuna's public storage API only). Open one with
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
@@ -49,6 +51,94 @@ class PoppedTrial:
     fixed_params: dict[str, Any]
 
 
+def is_report_user_attr(key: str) -> bool:
+    """Whether :meth:`StudyBackend.trial_columns` reads the user attribute ``key``."""
+    return key in (TARGETS_ATTR, FAIL_REASON) or key.startswith(LOSS_ATTR_PREFIX)
+
+
+@dataclass(frozen=True)
+class TrialColumns:
+    """Every trial of a study as columns: what a report draws, without building FrozenTrials.
+
+    One entry per trial, ordered by trial number; entry ``i`` of every column
+    is the same trial, and each equals what ``study.get_trials()`` holds:
+
+    - ``number`` (int64), ``state`` (``TrialState``), ``value``: the objective
+      (float64; NaN where the trial has no value), ``datetime_start`` /
+      ``datetime_complete`` (as Optuna returns them; None where unset);
+    - ``params[name]``: the trial's value of parameter ``name`` in Optuna's
+      external form; a float64 array (int parameters as floats; NaN where the
+      trial lacks it) unless some trial holds it as a categorical, then an
+      object array of the choices (None where it lacks it); ``present[name]``
+      says where the trial has it (a choice may itself be None);
+      ``distributions[name]`` is the distribution of its first trial holding it;
+    - ``user_attrs``: per trial, the user attributes ``targets``,
+      ``fail_reason`` and every ``loss:<target>`` it has (decoded JSON);
+    - ``coordinator``: per trial, the ``calabaria:coordinator`` system
+      attribute (None where unset).
+    """
+
+    number: np.ndarray
+    state: tuple[TrialState, ...]
+    value: np.ndarray
+    datetime_start: tuple[dt.datetime | None, ...]
+    datetime_complete: tuple[dt.datetime | None, ...]
+    params: dict[str, np.ndarray]
+    present: dict[str, np.ndarray]
+    distributions: dict[str, BaseDistribution]
+    user_attrs: tuple[dict[str, Any], ...]
+    coordinator: tuple[Any, ...]
+
+    def __len__(self) -> int:
+        return len(self.number)
+
+    def params_of(self, i: int) -> dict[str, Any]:
+        """Trial ``i``'s parameters as ``FrozenTrial.params`` holds them (int parameters as int)."""
+        out: dict[str, Any] = {}
+        for name, values in self.params.items():
+            if self.present[name][i]:
+                v = values[i]
+                if isinstance(v, np.floating):
+                    v = int(v) if isinstance(self.distributions[name], optuna.distributions.IntDistribution) else float(v)
+                out[name] = v
+        return out
+
+
+def columns_from_rows(number: list[int], state: list[TrialState], value: list[float | None],
+                      start: list[dt.datetime | None], end: list[dt.datetime | None],
+                      params: list[dict[str, tuple[Any, BaseDistribution]]], user_attrs: list[dict[str, Any]],
+                      coordinator: list[Any]) -> TrialColumns:
+    """Assemble :class:`TrialColumns` from per-trial rows (any order; sorted here by number).
+
+    ``params[i]`` maps a parameter name to (external value, distribution).
+    """
+    order = sorted(range(len(number)), key=number.__getitem__)
+    names: dict[str, BaseDistribution] = {}
+    categorical: set[str] = set()
+    for i in order:
+        for name, (_, dist) in params[i].items():
+            names.setdefault(name, dist)
+            if isinstance(dist, optuna.distributions.CategoricalDistribution):
+                categorical.add(name)
+    n = len(order)
+    cols = {name: np.full(n, None, dtype=object) if name in categorical else np.full(n, np.nan) for name in names}
+    present = {name: np.zeros(n, dtype=bool) for name in names}
+    for row, i in enumerate(order):
+        for name, (v, _) in params[i].items():
+            cols[name][row] = v if name in categorical else float(v)
+            present[name][row] = True
+    return TrialColumns(
+        number=np.array([number[i] for i in order], dtype=np.int64),
+        state=tuple(state[i] for i in order),
+        value=np.array([np.nan if value[i] is None else value[i] for i in order], dtype=float),
+        datetime_start=tuple(start[i] for i in order),
+        datetime_complete=tuple(end[i] for i in order),
+        params=cols, present=present, distributions=names,
+        user_attrs=tuple(user_attrs[i] for i in order),
+        coordinator=tuple(coordinator[i] for i in order),
+    )
+
+
 class StudyBackend(Protocol):
     """A study's storage and ledger, shared by every coordinator of the study.
 
@@ -72,6 +162,8 @@ class StudyBackend(Protocol):
     - ``trials_owned`` counts the trials one coordinator asked (budget settling).
     - ``running_trials`` lists RUNNING trials; ``trials_since`` lists trials
       with id above a cursor (plus the ids asked for again) and the new cursor.
+    - ``trial_columns`` reads every trial of a study at once as :class:`TrialColumns`
+      (read-only; equal, field by field, to what ``study.get_trials()`` holds).
     - ``stored_job`` / ``store_job`` read and write the job stored with a study.
     - ``ledger`` is the study's budget claims and coordinator heartbeats,
       on the same connections as the trials.
@@ -115,6 +207,9 @@ class StudyBackend(Protocol):
 
     def trials_since(self, study_id: int, cursor: int, skip: set[int], recheck: set[int]) -> tuple[list[StoredTrial], int]:
         """Trials with id > ``cursor`` not in ``skip``, plus those in ``recheck``; and the new cursor."""
+
+    def trial_columns(self, study_id: int) -> TrialColumns:
+        """Every trial of the study as :class:`TrialColumns` (reads only; KeyError if no such study)."""
 
     def stored_job(self, study_name: str) -> str | None:
         """The job JSON stored with the study ('' if none stored); None if no such study."""

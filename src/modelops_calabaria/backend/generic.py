@@ -18,7 +18,8 @@ import optuna
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from modelops_calabaria.backend.base import COORDINATOR_ATTR, FAIL_REASON, JOB_ATTR, PoppedTrial, StoredTrial
+from modelops_calabaria.backend.base import (COORDINATOR_ATTR, FAIL_REASON, JOB_ATTR, PoppedTrial, StoredTrial, TrialColumns,
+                                             columns_from_rows, is_report_user_attr)
 from modelops_calabaria.backend.ledger import Ledger
 
 
@@ -97,6 +98,17 @@ class GenericBackend:
         top = max((s.trial_id for s in every), default=cursor)
         wanted = [s for s in every if (s.trial_id > cursor and s.trial_id not in skip) or s.trial_id in recheck]
         return wanted, max(top, cursor)
+
+    def trial_columns(self, study_id: int) -> TrialColumns:
+        # The fallback: every FrozenTrial built, then columns taken from them.
+        trials = self._storage.get_all_trials(study_id, deepcopy=False)
+        return columns_from_rows(
+            [t.number for t in trials], [t.state for t in trials], [t.value if t.values else None for t in trials],
+            [t.datetime_start for t in trials], [t.datetime_complete for t in trials],
+            [{n: (v, t.distributions[n]) for n, v in t.params.items()} for t in trials],
+            [{k: v for k, v in t.user_attrs.items() if is_report_user_attr(k)} for t in trials],
+            [t.system_attrs.get(COORDINATOR_ATTR) for t in trials],
+        )
 
     def stored_job(self, study_name: str) -> str | None:
         try:

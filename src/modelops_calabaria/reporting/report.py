@@ -8,9 +8,11 @@ one HTML file: figures inline as base64 PNG, CSS inline, no script, no
 external URL, so that it opens from an e-mail attachment. Each figure is also
 written as a PNG beside the HTML file.
 
-Trials are read through Optuna's public API only (``optuna.load_study`` and
-``get_trials``); the job comes from the study (it is stored with it, without
-its execution block, so it holds no secret; it is redacted anyway).
+Trials are read through the study backend, opened read-only
+(:meth:`~modelops_calabaria.backend.base.StudyBackend.trial_columns`: the
+columns the report draws, without building Optuna's trial objects); the job
+comes from the study (it is stored with it, without its execution block, so it
+holds no secret; it is redacted anyway).
 """
 
 from __future__ import annotations
@@ -33,16 +35,16 @@ import numpy as np
 import optuna
 import yaml
 from optuna.distributions import CategoricalDistribution
-from optuna.trial import FrozenTrial
 
 from modelops_calabaria import __version__
-from modelops_calabaria.calibration.study import COORDINATOR_ATTR, FAIL_REASON, JOB_ATTR, TARGETS_ATTR
-from modelops_calabaria.errors import ConfigurationError, StudyNotFoundError
+from modelops_calabaria.backend.base import FAIL_REASON, TARGETS_ATTR, TrialColumns
+from modelops_calabaria.backend.factory import open_store
+from modelops_calabaria.errors import CalabariaError, ConfigurationError, ServiceUnavailableError, StudyNotFoundError
 from modelops_calabaria.job import CalibrationJob, job_from_dict
 from modelops_calabaria.logging import get_logger
 from modelops_calabaria.redaction import redact, redact_value
 from modelops_calabaria.reporting import figures, style
-from modelops_calabaria.reporting.timing import busy_wall, speedup, trial_intervals
+from modelops_calabaria.reporting.timing import busy_wall, speedup
 from modelops_calabaria.storage import StorageTarget, parse_storage_url
 
 log = get_logger(__name__)
@@ -95,7 +97,7 @@ class ReportInput:
     storage: str  # redacted, in the form Optuna's own tools accept
     job: CalibrationJob | None
     stored_job: dict[str, Any]
-    trials: list[FrozenTrial]
+    trials: TrialColumns
     table: figures.TrialTable
     results: dict[str, Any] | None = None
     run_dir: Path | None = None
@@ -107,75 +109,76 @@ class ReportInput:
 # -- reading ---------------------------------------------------------------------------------------
 
 
-def _optuna_storage(target: StorageTarget) -> optuna.storages.BaseStorage:
-    if target.kind == "journal":
-        backend = optuna.storages.journal.JournalFileBackend(str(target.path), lock_obj=optuna.storages.journal.JournalFileOpenLock(str(target.path)))
-        return optuna.storages.JournalStorage(backend)
-    return optuna.storages.RDBStorage(target.url, engine_kwargs={"pool_pre_ping": True})
-
-
-def load_study(study_name: str, target: StorageTarget) -> tuple[optuna.Study, dict[str, Any]]:
-    """Open an existing study and its stored job (never creates a study or a file).
+def load_study(study_name: str, target: StorageTarget) -> tuple[TrialColumns, dict[str, Any], bool]:
+    """Read a study's trials (as columns), its stored job, and whether it minimises; creates nothing.
 
     Raises:
         StudyNotFoundError: no such study (or no such file).
         ServiceUnavailableError: the database cannot be reached.
     """
-    from modelops_calabaria.errors import ServiceUnavailableError
-
     if target.kind == "memory" or (target.path is not None and not target.path.exists()):
         raise StudyNotFoundError(f"study '{study_name}' does not exist in {target.display}",
                                  hint="check the run directory or --storage (`optuna studies --storage URL` lists studies)")
     try:
-        storage = _optuna_storage(target)
-        study = optuna.load_study(study_name=study_name, storage=storage)
-        raw = storage.get_study_system_attrs(storage.get_study_id_from_name(study_name)).get(JOB_ATTR)
+        store = open_store(target, read_only=True)
+    except StudyNotFoundError:
+        raise StudyNotFoundError(f"study '{study_name}' does not exist in {target.display}",
+                                 hint="check the run directory or --storage (`optuna studies --storage URL` lists studies)") from None
+    try:
+        study_id = store.study_id(study_name)
+        raw = store.stored_job(study_name)
+        minimize = store.optuna_storage.get_study_directions(study_id)[0] == optuna.study.StudyDirection.MINIMIZE
+        columns = store.trial_columns(study_id)
     except KeyError:
         raise StudyNotFoundError(f"study '{study_name}' does not exist in {target.display}",
                                  hint="check the name (`optuna studies --storage URL` lists them)") from None
+    except CalabariaError:
+        raise
     except Exception as e:  # noqa: BLE001 - SQLAlchemy/psycopg2 errors may carry the password: converted, not chained
         reason = redact(str(getattr(e, "orig", None) or e)).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ServiceUnavailableError(f"cannot read study '{study_name}' from {target.display}: {reason}",
                                       hint="check that the database is running and the URL is right") from None
-    return study, (json.loads(raw) if raw else {})
+    finally:
+        store.close()
+    return columns, (json.loads(raw) if raw else {}), minimize
 
 
-def trial_table(trials: Sequence[FrozenTrial], minimize: bool = True) -> figures.TrialTable:
-    """The trials as columns, ordered by number (categorical values as their index)."""
-    trials = sorted(trials, key=lambda t: t.number)
-    names: list[str] = []
+def _epoch(times: Sequence[dt.datetime | None]) -> np.ndarray:
+    return np.array([np.nan if t is None else t.timestamp() for t in times], dtype=float)
+
+
+def trial_table(cols: TrialColumns, minimize: bool = True) -> figures.TrialTable:
+    """The trials as the figures' columns, ordered by number (categorical values as their index)."""
     categories: dict[str, list] = {}
     log_params: set[str] = set()
-    for t in trials:
-        for name, dist in t.distributions.items():
-            if name not in names:
-                names.append(name)
-                if isinstance(dist, CategoricalDistribution):
-                    categories[name] = list(dist.choices)
-                elif getattr(dist, "log", False):
-                    log_params.add(name)
-    params = {n: np.full(len(trials), np.nan) for n in names}
+    params: dict[str, np.ndarray] = {}
+    for name, dist in cols.distributions.items():
+        if isinstance(dist, CategoricalDistribution):
+            choices = categories[name] = list(dist.choices)
+            present = cols.present[name]
+            params[name] = np.array([choices.index(v) if present[i] else np.nan for i, v in enumerate(cols.params[name])],
+                                    dtype=float)
+        else:
+            if getattr(dist, "log", False):
+                log_params.add(name)
+            params[name] = np.asarray(cols.params[name], dtype=float)
+    per_trial = [_targets_of(a) for a in cols.user_attrs]
     target_names: list[str] = []
-    for t in trials:
-        for k in _targets_of(t):
+    for values in per_trial:
+        for k in values:
             if k not in target_names:
                 target_names.append(k)
-    targets = {k: np.full(len(trials), np.nan) for k in target_names}
-    for i, t in enumerate(trials):
-        for name, value in t.params.items():
-            params[name][i] = categories[name].index(value) if name in categories else float(value)
-        for k, v in _targets_of(t).items():
-            targets[k][i] = v
-    start, end = trial_intervals(trials)
+    targets = {k: np.array([v.get(k, np.nan) for v in per_trial], dtype=float) for k in target_names}
+    state = np.array([s.name for s in cols.state], dtype=object)
+    start, end = _epoch(cols.datetime_start), _epoch(cols.datetime_complete)
     t0 = np.nanmin(start) if np.isfinite(start).any() else 0.0
     return figures.TrialTable(
-        number=np.array([t.number for t in trials], dtype=int),
-        state=np.array([t.state.name for t in trials], dtype=object),
-        loss=np.array([float(t.value) if t.value is not None and t.state.name == "COMPLETE" else np.nan for t in trials]),
+        number=np.asarray(cols.number, dtype=int), state=state,
+        loss=np.where(state == "COMPLETE", cols.value, np.nan).astype(float),
         start=start - t0, end=end - t0,
-        coordinator=np.array([_short(str(t.system_attrs.get(COORDINATOR_ATTR, "-"))) for t in trials], dtype=object),
+        coordinator=np.array([_short(str("-" if c is None else c)) for c in cols.coordinator], dtype=object),
         params=params, targets=targets,
-        fail_reason=[str(t.user_attrs.get(FAIL_REASON, "")) for t in trials],
+        fail_reason=[str(a.get(FAIL_REASON, "")) for a in cols.user_attrs],
         categories=categories, log_params=frozenset(log_params), minimize=minimize,
     )
 
@@ -184,19 +187,26 @@ def _short(coordinator: str) -> str:
     return coordinator if len(coordinator) <= 24 else coordinator[:21] + "..."
 
 
-def _targets_of(t: FrozenTrial) -> dict[str, float]:
+def _targets_of(user_attrs: dict[str, Any]) -> dict[str, float]:
     """Per-target values: the numeric ``loss:<target>`` attributes when present, else the ``targets`` dict."""
-    values = {k[5:]: v for k, v in t.user_attrs.items() if k.startswith("loss:") and isinstance(v, (int, float))}
+    values = {k[5:]: v for k, v in user_attrs.items() if k.startswith("loss:") and isinstance(v, (int, float))}
     if values:
         return {k: float(v) for k, v in values.items()}
-    raw = t.user_attrs.get(TARGETS_ATTR) or {}
+    raw = user_attrs.get(TARGETS_ATTR) or {}
     return {k: float(v) for k, v in raw.items() if isinstance(v, (int, float))}
 
 
 # -- re-simulation ---------------------------------------------------------------------------------
 
 
-def refit(job: CalibrationJob, table: figures.TrialTable, trials: Sequence[FrozenTrial], *, scheduler: str | None,
+@dataclass(frozen=True)
+class _Chosen:
+    number: int
+    params: dict[str, Any]
+
+
+
+def refit(job: CalibrationJob, table: figures.TrialTable, trials: TrialColumns, *, scheduler: str | None,
           local_workers: int | None, replicates: int | None = None) -> tuple[list[figures.FitData], str]:
     """Fresh replicates of the best trial (and the next best) on the job's simulation service.
 
@@ -216,14 +226,12 @@ def refit(job: CalibrationJob, table: figures.TrialTable, trials: Sequence[Froze
         return observed_only, "no re-simulation (report.replicates is 0)"
     if not len(ranked):
         return observed_only, "no trial completed: nothing to re-simulate"
-    by_number = {t.number: t for t in trials}
-    chosen: list[FrozenTrial] = []
-    seen: list[dict] = []
+    # ``table`` and ``trials`` share their order (by trial number): row i is the same trial.
+    chosen: list[_Chosen] = []
     for i in ranked:
-        trial = by_number[int(table.number[i])]
-        if trial.params not in seen:
-            seen.append(dict(trial.params))
-            chosen.append(trial)
+        params = trials.params_of(int(i))
+        if all(params != c.params for c in chosen):
+            chosen.append(_Chosen(int(table.number[i]), params))
         if len(chosen) > job.report.others:
             break
     seeds = fresh_seeds(job.seed, n_reps)
@@ -603,15 +611,13 @@ def read_results(run_dir: Path) -> dict[str, Any] | None:
 def build_input(src: ReportSource, *, scheduler: str | None = None, local_workers: int | None = None,
                 replicates: int | None = None, simulate: bool = True) -> ReportInput:
     """Read the study (and results.json) and re-simulate the best trial."""
-    study, stored = load_study(src.study, src.target)
-    trials = study.get_trials(deepcopy=False)
+    trials, stored, minimize = load_study(src.study, src.target)
     job = None
     if stored:
         try:
             job = job_from_dict(stored, source=f"job stored with study '{src.study}'")
         except Exception as e:  # noqa: BLE001 - a job from another version: report what can be reported
             log.warning("the stored job does not validate; the fit section is left out", error=str(e).splitlines()[0])
-    minimize = study.direction == optuna.study.StudyDirection.MINIMIZE
     table = trial_table(trials, minimize)
     r = ReportInput(src.study, src.target.display, job, stored, trials, table,
                     read_results(src.run_dir) if src.run_dir else None, src.run_dir,

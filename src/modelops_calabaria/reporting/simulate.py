@@ -221,7 +221,9 @@ def probes(targets: Sequence[CompiledTarget]) -> tuple[PointProbe, ...]:
         n, m = t.observed.values.shape
         for i in range(n):
             for j in range(m):
-                out.append(PointProbe(f"{t.name}[{i},{j}]", t.output, t.observed, t.score, "mean_of_scores", 1.0, i, j))
+                # By keyword: CompiledTarget's fields grew (aligner), and positional row/col landed in them.
+                out.append(PointProbe(f"{t.name}[{i},{j}]", t.output, t.observed, t.score, "mean_of_scores", 1.0,
+                                      aligner=t.aligner, row=i, col=j))
     return tuple(out)
 
 
