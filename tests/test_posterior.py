@@ -200,3 +200,30 @@ def test_one_loop_and_one_seed_give_the_same_posterior_study(tmp_path):
                                  concurrency=1)
         runs.append(((tmp_path / name / "posterior.csv").read_text().splitlines()[1:], result.posterior["ess"]))
     assert runs[0] == runs[1]
+
+
+def test_the_report_of_a_posterior_run_shows_its_intervals_and_figures(tmp_path):
+    """report.html gains a posterior section: the summary table equals results.json's posterior, two figures."""
+    import base64
+    import re
+
+    from modelops_calabaria.reporting.report import make_report
+
+    storage = f"sqlite:///{tmp_path}/s.db"
+    y = 1.0 + 0.8 * T_DESIGN
+    target = {"name": "y", "output": "y", "data": {"i": list(range(6)), "y": y.tolist()},
+              "score": {"kind": "normal_nll", "sigma": 0.5}}
+    job = posterior_job(tmp_path, "line", {"a": {"lower": -5.0, "upper": 5.0}, "b": {"lower": -2.0, "upper": 3.0}},
+                        target, max_trials=200, posterior={"initial": 100, "per_stage": 25})
+    run_calibration(job, settings(storage), output_dir=tmp_path / "run")
+    path = make_report(tmp_path / "run", study=job.study, storage=storage, scheduler="inline", replicates=2)
+    page = path.read_text()
+    section = page[page.index('<section id="posterior">'):]
+    section = section[: section.index("</section>")]
+    posterior = json.loads((tmp_path / "run" / "results.json").read_text())["posterior"]
+    for name, summary in posterior["parameters"].items():
+        row = re.search(rf'<tr data-key="{name}">(.*?)</tr>', section).group(1)
+        assert f"{summary['median']:.6g}" in row
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', section)
+    assert len(images) == 2 and all(base64.b64decode(i).startswith(b"\x89PNG") for i in images)
+    assert (tmp_path / "run" / "fig-posterior-posterior-1.png").is_file()

@@ -42,6 +42,9 @@ from modelops_calabaria.backend.factory import open_store
 from modelops_calabaria.errors import CalabariaError, ConfigurationError, ServiceUnavailableError, StudyNotFoundError
 from modelops_calabaria.job import CalibrationJob, job_from_dict
 from modelops_calabaria.logging import get_logger
+from modelops_calabaria.posterior import posterior_figures, study_sample
+from modelops_calabaria.posterior.records import WeightedSample
+from modelops_calabaria.posterior.summary import summarise
 from modelops_calabaria.redaction import redact, redact_value
 from modelops_calabaria.reporting import figures, style
 from modelops_calabaria.reporting.timing import busy_wall, speedup
@@ -104,6 +107,7 @@ class ReportInput:
     fits: list[figures.FitData] = field(default_factory=list)
     fit_note: str = ""
     generated: str = ""
+    posterior: WeightedSample | None = None  # a posterior run's weighted sample (docs/posterior.md)
 
 
 # -- reading ---------------------------------------------------------------------------------------
@@ -461,8 +465,35 @@ def section_facts(r: ReportInput) -> Section | None:
     return s
 
 
+POSTERIOR_DRAWS = 20  # resampled parameter sets in the predictive figure (x 2 replicates each)
+
+
+def section_posterior(r: ReportInput) -> Section | None:
+    """A posterior run: credible intervals, correlations, marginal densities, predictive bands."""
+    sample = r.posterior
+    if r.job is None or sample is None or not sample.numbers:
+        return None
+    names = list(r.job.parameters)
+    summary = summarise(names, sample.x, sample.weights)
+    s = Section("posterior", "Posterior",
+                f"Importance-weighted sample of {len(sample.numbers)} trials, effective sample size {sample.ess:.1f} "
+                "(docs/posterior.md). Medians and 95 % credible intervals; correlations show which parameters trade off.")
+    s.tables.append(Table("Posterior summary", ["parameter", "median", "95 % interval", "mean", "sd"],
+                          [[n, v["median"], f"[{_fmt(v['ci95'][0])}, {_fmt(v['ci95'][1])}]", v["mean"], v["sd"]]
+                           for n, v in summary["parameters"].items()], id="posterior-summary", keys=names))
+    s.tables.append(Table("Posterior correlation", ["", *names],
+                          [[a, *[summary["correlation"][a][b] for b in names]] for a in names], id="posterior-correlation"))
+    with style.styled():
+        made = posterior_figures(r.job, sample, predictive_draws=POSTERIOR_DRAWS, replicates=2, seed=r.job.seed)
+        for i, (fig, caption) in enumerate(made):
+            s.figures.append(Figure(f"posterior-{i + 1}", ("Marginal densities" if i == 0 else "Posterior predictive fit"),
+                                    caption, _png(fig)))
+    return s
+
+
 SECTIONS: list[Callable[[ReportInput], Section | None]] = [
-    section_fit, section_convergence, section_parameters, section_targets, section_timeline, section_failures, section_facts,
+    section_fit, section_posterior, section_convergence, section_parameters, section_targets, section_timeline,
+    section_failures, section_facts,
 ]
 """The report's sections, in order; append a function to add one."""
 
@@ -627,7 +658,18 @@ def build_input(src: ReportSource, *, scheduler: str | None = None, local_worker
             r.fits, r.fit_note = refit(job, table, trials, scheduler=scheduler, local_workers=local_workers, replicates=replicates)
         else:
             r.fits, r.fit_note = refit(job, table, trials, scheduler=scheduler, local_workers=local_workers, replicates=0)
+        if job.posterior is not None:
+            r.posterior = _posterior_sample(src, job)
     return r
+
+
+def _posterior_sample(src: ReportSource, job: CalibrationJob) -> WeightedSample:
+    """The weighted sample of a posterior study (read only)."""
+    store = open_store(src.target, read_only=True)
+    try:
+        return study_sample(job, store.optuna_storage, store.study_id(src.study))
+    finally:
+        store.close()
 
 
 def write_report(src: ReportSource, r: ReportInput) -> Path:
