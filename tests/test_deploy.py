@@ -602,7 +602,7 @@ def test_every_command_line_parses_with_the_cli():
     ["calabaria", "calibrate", "job.yaml", "--parallel-trials"],  # unknown option
     ["calabaria", "worker", "--study", "s", "--wiat", "300"],  # misspelt option
     ["calabaria", "worker", "--study", "s", "--workers", "many"],  # wrong type
-    ["calabaria", "status", "--json"],  # missing required --study
+    ["calabaria", "status", "--json", "--study"],  # --study without its value (status itself takes a run directory or --study)
     ["dask", "worker", "tcp://dask-scheduler:8786", "--nthread", "2"],
     ["dask", "scheduler", "--prot", "8786"],
     ["python", "-m", "modelops_calabaria"],
