@@ -798,7 +798,29 @@ def load_job(path: str | Path) -> CalibrationJob:
 
 # What each field means, for `calabaria schema` (a description given with Field(...) wins).
 FIELD_DOCS: dict[str, dict[str, str]] = {
+    "PosteriorSpec": {
+        "method": "posterior method: imis (incremental mixture importance sampling, docs/posterior.md)",
+        "initial": "trials drawn from the prior before the first mixture component",
+        "per_stage": "trials drawn from each new mixture component",
+        "target_ess": "stop when the effective sample size reaches this (else the budget stops the run)",
+    },
+    "PriorSpec": {
+        "dist": "prior distribution, truncated to the parameter's bounds: normal | beta | gamma",
+        "mean": "normal prior: mean",
+        "sd": "normal prior: standard deviation (> 0)",
+        "a": "beta prior: first shape parameter (> 0), on the value itself (support 0..1)",
+        "b": "beta prior: second shape parameter (> 0)",
+        "shape": "gamma prior: shape (> 0)",
+        "rate": "gamma prior: rate (> 0)",
+    },
+    "ReevaluateSpec": {
+        "top_k": "best trials re-run on fresh seeds at the end of a run (0: off); the reported best is chosen by that loss",
+        "replicates": "fresh replicates per re-run trial (default 2 x n_replicates)",
+    },
     "CalibrationJob": {
+        "reevaluate": "re-evaluate the best trials on fresh seeds at the end: {top_k, replicates} (docs/quality.md)",
+        "posterior": "a posterior run: {method, initial, per_stage, target_ess}: weighted samples by IMIS (docs/posterior.md)",
+        "report": "report.html options: {replicates, others}",
         "study": "study name (letters, digits, _ . -); re-running with the same name resumes it",
         "model": "built-in name (sir, seir, age_seir; see `calabaria models`), package.module:object, or path/file.py:object",
         "parameters": "searched parameters: {name: {lower, upper, log, kind, step, choices, guess}}",
@@ -819,6 +841,7 @@ FIELD_DOCS: dict[str, dict[str, str]] = {
         "start": "starting points evaluated first, exactly once per study: a list of {parameter: value} giving every searched parameter",
     },
     "ParameterSpec": {
+        "prior": "explicit prior for a posterior run: {dist: normal|beta|gamma, ...}; default uniform (log-uniform with log: true)",
         "kind": "float (default), int or categorical",
         "lower": "lowest value (float and int)",
         "upper": "highest value (float and int)",
@@ -828,6 +851,7 @@ FIELD_DOCS: dict[str, dict[str, str]] = {
         "guess": "a starting guess: evaluated first (other parameters at their midpoint), exactly once per study",
     },
     "ScoreSpec": {
+        "dispersion_output": "betabinomial_nll: a model output holding one positive number per simulation, used as its dispersion",
         "kind": "sse | mse | rmse | poisson_nll | negbin_nll | normal_nll | binomial_nll | betabinomial_nll",
         "dispersion": "negative-binomial size or beta-binomial overdispersion (> 0)",
         "sigma": "standard deviation of normal_nll (> 0)",
