@@ -80,7 +80,8 @@ def test_recovers_known_parameters_and_modes_agree(tmp_path, kind):
     for parallel in (True, False):
         mode = "parallel" if parallel else "batched"
         storage = f"sqlite:///{tmp_path}/{mode}.db"
-        job = job_from_dict(_job(kind, f"keyed-{kind}"), base_dir=tmp_path)
+        # 100 trials: with two loops the order of tells varies, and 70 left a seed or two short of 10 %.
+        job = job_from_dict(_job(kind, f"keyed-{kind}", max_trials=100), base_dir=tmp_path)
         result = run_calibration(job, _settings(storage, parallel), output_dir=tmp_path / mode, concurrency=2)
         truth = TRUE["hospital" if kind == "exact" else "prevalence" if kind == "backward" else "wave"]
         for name, value in truth.items():
