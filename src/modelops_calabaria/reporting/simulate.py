@@ -210,7 +210,7 @@ class PointProbe(CompiledTarget):
     row: int = 0
     col: int = 0
 
-    def loss(self, sim: np.ndarray) -> float:
+    def loss(self, sim: np.ndarray, outputs: Mapping[str, Any] | None = None) -> float:
         return float(sim[self.row, self.col])
 
 
