@@ -36,6 +36,29 @@ def support_model(name: str) -> str:
     return f"{SUPPORT / 'models.py'}:{name}"
 
 
+@pytest.fixture(autouse=True)
+def _release_study_connections():
+    """After each test, close the connections of every study backend it opened.
+
+    Backends opened for tests and tools (``open_optuna_storage``) stay registered for
+    ``backend_of``; without this their pools would outlive the test and a whole suite
+    would exhaust PostgreSQL's ``max_connections``. Disposing an engine only closes its
+    idle connections: a storage used again opens new ones.
+    """
+    yield
+    import gc
+
+    from modelops_calabaria.backend import factory
+
+    for backend in list(factory._BY_STORAGE.values()):
+        try:
+            backend.close()
+        except Exception:  # noqa: BLE001 - a server a fault test stopped: nothing left to close
+            pass
+    factory._BY_STORAGE.clear()
+    gc.collect()  # storages nobody holds any more: their pools' connections close with them
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _logging() -> None:
     configure_logging("json")

@@ -412,8 +412,11 @@ def facts(r: ReportInput) -> list[tuple[str, str, Any]]:
     rows: list[tuple[str, str, Any]] = [
         ("study", "study", r.study),
         ("storage", "storage", r.storage),
-        ("best_loss", "best loss", float(t.loss[ranked[0]]) if len(ranked) else None),
-        ("best_trial", "best trial", int(t.number[ranked[0]]) if len(ranked) else None),
+        # The run's reported best (chosen on fresh seeds when re-evaluated, results.json), else the study's lowest loss.
+        ("best_loss", "best loss", res["best_loss"] if res.get("best_loss") is not None
+         else float(t.loss[ranked[0]]) if len(ranked) else None),
+        ("best_trial", "best trial", res["best_trial"] if res.get("best_trial") is not None
+         else int(t.number[ranked[0]]) if len(ranked) else None),
         ("trials.total", "trials in the study", len(t.state)),
         ("trials.COMPLETE", "complete", counts.get("COMPLETE", 0)),
         ("trials.FAIL", "failed", counts.get("FAIL", 0)),
@@ -427,6 +430,8 @@ def facts(r: ReportInput) -> list[tuple[str, str, Any]]:
                        ("slots", "simulation slots"), ("stop_reason", "stop reason")):
         if key in res:
             rows.append((key, label, res[key]))
+    if res.get("selection"):
+        rows.append(("selection.selected_by", "best chosen by", res["selection"].get("selected_by")))
     if "this_run" in res:
         rows.append(("this_run.told", "trials told by the last run", res["this_run"].get("told")))
     return rows
