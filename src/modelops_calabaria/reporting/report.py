@@ -549,8 +549,7 @@ def figure_files(sections: Sequence[Section]) -> dict[str, bytes]:
 def render_html(r: ReportInput, sections: Sequence[Section]) -> str:
     """The whole report as one HTML document (no script, no external reference)."""
     t = r.table
-    ranked = t.ranked()
-    best = _fmt(float(t.loss[ranked[0]])) if len(ranked) else "-"
+    best = _fmt(next(v for key, _, v in facts(r) if key == "best_loss"))  # the facts table's, so both agree
     stop = (r.results or {}).get("stop_reason") or ("budget spent" if r.results else "-")
     summary = [("best loss", best), ("trials", str(len(t.state))), ("failed", str(int((t.state == "FAIL").sum()))),
                ("stop", stop)]
