@@ -127,8 +127,8 @@ def _job(**overrides):
 
 @pytest.mark.parametrize("overrides, where", [
     ({"targets": [{"name": "c", "output": "cases", "data": {"w": [0], "c": [1]}, "score": "sse"}]}, "targets[0].score"),
-    ({"targets": [{"name": "c", "output": "cases", "data": {"w": [0], "c": [1]}, "score": "poisson_nll"}]},
-     "targets[0].aggregation"),
+    ({"targets": [{"name": "c", "output": "cases", "data": {"w": [0], "c": [1]}, "score": "poisson_nll",
+                   "aggregation": "mean_of_scores"}]}, "targets[0].aggregation"),
     ({"parameters": {"n": {"kind": "int", "lower": 1, "upper": 5}}}, "parameters.n"),
     ({"direction": "maximize"}, "direction"),
     ({"parameters": {"p": {"lower": 2, "upper": 3, "prior": {"dist": "beta", "a": 2, "b": 2}}}}, "parameters.p.prior"),
@@ -141,6 +141,8 @@ def test_jobs_whose_loss_is_not_a_likelihood_are_refused(overrides, where):
 
 def test_a_likelihood_job_is_accepted():
     check_posterior_job(_job())
+    # the default aggregation, score_of_mean, is the likelihood of observation noise around the mean path
+    check_posterior_job(_job(targets=[{"name": "c", "output": "cases", "data": {"w": [0], "c": [1]}, "score": "poisson_nll"}]))
     check_posterior_job(_job(n_replicates=1, targets=[
         {"name": "c", "output": "cases", "data": {"w": [0], "c": [1]}, "score": "poisson_nll"}]))
 
