@@ -94,11 +94,31 @@ def _pg_reachable(url: str) -> str | None:
 
 @pytest.fixture(scope="session")
 def pg_url() -> str:
-    """URL of the test PostgreSQL database; fails (CI) or skips (laptop) when unreachable."""
+    """URL of the test PostgreSQL database; fails (CI) or skips (laptop) when unreachable.
+
+    Under pytest-xdist each worker gets a fresh database of its own next to
+    CALABARIA_TEST_PG's (``<name>_gw0``, ...), so that tests which compare a
+    database before and after (bad inputs, status) never see another worker's studies.
+    """
     problem = _pg_reachable(PG_URL)
     if problem:
         _unavailable(f"PostgreSQL at {PG_URL} is unreachable: {problem}")
-    return PG_URL
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker:
+        return PG_URL
+    base, _, name = PG_URL.rpartition("/")
+    own = f"{name.split('?')[0]}_{worker}"
+    admin = sa.create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg2://", 1),
+                             isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{own}" WITH (FORCE)'))
+            conn.execute(sa.text(f'CREATE DATABASE "{own}"'))
+    finally:
+        admin.dispose()
+    url = f"{base}/{own}"
+    os.environ["CALABARIA_TEST_PG"] = url  # subprocesses the tests start see the same database
+    return url
 
 
 def _in_ci() -> bool:

@@ -16,6 +16,13 @@ study file). A case whose arguments or environment use ``{pg}`` (the test
 PostgreSQL database, CALABARIA_TEST_PG) also leaves that database as it found it:
 same tables, functions and studies. A case with ``command`` runs that command
 line instead of ``calibrate`` (e.g. ``worker --study ...``).
+
+Each case runs in this test process through the console script's own ``main()``
+(``sys.argv`` set, output captured at the file descriptors, no CALABARIA_*
+variables): the same code the ``calabaria`` command runs, without paying an
+interpreter start and the imports per case. ``THROUGH_THE_COMMAND`` names one
+case per class that also runs as a real ``calabaria`` subprocess, so the
+process boundary (exit status, stderr, no traceback) is checked too.
 """
 
 from __future__ import annotations
@@ -83,6 +90,41 @@ def _run(args: list[str], cwd: Path, timeout: float = DEFAULT_TIMEOUT_S,
     return proc, time.monotonic() - started
 
 
+class _Finished:
+    """What a finished command left: its exit status and both outputs (as subprocess.CompletedProcess)."""
+
+    def __init__(self, returncode: int, stdout: str, stderr: str) -> None:
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def _run_in_process(args: list[str], cwd: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+                    env: dict[str, str] | None = None) -> tuple[_Finished, float]:
+    """Run ``calabaria ARGS`` through ``cli.main`` in this process, as the console script would."""
+    from modelops_calabaria import cli
+    from modelops_calabaria.logging import configure_logging
+
+    with monkeypatch.context() as m:
+        for key in os.environ:
+            if key.startswith("CALABARIA_") or key in ("PARALLEL_TRIALS", "DASK_SCHEDULER_ADDRESS"):
+                m.delenv(key)
+        for key, value in (env or {}).items():
+            m.setenv(key, value)
+        m.chdir(cwd)
+        m.setattr(sys, "argv", ["calabaria", *args])
+        capfd.readouterr()
+        started = time.monotonic()
+        try:
+            cli.main()
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        finally:
+            configure_logging("json")  # the command bound its log lines to this test's captured stream
+        elapsed = time.monotonic() - started
+        out, err = capfd.readouterr()
+    return _Finished(code, out, err), elapsed
+
+
 def _files(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*")}
 
@@ -96,7 +138,7 @@ def _job_file(case_dir: Path, expect: dict[str, Any]) -> Path:
     raise AssertionError(f"{case_dir.name}: no job.yaml/job.json and no 'job' in expect.yaml")
 
 
-def _check_output(what: str, proc: subprocess.CompletedProcess, elapsed: float, expect: dict[str, Any]) -> None:
+def _check_output(what: str, proc: Any, elapsed: float, expect: dict[str, Any]) -> None:
     out, err = proc.stdout, proc.stderr
     both = out + err
     shown = f"\n--- {what}: exit {proc.returncode} in {elapsed:.1f} s\n--- stdout:\n{out}\n--- stderr:\n{err}"
@@ -126,8 +168,33 @@ def test_corpus_is_big_enough() -> None:
     assert len(CASES) >= 60, CASES
 
 
+# One case per class of bad input, run as a real `calabaria` subprocess as well.
+THROUGH_THE_COMMAND = [
+    "yaml_alias_bomb_fixed", "duplicate_key_max_trials", "max_trials_too_large", "int_fractional_step",
+    "scheduler_unreachable", "storage_unreachable_postgres", "redact_raw_at_and_space_in_env",
+    "worker_study_with_slash", "model_module_raises", "csv_not_utf8", "malformed_yaml", "status_study_with_space",
+    "study_data_changed",
+]
+
+
 @pytest.mark.parametrize("case", CASES)
-def test_bad_input(case: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+def test_bad_input(case: str, tmp_path: Path, request: pytest.FixtureRequest, capfd: pytest.CaptureFixture[str],
+                   monkeypatch: pytest.MonkeyPatch) -> None:
+    def run(args: list[str], cwd: Path, timeout: float, env: dict[str, str] | None = None) -> tuple[Any, float]:
+        if any(key.startswith("PYTHON") for key in env or {}):  # read only when an interpreter starts
+            return _run(args, cwd, timeout, env)
+        return _run_in_process(args, cwd, capfd, monkeypatch, env)
+
+    _check_case(case, tmp_path, request, run)
+
+
+@pytest.mark.parametrize("case", THROUGH_THE_COMMAND)
+def test_bad_input_through_the_command(case: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    assert case in CASES, f"{case} is not in tests/bad_inputs/"
+    _check_case(case, tmp_path, request, _run)
+
+
+def _check_case(case: str, tmp_path: Path, request: pytest.FixtureRequest, run_command: Any) -> None:
     source = CORPUS / case
     raw = (source / "expect.yaml").read_text()
     pg = request.getfixturevalue("pg_url") if "{pg}" in raw else ""
@@ -153,10 +220,10 @@ def test_bad_input(case: str, tmp_path: Path, request: pytest.FixtureRequest) ->
     else:
         job_file = _job_file(case_dir, expect)
         if expect.get("validate"):
-            proc, elapsed = _run(["validate", str(job_file)], tmp_path, timeout, env)
+            proc, elapsed = run_command(["validate", str(job_file)], tmp_path, timeout, env)
             _check_output("validate", proc, elapsed, expect)
         args = ["calibrate", str(job_file), "--output", str(output), "--local-workers", "1", *expect.get("args", [])]
-    proc, elapsed = _run(args, tmp_path, timeout, env)
+    proc, elapsed = run_command(args, tmp_path, timeout, env)
     _check_output(args[0], proc, elapsed, expect)
 
     assert not output.exists(), f"--output directory was created: {sorted(_files(output))}"
