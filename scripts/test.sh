@@ -16,4 +16,6 @@ fi
 if command -v pg_ctlcluster >/dev/null 2>&1 && command -v pg_isready >/dev/null 2>&1 && ! pg_isready -q -h 127.0.0.1 -p 5432; then
   pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
 fi
-exec .venv/bin/python -m pytest "$@"
+# Three pytest-xdist processes: most tests wait on subprocesses, Dask and PostgreSQL rather than
+# on the CPU, so three share a 2-core machine well (CALABARIA_TEST_PROCESSES=0 runs in one process).
+exec .venv/bin/python -m pytest -n "${CALABARIA_TEST_PROCESSES:-3}" --dist worksteal "$@"

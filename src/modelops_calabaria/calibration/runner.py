@@ -106,22 +106,30 @@ def prepare(job: CalibrationJob, settings: Settings, output_dir: Path | None = N
     return Prepared(job, model_ref, targets, storage, out, sampler)
 
 
-def check_existing_study(p: Prepared, accept_changes: bool = False) -> None:
+def check_existing_study(p: Prepared, accept_changes: bool = False, *, max_trials: int | None = None,
+                         extend: int | None = None) -> None:
     """If the study already exists, check that this job has its search space and that
-    its observed data and model did not change (creates no study).
+    its observed data and model did not change; if it does not, that ``--extend`` keeps
+    its first budget within the limit (creates no study).
 
     Raises:
         StudyMismatchError: another parameter space or direction, or changed inputs
             (unless ``accept_changes``).
+        ConfigurationError: a fresh study's budget plus ``extend`` over MAX_TRIALS.
     """
+    fresh_budget = (max_trials or p.job.max_trials) + (extend or 0)  # what _set_budget gives a new study
     if p.storage.kind == "memory":
+        _check_extended(fresh_budget, extend)
         return
     try:
         backend = open_store(p.storage, 1, read_only=True)  # creates nothing
     except StudyNotFoundError:
+        _check_extended(fresh_budget, extend)
         return
     try:
         stored = stored_job_of(p.job.study, backend)
+        if not stored:
+            _check_extended(fresh_budget, extend)
         if stored:
             check_same_space(p.job, stored, storable_job(p))
             check_same_model(p.job.study, stored.get("model"), p.model_ref)
@@ -214,7 +222,7 @@ def run_calibration(
     if not joining and any(t.aligner is not None for t in prepared.targets):
         # Keyed targets: a missing key column or an unmatched key would fail every trial.
         preflight.dry_run(job, prepared.model_ref, prepared.targets, job.timeout_s or 300.0, strict=False)
-    check_existing_study(prepared, accept_changes)  # before any cluster starts
+    check_existing_study(prepared, accept_changes, max_trials=max_trials, extend=extend)  # before any cluster starts
     context = SimContext(prepared.model_ref, dict(job.fixed), prepared.targets, job.timeout_s, job.replicate_retries)
     service = connect_service(settings.scheduler, context, local_workers=settings.local_workers,
                               replicates_per_task=settings.replicates_per_task, listen_host=settings.listen_host)
@@ -278,9 +286,7 @@ def _set_budget(study: optuna.Study, ledger: Ledger, job: CalibrationJob, settin
     claimed, _ = ledger.budget(name)
     n_trials = len([t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING])  # enqueued starts are not asked yet
     new_max = max(stored_max, n_trials) + extend if extend else wanted
-    if new_max > MAX_TRIALS:
-        raise ConfigurationError(f"--extend {extend} would raise the study's budget to {new_max:,}, more than {MAX_TRIALS:,}",
-                                 hint="start a new study, or extend by less")
+    _check_extended(new_max, extend)
     if new_max != stored_max:
         ledger.set_max_trials(name, new_max)
     # Claims that never became trials (a coordinator killed between claim and ask) are
@@ -289,6 +295,12 @@ def _set_budget(study: optuna.Study, ledger: Ledger, job: CalibrationJob, settin
     if not live and claimed != n_trials:
         ledger.reconcile(name, n_trials, expected_claimed=claimed)
     return new_max
+
+
+def _check_extended(new_max: int, extend: int | None) -> None:
+    if extend and new_max > MAX_TRIALS:
+        raise ConfigurationError(f"--extend {extend} would raise the study's budget to {new_max:,}, more than {MAX_TRIALS:,}",
+                                 hint="start a new study, or extend by less")
 
 
 def _choose_asker(p: Prepared, settings: Settings, study: optuna.Study, backend: StudyBackend, parallel: bool,
