@@ -40,10 +40,10 @@ def support_model(name: str) -> str:
 def _release_study_connections():
     """After each test, close the connections of every study backend it opened.
 
-    Backends opened for tests and tools (``open_optuna_storage``) stay registered for
-    ``backend_of``; without this their pools would outlive the test and a whole suite
-    would exhaust PostgreSQL's ``max_connections``. Disposing an engine only closes its
-    idle connections: a storage used again opens new ones.
+    The registry behind ``backend_of`` holds backends weakly, but a test may still hold a
+    study (and so its storage's pool) in a module-level or cached object; closing them
+    here keeps a whole suite well under PostgreSQL's ``max_connections``. Disposing an
+    engine only closes its idle connections: a storage used again opens new ones.
     """
     yield
     import gc

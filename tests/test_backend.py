@@ -253,3 +253,24 @@ def test_a_role_without_create_privilege_gets_one_line_naming_the_fix(pg_url):
     with sa.create_engine(pg_url.replace("postgresql://", "postgresql+psycopg2://", 1), isolation_level="AUTOCOMMIT",
                           poolclass=sa.pool.NullPool).connect() as c:
         c.execute(sa.text(f"DROP ROLE IF EXISTS {role}"))
+
+
+def test_a_storage_nobody_holds_is_freed_with_its_backend(tmp_path):
+    """The registry behind backend_of must not keep storages (and their connection pools) alive."""
+    import gc
+    import weakref
+
+    import optuna
+
+    from modelops_calabaria.backend.factory import backend_of, open_optuna_storage
+    from modelops_calabaria.storage import parse_storage_url
+
+    storage = open_optuna_storage(parse_storage_url(f"sqlite:///{tmp_path}/freed.db", tmp_path / "unused.db"))
+    study = optuna.create_study(study_name="freed", storage=storage)
+    backend = backend_of(study)
+    assert backend_of(study) is backend  # registered while held
+    engine_pool = weakref.ref(backend.optuna_storage.engine.pool)
+    held = weakref.ref(backend.optuna_storage)
+    del storage, study, backend
+    gc.collect()
+    assert held() is None and engine_pool() is None

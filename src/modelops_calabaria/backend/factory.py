@@ -135,14 +135,18 @@ def _first_line(error: BaseException) -> str:
     return redact(text.splitlines()[0] if text else type(error).__name__)
 
 
-_BY_STORAGE: "weakref.WeakKeyDictionary[optuna.storages.BaseStorage, StudyBackend]" = weakref.WeakKeyDictionary()
+# Weak values, not weak keys: a backend holds its storage, so a weak-keyed entry's value
+# would keep its own key alive and no storage (nor its connection pool) would ever be freed.
+# An entry now lives exactly as long as someone holds its backend.
+_BY_STORAGE: "weakref.WeakValueDictionary[optuna.storages.BaseStorage, StudyBackend]" = weakref.WeakValueDictionary()
 
 
 def backend_of(study: optuna.Study) -> StudyBackend:
     """The backend for a study opened elsewhere (tests, tools): past Optuna's cache wrapper.
 
     Writing and reading past the cache is what another process does anyway; the
-    cache picks such trials up by id.
+    cache picks such trials up by id. The registry does not keep a backend alive:
+    hold the one returned for as long as it is used.
     """
     storage = study._storage
     storage = storage._backend if isinstance(storage, _CachedStorage) else storage
