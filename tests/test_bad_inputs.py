@@ -100,8 +100,9 @@ class _Finished:
 def _run_in_process(args: list[str], cwd: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
                     env: dict[str, str] | None = None) -> tuple[_Finished, float]:
     """Run ``calabaria ARGS`` through ``cli.main`` in this process, as the console script would."""
+    import structlog
+
     from modelops_calabaria import cli
-    from modelops_calabaria.logging import configure_logging
 
     with monkeypatch.context() as m:
         for key in os.environ:
@@ -112,6 +113,7 @@ def _run_in_process(args: list[str], cwd: Path, capfd: pytest.CaptureFixture[str
         m.chdir(cwd)
         m.setattr(sys, "argv", ["calabaria", *args])
         capfd.readouterr()
+        logging_config = structlog.get_config()
         started = time.monotonic()
         try:
             cli.main()
@@ -119,7 +121,7 @@ def _run_in_process(args: list[str], cwd: Path, capfd: pytest.CaptureFixture[str
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
         finally:
-            configure_logging("json")  # the command bound its log lines to this test's captured stream
+            structlog.configure(**logging_config)  # the command bound its log lines to this test's captured stream
         elapsed = time.monotonic() - started
         out, err = capfd.readouterr()
     return _Finished(code, out, err), elapsed

@@ -315,7 +315,12 @@ def _choose_asker(p: Prepared, settings: Settings, study: optuna.Study, backend:
     in_process = use_sampler_process(settings, parallel, loops) and p.job.posterior is None
     if in_process:
         prefetch = loops  # steps in flight: enough to cover the round trip to the sampler process
-    return MirroredAsker(study, space, coordinator_id, p.sampler, writers=max(1, min(4, loops // 4)),
+    writers = max(1, min(4, loops // 4))
+    if p.job.posterior is not None and loops == 1:
+        # A posterior stage reads the COMPLETE trials from the shared study: a lone loop's
+        # tell must be written before its next ask, or the stage depends on thread timing.
+        writers = 0
+    return MirroredAsker(study, space, coordinator_id, p.sampler, writers=writers,
                          prefetch=prefetch, retries=retries, sampler_process=in_process, backend=backend)
 
 
