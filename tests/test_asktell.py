@@ -63,6 +63,7 @@ def test_sequential_fast_path_samples_exactly_what_plain_optuna_samples():
     assert all(t.user_attrs["targets"] == {"f": t.value} for t in fast.trials)
 
 
+@pytest.mark.slow
 def test_concurrent_fast_path_finds_losses_as_good_as_plain_ask_tell():
     """24 seeds x 80 trials, 4 threads: the geometric mean of the best losses is within 2x of plain's.
 

@@ -190,6 +190,7 @@ def test_bad_input(case: str, tmp_path: Path, request: pytest.FixtureRequest, ca
     _check_case(case, tmp_path, request, run)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", THROUGH_THE_COMMAND)
 def test_bad_input_through_the_command(case: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     assert case in CASES, f"{case} is not in tests/bad_inputs/"

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "modelops_calabaria"]
 JOB = ROOT / "examples" / "seir" / "job.yaml"
@@ -30,6 +32,7 @@ def test_simulate_writes_one_csv_per_output(tmp_path):
     assert [float(r[1]) for r in rows[1:]] == [float(r[1]) for r in observed[1:]]
 
 
+@pytest.mark.slow
 def test_simulate_replicates_of_best_params_with_plot(tmp_path):
     (tmp_path / "best.yaml").write_text("study: x\nbest_params: {beta: 0.55, reporting_rate: 0.3}\n")
     out = tmp_path / "sim"
@@ -75,6 +78,7 @@ def test_simulate_rejects_unknown_parameter(tmp_path):
     assert not (tmp_path / "sim").exists()
 
 
+@pytest.mark.slow
 def test_validate_and_schema_and_version():
     ok = run("validate", str(JOB))
     assert ok.returncode == 0 and "valid" in ok.stdout and "2 parameters" in ok.stdout
@@ -128,6 +132,7 @@ def test_worker_job_file_with_another_study_name_is_refused(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_worker_job_file_with_the_stored_model_joins(tmp_path):
     """The check lets the right job through: a worker with the study's own job file works on it."""
     storage = f"sqlite:///{tmp_path}/s.db"

@@ -268,6 +268,7 @@ def test_replicate_retries(tmp_path, scheduler):
     assert all("flaky first attempt" in t.user_attrs["fail_reason"] for t in check_invariants(storage, job.study, 6))
 
 
+@pytest.mark.slow
 def test_failure_storm_via_cli_exits_1_quoting_first_traceback(tmp_path, scheduler):
     storage = f"sqlite:///{tmp_path}/s.db"
     job, study = write_job(tmp_path, model=support_model("always_fails"), max_trials=500,

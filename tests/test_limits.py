@@ -325,6 +325,7 @@ def test_file_size_limit_while_writing_results_is_one_clear_error(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_full_disk_through_the_cli_exits_1_with_one_line(tmp_path):
     job = _write_example(tmp_path, _job_text(**{"n_replicates: 4": "n_replicates: 1"}))
     with _tmpfs(tmp_path / "fs", "16k") as fs:

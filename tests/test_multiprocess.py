@@ -182,6 +182,7 @@ def test_sigkilled_worker_trials_become_coordinator_lost_and_survivor_finishes(p
     assert retried and all(t.params in lost_params for t in retried), (lost_params, [t.params for t in retried])
 
 
+@pytest.mark.slow
 def test_password_never_appears_in_output_or_files(pg_url, scheduler, tmp_path):
     secret = "Sup3rS3cretPassw0rd"
     # trust auth ignores the password, so the URL works while carrying a secret

@@ -105,6 +105,7 @@ def test_a_correlated_two_parameter_posterior(tmp_path):
     assert post["correlation"]["a"]["b"] == pytest.approx(r, abs=4 * (1 - r**2) / math.sqrt(post["ess"]))
 
 
+@pytest.mark.slow
 def test_credible_intervals_cover_the_truth_at_their_level(tmp_path):
     """40 data sets: the 95 % interval covers the true mean Binomial(40, 0.95) times; intervals are not too wide."""
     n_sets, n_obs, sigma = 40, 10, 1.0
@@ -135,6 +136,7 @@ def test_the_run_stops_at_the_target_ess_and_reports_it(tmp_path):
     assert result.posterior["ess"] >= 150
 
 
+@pytest.mark.slow
 def test_a_resumed_run_continues_from_what_the_study_records(tmp_path):
     storage = f"sqlite:///{tmp_path}/s.db"
     rng = np.random.default_rng(4)
@@ -162,6 +164,7 @@ def test_cli_refuses_a_posterior_of_a_least_squares_loss(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["job.yaml"]
 
 
+@pytest.mark.slow
 def test_figures_show_the_marginals_and_the_predictive_fit(tmp_path):
     import optuna
 
@@ -190,6 +193,7 @@ def test_figures_show_the_marginals_and_the_predictive_fit(tmp_path):
     assert (tmp_path / "corner.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_one_loop_and_one_seed_give_the_same_posterior_study(tmp_path):
     rng = np.random.default_rng(8)
     y = rng.normal(0.5, 1.0, size=50)
@@ -202,6 +206,7 @@ def test_one_loop_and_one_seed_give_the_same_posterior_study(tmp_path):
     assert runs[0] == runs[1]
 
 
+@pytest.mark.slow
 def test_the_report_of_a_posterior_run_shows_its_intervals_and_figures(tmp_path):
     """report.html gains a posterior section: the summary table equals results.json's posterior, two figures."""
     import base64

@@ -174,6 +174,7 @@ def test_wrong_signature_states_the_expected_one(tmp_path):
         load_model(f"{tmp_path / 'bad.py'}:model")
 
 
+@pytest.mark.slow
 def test_validate_runs_the_model_once(tmp_path):
     (tmp_path / "m.py").write_text("import numpy as np\n\ndef f(params, seed):\n    return {'y': params['beta'] * np.ones(3)}\n")
     job = {"study": "v", "model": "m.py:f", "parameters": {"betta": {"lower": 0, "upper": 1}},
@@ -198,6 +199,7 @@ def test_missing_package_names_it_and_where_to_install(tmp_path):
     assert "'no_such_simulator_pkg', which is not installed" in proc.stderr and "every Dask worker" in proc.stderr
 
 
+@pytest.mark.slow
 def test_seed_flag_and_worker_refuses_another(tmp_path):
     job = make_job(tmp_path, study=unique("seed"), max_trials=2, seed=1)
     data = job.to_storable()

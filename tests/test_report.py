@@ -224,6 +224,7 @@ def test_report_renders_in_headless_chromium(sqlite_run, tmp_path):
     (sqlite_run / "screenshot.png").write_bytes(png)
 
 
+@pytest.mark.slow
 def test_report_bad_inputs_are_one_line_and_create_nothing(tmp_path):
     missing = cli("report", str(tmp_path / "nope"))
     assert missing.returncode == 2 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr

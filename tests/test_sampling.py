@@ -158,6 +158,7 @@ def test_trials_added_running_survive_rebuilds_after_they_finish():
     assert min(t.value for t in trials if t.value is not None) <= added_best  # the best are kept
 
 
+@pytest.mark.slow
 def test_long_run_with_the_sampler_process_rebuilds_its_window(tmp_path):
     """400 trials: past the mirror's window on both sides of the hand-over."""
     storage = f"sqlite:///{tmp_path}/s.db"

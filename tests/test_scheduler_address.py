@@ -98,6 +98,7 @@ def _closed_port() -> int:
         return s.getsockname()[1]  # closed when the block ends: nothing listens there
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("server", ["http_server", "eager_replier"])
 def test_wrong_service_at_scheduler_address_fails_within_bound(server, request, tmp_path):
     address = request.getfixturevalue(server)
@@ -107,6 +108,7 @@ def test_wrong_service_at_scheduler_address_fails_within_bound(server, request, 
     assert "check the address and port" in proc.stderr
 
 
+@pytest.mark.slow
 def test_closed_scheduler_port_fails_at_once(tmp_path):
     address = f"tcp://127.0.0.1:{_closed_port()}"
     proc = _calibrate(tmp_path, address)

@@ -74,6 +74,7 @@ def test_heartbeats_and_forget(storage_url):
     ledger.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fast_path", [True, False])
 def test_exact_budget_with_many_loops(storage_url, scheduler, tmp_path, fast_path):
     """16 loops sharing reserved claims end with exactly the budget (a race once left slots unused)."""

@@ -27,6 +27,7 @@ def load(job, storage: str) -> optuna.Study:
     return optuna.load_study(study_name=job.study, storage=open_optuna_storage(parse_storage_url(storage), 1))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fast_path", [pytest.param(True, id="mirrored"), pytest.param(False, id="direct")])
 @pytest.mark.parametrize("parallel", MODES)
 @pytest.mark.parametrize("loops", [1, 8])
@@ -91,6 +92,7 @@ def test_no_result_crosses_trials_or_targets(tmp_path, scheduler, parallel):
         assert t.user_attrs["targets"]["tb"] == pytest.approx(t.params["b"] ** 2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fast_path", [pytest.param(True, id="mirrored"), pytest.param(False, id="direct")])
 @pytest.mark.parametrize("parallel", MODES)
 def test_same_job_and_seed_give_identical_study(tmp_path, scheduler, parallel, fast_path):
