@@ -178,10 +178,18 @@ class ThrowawayPostgres:
         self._run(str(self.bindir / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8",
                   "--locale=C", "--no-sync")
 
-    def start(self) -> None:
+    def start(self, max_connections: int = 200) -> None:
+        """Start the server; with a small ``max_connections`` no slot is kept back for superusers."""
+        reserved = "" if max_connections >= 20 else " -c superuser_reserved_connections=0"
         options = (f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories={self.root} "
-                   "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+                   f"-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections={max_connections}"
+                   f"{reserved}")
         self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "-t", "120", "start")
+
+    def start_again(self, max_connections: int) -> None:
+        """Stop and start with another ``max_connections`` (a setting read only at start)."""
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "stop")
+        self.start(max_connections)
 
     def restart(self) -> None:
         """Stop (fast: open connections are cut, as a real restart cuts them) and start again."""

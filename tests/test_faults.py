@@ -422,3 +422,57 @@ def test_worker_left_running_a_runaway_model_is_replaced(tmp_path):
     assert spun, "no replicate spun"
     assert not still_spinning, f"worker processes still hold a runaway model thread: {still_spinning}"
     assert len(workers) == 2  # replaced, not removed
+
+
+def _fill_server(url: str, n: int) -> list:
+    """Hold ``n`` raw connections to the server at ``url`` (as other coordinators would)."""
+    import psycopg2
+
+    return [psycopg2.connect(url) for _ in range(n)]
+
+
+@pytest.mark.slow
+def test_a_full_server_at_start_is_waited_for_then_the_store_opens(throwaway_pg):
+    """'too many clients' while a coordinator opens its study is retried (bounded), not fatal."""
+    import threading
+
+    from modelops_calabaria.backend.factory import open_store
+    from modelops_calabaria.storage import parse_storage_url
+
+    throwaway_pg.start_again(max_connections=4)
+    held = _fill_server(throwaway_pg.url, 4)
+    with pytest.raises(Exception, match="too many clients|remaining connection slots"):
+        _fill_server(throwaway_pg.url, 1)  # the server really is full
+    released = threading.Timer(2.0, lambda: [c.close() for c in held[:3]])
+    released.start()
+    started = time.monotonic()
+    try:
+        backend = open_store(parse_storage_url(throwaway_pg.url), 1)
+        waited = time.monotonic() - started
+        backend.close()
+    finally:
+        released.cancel()
+        for c in held:
+            c.close()
+    assert waited >= 1.5, f"opened after {waited:.1f} s while the server was still full"
+
+
+@pytest.mark.slow
+def test_a_server_that_stays_full_at_start_fails_with_one_line(throwaway_pg, monkeypatch):
+    from modelops_calabaria.backend import factory
+    from modelops_calabaria.errors import ServiceUnavailableError
+    from modelops_calabaria.storage import parse_storage_url
+
+    throwaway_pg.start_again(max_connections=3)
+    held = _fill_server(throwaway_pg.url, 3)
+    monkeypatch.setattr(factory, "START_RETRY_S", 2.0)  # the bound, shortened for the test
+    started = time.monotonic()
+    try:
+        with pytest.raises(ServiceUnavailableError) as e:
+            factory.open_store(parse_storage_url(throwaway_pg.url), 1)
+    finally:
+        for c in held:
+            c.close()
+    assert 1.0 <= time.monotonic() - started < 15
+    assert "too many clients" in e.value.message or "connection slots" in e.value.message
+    assert "\n" not in e.value.message and e.value.hint
