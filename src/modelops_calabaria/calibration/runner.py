@@ -58,7 +58,7 @@ from modelops_calabaria.reporting.progress import Progress
 from modelops_calabaria.outcome import RunResult
 from modelops_calabaria.reporting.results import best_trial, state_counts, write_results
 from modelops_calabaria.settings import Settings, resolve_settings
-from modelops_calabaria.simulation import (DeferredService, InlineSimulationService, SimulationService, connect_service,
+from modelops_calabaria.simulation import (INLINE, DeferredService, InlineSimulationService, SimulationService, connect_service,
                                            few_runs_inline, local_cluster_shape, local_processes, per_run_seconds)
 from modelops_calabaria.simulation.task import SimContext
 from modelops_calabaria.storage import StorageTarget, check_creatable, parse_storage_url
@@ -253,10 +253,12 @@ def simulation_service(p: Prepared, settings: Settings) -> DeferredService:
     job = p.job
     context = SimContext(p.model_ref, dict(job.fixed), p.targets, job.timeout_s, job.replicate_retries)
     processes = local_processes(p.model_ref, settings.local_processes)
-    slots = None
+    slots = None  # a remote cluster's size is asked of it once connected
     if not settings.scheduler:
         workers, threads = local_cluster_shape(settings.local_workers, processes)
         slots = workers * threads
+    elif settings.scheduler.strip().lower() == INLINE:
+        slots = settings.local_workers or max(1, os.cpu_count() or 1)
 
     def connect() -> SimulationService:
         return connect_service(settings.scheduler, context, local_workers=settings.local_workers,

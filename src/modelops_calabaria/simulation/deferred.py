@@ -7,10 +7,10 @@ to simulate (a resumed study whose budget is spent).
 
 - ``start()`` begins connecting on a thread of its own (idempotent); nothing
   starts before it, or before a method that needs the service calls it.
-- ``submit``/``gather`` and ``slots`` (unless known in advance, as for a local
-  cluster) wait for the connection and raise its error, if it failed, in the
-  caller (``ServiceUnavailableError`` / ``ConfigurationError``, as ``connect``
-  would have).
+- ``submit``/``gather`` wait for the connection and raise its error, if it
+  failed, in the caller (``ServiceUnavailableError`` / ``ConfigurationError``,
+  as ``connect`` would have); so does ``slots`` once started, unless known in
+  advance (a local cluster's size).
 - ``close()`` waits for a connection under way and closes what it made.
 
 Also: :func:`few_runs_inline`, whether a few extra simulations (the end-of-run
@@ -99,7 +99,11 @@ class DeferredService:
 
     @property
     def slots(self) -> int:
-        return self._known_slots if self._known_slots is not None else self.get().slots
+        """Known in advance, else the connected service's; 0 for a service never started
+        whose size is unknown (reading it does not connect)."""
+        if self._known_slots is not None:
+            return self._known_slots
+        return self.get().slots if self.started else 0
 
     @property
     def address(self) -> str:
