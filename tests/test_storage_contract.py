@@ -354,6 +354,6 @@ def test_trial_columns_equal_get_trials_field_by_field(storage_url):
             assert bool(cols.present[pname][i]) == (pname in t.params)
             if pname not in t.params and pname != "mode":
                 assert math.isnan(cols.params[pname][i])
-        wanted = {k: v for k, v in t.user_attrs.items() if k in ("targets", "fail_reason") or k.startswith("loss:")}
+        wanted = {k: v for k, v in t.user_attrs.items() if k in ("targets", "fail_reason", "busy_s") or k.startswith("loss:")}
         assert cols.user_attrs[i] == wanted
         assert cols.coordinator[i] == t.system_attrs.get(COORDINATOR_ATTR)

@@ -42,8 +42,14 @@ class Settings(BaseSettings):
             local cluster's scheduler, workers, nannies and dashboard). Default
             ``127.0.0.1``: this machine only; ``0.0.0.0`` exposes them, without
             authentication, to the network. Env ``CALABARIA_LISTEN_HOST``.
-        local_workers: Worker processes of the local cluster, or threads with
-            ``inline`` (default: cores).
+        local_workers: Slots of the local cluster (worker processes, or threads
+            of its in-process worker), or threads with ``inline`` (default: cores).
+        local_processes: Without a scheduler: a local Dask cluster of
+            single-threaded worker processes (True), or the replicates on
+            ``local_workers`` threads of the coordinator's process, as ``inline``
+            (False). Empty = automatic: threads for the built-in models,
+            processes for any other model (docs/performance.md, "Start-up").
+            Env ``CALABARIA_LOCAL_PROCESSES``.
         log_format: ``json``, ``console``, or ``auto`` (console on a terminal).
         heartbeat_interval_s: How often a coordinator says it is alive.
         grace_period_s: A coordinator silent this long is lost; its RUNNING
@@ -66,6 +72,7 @@ class Settings(BaseSettings):
     storage: str | None = None
     scheduler: str | None = None
     local_workers: int | None = Field(default=None, ge=1, le=MAX_CONCURRENCY)
+    local_processes: bool | None = None
     log_format: Literal["auto", "json", "console"] = "auto"
     heartbeat_interval_s: float = Field(default=10.0, gt=0)
     fast_path: bool = True

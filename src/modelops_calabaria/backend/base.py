@@ -53,7 +53,7 @@ class PoppedTrial:
 
 def is_report_user_attr(key: str) -> bool:
     """Whether :meth:`StudyBackend.trial_columns` reads the user attribute ``key``."""
-    return key in (TARGETS_ATTR, FAIL_REASON) or key.startswith(LOSS_ATTR_PREFIX)
+    return key in (TARGETS_ATTR, FAIL_REASON, BUSY_ATTR) or key.startswith(LOSS_ATTR_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ class TrialColumns:
       says where the trial has it (a choice may itself be None);
       ``distributions[name]`` is the distribution of its first trial holding it;
     - ``user_attrs``: per trial, the user attributes ``targets``,
-      ``fail_reason`` and every ``loss:<target>`` it has (decoded JSON);
+      ``fail_reason``, ``busy_s`` and every ``loss:<target>`` it has (decoded JSON);
     - ``coordinator``: per trial, the ``calabaria:coordinator`` system
       attribute (None where unset).
     """

@@ -45,7 +45,7 @@ from optuna.storages._cached_storage import _CachedStorage
 from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial, TrialState
 
-from modelops_calabaria.backend.base import (COORDINATOR_ATTR, FAIL_REASON, LOSS_ATTR_PREFIX, TARGETS_ATTR, PoppedTrial,
+from modelops_calabaria.backend.base import (BUSY_ATTR, COORDINATOR_ATTR, FAIL_REASON, LOSS_ATTR_PREFIX, TARGETS_ATTR, PoppedTrial,
                                              StoredTrial, TrialColumns, columns_from_rows)
 from modelops_calabaria.backend.generic import GenericBackend
 from modelops_calabaria.backend.ledger import SqlLedger
@@ -129,7 +129,7 @@ _COL_PARAMS = (sa.select(_PARAMS.c.trial_id, _PARAMS.c.param_name, _PARAMS.c.par
                .where(_OF_STUDY).order_by(_PARAMS.c.param_id))
 _COL_USER_ATTRS = (sa.select(_USER_ATTRS.c.trial_id, _USER_ATTRS.c.key, _USER_ATTRS.c.value_json)
                    .select_from(_USER_ATTRS.join(_TRIALS, _TRIALS.c.trial_id == _USER_ATTRS.c.trial_id))
-                   .where(_OF_STUDY, sa.or_(_USER_ATTRS.c.key.in_([TARGETS_ATTR, FAIL_REASON]),
+                   .where(_OF_STUDY, sa.or_(_USER_ATTRS.c.key.in_([TARGETS_ATTR, FAIL_REASON, BUSY_ATTR]),
                                             _USER_ATTRS.c.key.startswith(LOSS_ATTR_PREFIX, autoescape=True))))
 _COL_COORDINATOR = (sa.select(_SYSTEM_ATTRS.c.trial_id, _SYSTEM_ATTRS.c.value_json)
                     .select_from(_SYSTEM_ATTRS.join(_TRIALS, _TRIALS.c.trial_id == _SYSTEM_ATTRS.c.trial_id))

@@ -1,9 +1,15 @@
 """Run a calibration: validate everything, then connect, open the study and drive the wire.
 
 Order matters for "nothing half-written": every check that needs no service
-(job, model, data, sampler, storage URL) runs first; then the Dask cluster is
-reached; only then is the study (and the run directory) created. A run
-directory this call created is removed again if opening the study fails.
+(job, model, data, sampler, storage URL) runs first, and so does the read-only
+look at an existing study, which also tells whether anything is left to run
+(:mod:`.startup`). With work to do, a remote scheduler must answer before the
+study (and the run directory) is created; a local cluster is started in the
+background and comes up while the study is opened and the sampler prepared
+(the first submit waits for it). With nothing to run, no cluster starts: the
+results (and the end-of-run re-evaluation, in this process when it is cheap)
+are made as a finished run makes them. A run directory this call created is
+removed again if opening the study fails.
 """
 
 from __future__ import annotations
@@ -22,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
-from modelops_calabaria.backend.base import StudyBackend
+from modelops_calabaria.backend.base import BUSY_ATTR, StudyBackend
 from modelops_calabaria.backend.factory import open_store, register
 from modelops_calabaria.backend.ledger import Ledger
 from modelops_calabaria.backend.relational import schema_lock
@@ -33,6 +39,7 @@ from modelops_calabaria.calibration.reevaluate import apply_selection, reevaluat
 from modelops_calabaria.calibration.recovery import Heartbeat, new_coordinator_id, recover_stale_trials, settle_orphans
 from modelops_calabaria.calibration.run_state import RunState
 from modelops_calabaria.calibration import preflight, provenance
+from modelops_calabaria.calibration.startup import nothing_to_run
 from modelops_calabaria.calibration.study import (
     TARGETS_ATTR,
     build_sampler,
@@ -51,7 +58,8 @@ from modelops_calabaria.reporting.progress import Progress
 from modelops_calabaria.outcome import RunResult
 from modelops_calabaria.reporting.results import best_trial, state_counts, write_results
 from modelops_calabaria.settings import Settings, resolve_settings
-from modelops_calabaria.simulation import SimulationService, connect_service
+from modelops_calabaria.simulation import (INLINE, DeferredService, InlineSimulationService, SimulationService, connect_service,
+                                           few_runs_inline, local_cluster_shape, local_processes, per_run_seconds)
 from modelops_calabaria.simulation.task import SimContext
 from modelops_calabaria.storage import StorageTarget, check_creatable, parse_storage_url
 from modelops_calabaria.targets.evaluate import CompiledTarget, compile_targets
@@ -106,34 +114,43 @@ def prepare(job: CalibrationJob, settings: Settings, output_dir: Path | None = N
     return Prepared(job, model_ref, targets, storage, out, sampler)
 
 
-def check_existing_study(p: Prepared, accept_changes: bool = False, *, max_trials: int | None = None,
-                         extend: int | None = None) -> None:
+def check_existing_study(p: Prepared, accept_changes: bool = False, options: RunOptions | None = None) -> bool:
     """If the study already exists, check that this job has its search space and that
-    its observed data and model did not change; if it does not, that ``--extend`` keeps
-    its first budget within the limit (creates no study).
+    its observed data and model did not change (creates no study); if it does not, that
+    ``--extend`` keeps its first budget within the limit. Return whether the study has
+    nothing left to run for ``options`` (:func:`.startup.nothing_to_run`; False
+    without ``options`` or without a study).
 
     Raises:
         StudyMismatchError: another parameter space or direction, or changed inputs
             (unless ``accept_changes``).
         ConfigurationError: a fresh study's budget plus ``extend`` over MAX_TRIALS.
     """
-    fresh_budget = (max_trials or p.job.max_trials) + (extend or 0)  # what _set_budget gives a new study
+    extend = options.extend if options else None
+    fresh_budget = ((options.max_trials if options else None) or p.job.max_trials) + (extend or 0)  # _set_budget's
     if p.storage.kind == "memory":
         _check_extended(fresh_budget, extend)
-        return
+        return False
     try:
         backend = open_store(p.storage, 1, read_only=True)  # creates nothing
     except StudyNotFoundError:
         _check_extended(fresh_budget, extend)
-        return
+        return False
     try:
         stored = stored_job_of(p.job.study, backend)
         if not stored:
             _check_extended(fresh_budget, extend)
-        if stored:
-            check_same_space(p.job, stored, storable_job(p))
-            check_same_model(p.job.study, stored.get("model"), p.model_ref)
-            provenance.check_unchanged(p.job.study, backend, storable_job(p), accept_changes)
+            return False
+        check_same_space(p.job, stored, storable_job(p))
+        check_same_model(p.job.study, stored.get("model"), p.model_ref)
+        provenance.check_unchanged(p.job.study, backend, storable_job(p), accept_changes)
+        if options is None:
+            return False
+        claimed, stored_max = backend.ledger.budget(p.job.study)
+        states = backend.trial_columns(backend.study_id(p.job.study)).state
+        return nothing_to_run(states, claimed=claimed, stored_max=stored_max,
+                              wanted=options.max_trials or p.job.max_trials, extend=options.extend,
+                              joining=options.joining)
     finally:
         backend.close()
 
@@ -219,17 +236,45 @@ def run_calibration(
     prepared = prepare(job, settings, Path(output_dir) if output_dir else None)
     options = RunOptions(max_trials, extend, concurrency, handle_signals, shutdown_grace_s, show_progress, joining,
                          accept_changes)
-    if not joining and any(t.aligner is not None for t in prepared.targets):
+    idle = check_existing_study(prepared, accept_changes, options)  # before any cluster starts
+    if idle:
+        log.info("nothing left to run: no simulation cluster is started", study=job.study)
+    elif not joining and any(t.aligner is not None for t in prepared.targets):
         # Keyed targets: a missing key column or an unmatched key would fail every trial.
         preflight.dry_run(job, prepared.model_ref, prepared.targets, job.timeout_s or 300.0, strict=False)
-    check_existing_study(prepared, accept_changes, max_trials=max_trials, extend=extend)  # before any cluster starts
-    context = SimContext(prepared.model_ref, dict(job.fixed), prepared.targets, job.timeout_s, job.replicate_retries)
-    service = connect_service(settings.scheduler, context, local_workers=settings.local_workers,
-                              replicates_per_task=settings.replicates_per_task, listen_host=settings.listen_host)
+    service = simulation_service(prepared, settings)
     try:
+        if not idle:
+            if settings.scheduler:
+                service.get()  # a remote scheduler answers (or the run stops) before anything is created
+            else:
+                service.start()  # the local cluster comes up while the study is opened
         return _run_with_service(prepared, settings, service, options)
     finally:
         service.close()
+
+
+def simulation_service(p: Prepared, settings: Settings) -> DeferredService:
+    """The run's simulation service, not yet started. Without a scheduler: threads of
+    this process for a built-in model, else a local cluster of worker processes
+    (``simulation/local.py``); either knows its slots before it exists."""
+    job = p.job
+    context = SimContext(p.model_ref, dict(job.fixed), p.targets, job.timeout_s, job.replicate_retries)
+    scheduler = settings.scheduler
+    if not scheduler and not local_processes(p.model_ref, settings.local_processes):
+        scheduler = INLINE  # short built-in models: no cluster to start (docs/performance.md, "Start-up")
+    slots = None  # a remote cluster's size is asked of it once connected
+    if not scheduler:
+        workers, threads = local_cluster_shape(settings.local_workers, True)
+        slots = workers * threads
+    elif scheduler.strip().lower() == INLINE:
+        slots = settings.local_workers or max(1, os.cpu_count() or 1)
+
+    def connect() -> SimulationService:
+        return connect_service(scheduler, context, local_workers=settings.local_workers,
+                               replicates_per_task=settings.replicates_per_task, listen_host=settings.listen_host)
+
+    return DeferredService(connect, slots=slots, description=scheduler or "local cluster")
 
 
 def _run_with_service(p: Prepared, settings: Settings, service: SimulationService, options: RunOptions) -> RunResult:
@@ -324,7 +369,7 @@ def _choose_asker(p: Prepared, settings: Settings, study: optuna.Study, backend:
                          prefetch=prefetch, retries=retries, sampler_process=in_process, backend=backend)
 
 
-def _drive(p: Prepared, settings: Settings, service: SimulationService, study: optuna.Study, backend: StudyBackend,
+def _drive(p: Prepared, settings: Settings, service: DeferredService, study: optuna.Study, backend: StudyBackend,
            parallel: bool, loops: int, options: RunOptions) -> RunResult:
     job, ledger = p.job, backend.ledger
     coordinator_id = new_coordinator_id()
@@ -341,6 +386,17 @@ def _drive(p: Prepared, settings: Settings, service: SimulationService, study: o
              scheduler=service.address, coordinator=coordinator_id)
     for problem, fix in biased_aggregations(job.targets, job.n_replicates):  # docs/quality.md
         log.warning(problem, hint=fix)
+    claimed, _ = ledger.budget(study.study_name)
+    if not service.started and nothing_to_run([t.state for t in existing], claimed=claimed, stored_max=budget,
+                                              wanted=budget, extend=None, joining=True):
+        # Nothing to ask: no heartbeat, sampler or wire; the results as a finished run writes them.
+        state = RunState(job.direction, job.stop, time.monotonic(), **posterior_stop(job, p.sampler))
+        progress = Progress(budget, already=already, bar=options.show_progress, direction=job.direction,
+                            best=_best_value(study))
+        progress.close()
+        progress.line()
+        return _collect(p, study, backend, ([], []), "budget spent", None, state, parallel, loops, service.slots, 0.0,
+                        service=None if options.joining else service, settings=settings)
     heartbeat = Heartbeat(study, ledger, coordinator_id, settings.heartbeat_interval_s, settings.grace_period_s, retry,
                           backend=backend)
     if isinstance(p.sampler, ImisSampler):  # records into the shared study; draws apart from other coordinators'
@@ -348,9 +404,9 @@ def _drive(p: Prepared, settings: Settings, service: SimulationService, study: o
                          coordinator_id if options.joining or already else None)
     state = RunState(job.direction, job.stop, time.monotonic(), **posterior_stop(job, p.sampler))
     asker = _choose_asker(p, settings, study, backend, parallel, loops, coordinator_id)
-    at_start = best_trial(study)  # "best" on the progress line is the study's, not this process's
+    # "best" on the progress line is the study's, not this process's
     progress = Progress(budget, already=already, bar=options.show_progress, direction=job.direction,
-                        best=float(at_start.value) if at_start is not None and at_start.value is not None else None)
+                        best=_best_value(study))
     started = time.monotonic()
     with ExitStack() as stack:
         heartbeat.start()
@@ -360,8 +416,14 @@ def _drive(p: Prepared, settings: Settings, service: SimulationService, study: o
             writing.callback(asker.close)  # every tell written before anything reads the study
             wire = _run_rounds(p, settings, service, study, backend, asker, state, progress, parallel, loops, options)
     progress.line()
-    return _collect(p, study, backend, asker, wire, state, parallel, loops, service.slots, time.monotonic() - started,
-                    service=None if options.joining else service)
+    return _collect(p, study, backend, asker.latencies(), wire.stop_reason, wire.shutdown_reason, state, parallel, loops,
+                    service.slots, time.monotonic() - started, service=None if options.joining else service,
+                    settings=settings)
+
+
+def _best_value(study: optuna.Study) -> float | None:
+    best = best_trial(study)
+    return float(best.value) if best is not None and best.value is not None else None
 
 
 MAX_ROUNDS = 10  # bounds the rounds for slots given back late (each needs a coordinator to die meanwhile)
@@ -392,13 +454,17 @@ def _run_rounds(p: Prepared, settings: Settings, service: SimulationService, stu
     return wire
 
 
-def _collect(p: Prepared, study: optuna.Study, backend: StudyBackend, asker: Asker, wire: Wire, state: RunState,
-             parallel: bool, loops: int, slots: int, wall: float, service: SimulationService | None = None) -> RunResult:
+def _collect(p: Prepared, study: optuna.Study, backend: StudyBackend, latencies: tuple[list[float], list[float]],
+             stop_reason: str | None, shutdown_reason: str | None, state: RunState, parallel: bool, loops: int,
+             slots: int, wall: float, service: DeferredService | None = None,
+             settings: Settings | None = None) -> RunResult:
     """The run's result from the study as it now stands; results files written.
-    With ``service``, the best trials are re-evaluated on fresh seeds first (reevaluate.py)."""
+    With ``service``, the best trials are re-evaluated on fresh seeds first (reevaluate.py):
+    on its cluster if it was started, else in this process when that is cheap
+    (:func:`_reevaluation_service`)."""
     trials = study.get_trials(deepcopy=False)
     best = best_trial(study)
-    asks, tells = asker.latencies()
+    asks, tells = latencies
     result = RunResult(
         study=study.study_name,
         storage=p.storage.display,
@@ -414,7 +480,7 @@ def _collect(p: Prepared, study: optuna.Study, backend: StudyBackend, asker: Ask
         wall_time_s=round(wall, 3),
         trials_per_minute=round(60 * (state.completed + state.failed) / max(wall, 1e-9), 2),
         utilization=round(state.utilization(time.monotonic(), slots), 4),
-        stop_reason=wire.stop_reason,
+        stop_reason=stop_reason,
         first_failure=state.first_failure,
         output_dir=str(p.output_dir),
         latency_ms={
@@ -423,8 +489,13 @@ def _collect(p: Prepared, study: optuna.Study, backend: StudyBackend, asker: Ask
     )
     if p.job.posterior is not None:
         result.posterior = write_posterior(p.output_dir, p.job, backend.optuna_storage, backend.study_id(study.study_name))
-    if service is not None and wire.shutdown_reason is None and not state.failure_storm:
-        apply_selection(result, reevaluate_at_end(p.job, trials, service), trials)
+    if service is not None and shutdown_reason is None and not state.failure_storm:
+        reevaluation = _reevaluation_service(p, trials, service, settings)
+        try:
+            apply_selection(result, reevaluate_at_end(p.job, trials, reevaluation), trials)
+        finally:
+            if reevaluation is not service:
+                reevaluation.close()
     write_results(p.output_dir, result, trials)
     log.info("calibration finished", study=result.study, best_loss=result.best_loss, best_params=result.best_params,
              trials=result.trials, wall_time_s=result.wall_time_s, utilization=result.utilization,
@@ -434,10 +505,30 @@ def _collect(p: Prepared, study: optuna.Study, backend: StudyBackend, asker: Ask
             f"stopped after {state.storm_count or state.consecutive_failures} consecutive failed trials; the first failure was:\n{state.first_failure}",
             hint="run `calabaria simulate` with one parameter set to debug the model",
         )
-    if result.trials.get("COMPLETE", 0) == 0 and state.completed + state.failed > 0 and wire.shutdown_reason is None:
+    if result.trials.get("COMPLETE", 0) == 0 and state.completed + state.failed > 0 and shutdown_reason is None:
         raise RunFailedError(f"no trial completed; the first failure was:\n{state.first_failure}",
                              hint="run `calabaria simulate` with one parameter set to debug the model")
     return result
+
+
+def _reevaluation_service(p: Prepared, trials: list[FrozenTrial], service: DeferredService,
+                          settings: Settings | None) -> SimulationService:
+    """Where the end-of-run re-evaluation runs: the run's cluster when it was started; else
+    (nothing was simulated) threads of this process when its few simulations are cheap
+    (:func:`few_runs_inline`, from the trials' measured durations), else the cluster."""
+    if service.started or settings is None:
+        return service
+    job = p.job
+    k = job.reevaluate.top_k
+    n = k * (job.reevaluate.replicates or 2 * job.n_replicates)
+    per_run = per_run_seconds((t.user_attrs.get(BUSY_ATTR) for t in trials if t.state == TrialState.COMPLETE),
+                              job.n_replicates)
+    if k <= 0 or not few_runs_inline(settings.scheduler, n, per_run):
+        return service
+    log.info("re-evaluating in this process: no cluster for a few short simulations", simulations=n,
+             seconds_each=round(per_run or 0.0, 4))
+    context = SimContext(p.model_ref, dict(job.fixed), p.targets, job.timeout_s, job.replicate_retries)
+    return InlineSimulationService(context, settings.local_workers)
 
 
 def _pct(values: list[float], q: int) -> float:

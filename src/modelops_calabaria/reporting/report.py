@@ -35,9 +35,10 @@ import numpy as np
 import optuna
 import yaml
 from optuna.distributions import CategoricalDistribution
+from optuna.trial import TrialState
 
 from modelops_calabaria import __version__
-from modelops_calabaria.backend.base import FAIL_REASON, TARGETS_ATTR, TrialColumns
+from modelops_calabaria.backend.base import BUSY_ATTR, FAIL_REASON, TARGETS_ATTR, TrialColumns
 from modelops_calabaria.backend.factory import open_store
 from modelops_calabaria.errors import CalabariaError, ConfigurationError, ServiceUnavailableError, StudyNotFoundError
 from modelops_calabaria.job import CalibrationJob, job_from_dict
@@ -219,7 +220,7 @@ def refit(job: CalibrationJob, table: figures.TrialTable, trials: TrialColumns, 
     problem: the report then shows the observations alone and says why.
     """
     from modelops_calabaria.reporting.simulate import fresh_seeds, observed_quantiles, probes, simulate_at_observed
-    from modelops_calabaria.simulation import SimContext, connect_service
+    from modelops_calabaria.simulation import INLINE, SimContext, connect_service, few_runs_inline, per_run_seconds
     from modelops_calabaria.targets.evaluate import compile_targets
 
     targets = compile_targets(job)
@@ -241,13 +242,18 @@ def refit(job: CalibrationJob, table: figures.TrialTable, trials: TrialColumns, 
     seeds = fresh_seeds(job.seed, n_reps)
     context = SimContext(job.model, dict(job.fixed), probes(targets), job.timeout_s, job.replicate_retries)
     started = time.monotonic()
+    few = seeds[: max(3, n_reps // 4)]
+    n_runs = n_reps + len(few) * (len(chosen) - 1)
+    per_run = per_run_seconds((a.get(BUSY_ATTR) for a, s in zip(trials.user_attrs, trials.state)
+                               if s == TrialState.COMPLETE), job.n_replicates)
+    if few_runs_inline(scheduler, n_runs, per_run):
+        scheduler = INLINE  # a few short runs: here, rather than start a local cluster for them
     try:
         service = connect_service(scheduler, context, local_workers=local_workers)
     except Exception as e:  # noqa: BLE001 - the report still has everything else to show
         return observed_only, f"re-simulation not possible: {redact(str(e)).splitlines()[0]}"
     try:
         # The faint medians of the next best trials need fewer replicates than the bands of the best.
-        few = seeds[: max(3, n_reps // 4)]
         results = simulate_at_observed(service, targets, [t.params for t in chosen], [seeds] + [few] * (len(chosen) - 1))
     except Exception as e:  # noqa: BLE001
         return observed_only, f"re-simulation failed: {redact(str(e)).splitlines()[0]}"

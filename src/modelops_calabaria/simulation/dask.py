@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
 import socket
 import threading
 import time
@@ -30,6 +29,7 @@ from distributed import Client, Future, LocalCluster
 from modelops_calabaria.addresses import host_port, scheduler_address
 from modelops_calabaria.errors import ConfigurationError, ServiceUnavailableError
 from modelops_calabaria.logging import get_logger
+from modelops_calabaria.simulation.local import PRELOAD_MODEL_ENV, local_cluster_shape
 from modelops_calabaria.simulation.replicates_per_task import DurationStats, replicates_per_task
 from modelops_calabaria.simulation.task import SimContext, TrialEvaluation, reduce_trial, run_replicate, run_replicates
 
@@ -188,14 +188,21 @@ class DaskSimulationService:
 
     @classmethod
     def connect(cls, scheduler: str | None, context: SimContext, *, local_workers: int | None = None,
-                replicates_per_task: int | None = None, listen_host: str = "127.0.0.1") -> DaskSimulationService:
-        """Connect to ``scheduler`` or, when empty, start a local process cluster.
+                replicates_per_task: int | None = None, listen_host: str = "127.0.0.1",
+                processes: bool = True) -> DaskSimulationService:
+        """Connect to ``scheduler`` or, when empty, start a local cluster.
 
-        The local cluster's scheduler, nannies, workers and dashboard listen on
-        ``listen_host`` only (default loopback). Its worker processes leave the
-        coordinator's process group and ignore SIGINT (:mod:`.worker_setup`): a
-        Ctrl-C on the terminal reaches the coordinator alone, which lets
-        in-flight replicates finish.
+        The local cluster (:func:`local_cluster_shape`): ``processes``: one
+        single-threaded worker process per slot, each with its nanny; else one
+        worker of that many threads in this process (no process to start or to
+        import the model in; a timed-out model thread cannot be stopped there).
+        Its scheduler, nannies, workers and dashboard listen on ``listen_host``
+        only (default loopback). Its worker processes leave the coordinator's
+        process group and ignore SIGINT (:mod:`.worker_setup`): a Ctrl-C on the
+        terminal reaches the coordinator alone, which lets in-flight replicates
+        finish. Each worker process loads the model when it starts (the preload),
+        not when its first replicate arrives, so that this cost is paid while the
+        coordinator prepares the study.
 
         Raises:
             ServiceUnavailableError: nothing answers at the address, or not a Dask
@@ -203,12 +210,18 @@ class DaskSimulationService:
             ConfigurationError: the address is malformed.
         """
         if not scheduler:
-            n = local_workers or max(1, os.cpu_count() or 1)
-            cluster = LocalCluster(
-                n_workers=n, threads_per_worker=1, processes=True, host=listen_host,
-                dashboard_address=host_port(listen_host, 0), silence_logs=logging.ERROR,
-                preload=[WORKER_SETUP],
-            )
+            n_workers, threads = local_cluster_shape(local_workers, processes)
+            # Threads talk to the in-process scheduler without a network (inproc://): no host to bind.
+            extra: dict[str, Any] = {"processes": False}
+            if processes:
+                extra = {"processes": True, "host": listen_host, "preload": [WORKER_SETUP],
+                         "env": {PRELOAD_MODEL_ENV: context.model_ref}}
+            try:
+                cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads,
+                                       dashboard_address=host_port(listen_host, 0), silence_logs=logging.ERROR, **extra)
+            except (OSError, RuntimeError, TimeoutError) as e:  # e.g. no port on listen_host, a worker that died at start
+                raise ServiceUnavailableError(f"the local Dask cluster did not start: {e}",
+                                              hint="check CALABARIA_LISTEN_HOST and free memory, or pass --scheduler") from e
             return cls(Client(cluster, set_as_default=False), context, owned_cluster=cluster,
                        replicates_per_task=replicates_per_task)
         address = scheduler_address(scheduler)  # Settings checked it already; API callers may not have

@@ -8,6 +8,13 @@ coordinator decides what a Ctrl-C means (finish in-flight trials within the
 grace period; a second one cancels them) and closes the cluster itself. A worker
 process whose coordinator dies exits too (its nanny lives in the coordinator, and
 Dask's worker processes end when their parent does).
+
+It also imports the worker task and loads the run's model (named in the
+environment variable ``CALABARIA_PRELOAD_MODEL``): a spawned worker process
+imports everything cold (seconds of CPU for a model package), and doing it here
+pays that while the coordinator prepares the study, not when the first trial's
+replicates arrive. A model that fails to load is left to the first replicate,
+which reports the error as a trial failure like any other.
 """
 
 from __future__ import annotations
@@ -24,3 +31,12 @@ def dask_setup(worker: Any) -> None:  # noqa: ARG001 - Dask's preload hook signa
     except OSError:  # already a session leader (e.g. started by another launcher)
         pass
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    model_ref = os.environ.get("CALABARIA_PRELOAD_MODEL")
+    if model_ref:
+        try:
+            from modelops_calabaria.models import load_model
+            from modelops_calabaria.simulation import task  # noqa: F401 - what every replicate runs
+
+            load_model(model_ref)  # cached per process: the replicates find it loaded
+        except Exception:  # noqa: BLE001, S110 - the first replicate reports it, with its traceback
+            pass

@@ -1,0 +1,42 @@
+"""The shape of the local cluster the service starts when no scheduler is given.
+
+Without Dask imports, so that a run can size its loops (and decide it has
+nothing to run) before any cluster exists.
+
+Default shape (measured in docs/performance.md, "Start-up"): the built-in
+models (``sir``, ``seir``, ``age_seir``: vectorised numpy, milliseconds per
+replicate) run on threads of the coordinator's own process, without Dask (the
+``inline`` service): no cluster to start, no worker process importing
+everything cold, no scheduler round trip per task; on the SEIR demo this beat
+both a Dask cluster of threads and one of processes. Any other model runs on a
+local Dask cluster of one single-threaded worker process per core: a
+pure-Python model would hold one GIL for all threads, and a worker process can
+be restarted after a timeout. ``CALABARIA_LOCAL_PROCESSES``
+(``Settings.local_processes``) overrides it: true, the process cluster for any
+model; false, threads of this process for any model.
+"""
+
+from __future__ import annotations
+
+import os
+
+from modelops_calabaria.models import BUILTINS
+
+# Environment variable a local worker process finds the model in (worker_setup loads it at start).
+PRELOAD_MODEL_ENV = "CALABARIA_PRELOAD_MODEL"
+
+
+def local_processes(model_ref: str, setting: bool | None) -> bool:
+    """Whether a run without a scheduler starts a cluster of worker processes (else it runs
+    the replicates on threads of its own process): ``setting`` if set, else threads for a
+    built-in model and processes for any other."""
+    if setting is not None:
+        return setting
+    return model_ref not in BUILTINS
+
+
+def local_cluster_shape(local_workers: int | None, processes: bool) -> tuple[int, int]:
+    """``(workers, threads per worker)``: ``local_workers`` slots (default: cores), as that many
+    single-threaded processes, or as one in-process worker with that many threads."""
+    n = local_workers or max(1, os.cpu_count() or 1)
+    return (n, 1) if processes else (1, n)
