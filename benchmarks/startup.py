@@ -9,15 +9,10 @@ on stdout) on the SEIR demo job (examples/seir/job.yaml) with a SQLite study:
 - ``first``: a fresh run: seconds from the command's start (just before the
   subprocess is spawned) to the first "trial finished" log line, to "calibration
   starting", and to exit; ``results.json``'s ``wall_time_s`` (the calibration alone).
-- ``shape``: where the built-in models run without a scheduler: the same fresh
-  run with ``CALABARIA_LOCAL_PROCESSES=true`` (a local Dask cluster of one
-  single-threaded worker process per core) and ``false`` (threads of the
-  coordinator's process, the default for built-ins), interleaved ``--repeats``
-  times, at ``--trials`` trials. (A Dask cluster of threads in the coordinator's
-  process was measured too, at commit 066ba2b: docs/performance.md.)
-
-Run it against another version of the code with ``PYTHONPATH=/path/to/that/src``
-(the subprocesses inherit the environment), e.g. an exported older commit.
+- ``shape``: the local cluster's shape for the built-in models: the same fresh run
+  with ``CALABARIA_LOCAL_PROCESSES=true`` (one single-threaded worker process per
+  core) and ``false`` (threads of one in-process worker), and ``--scheduler inline``
+  for reference, interleaved ``--repeats`` times, at ``--trials`` trials.
 
 Nothing asserts: it prints a table per part and writes JSON (``--json``).
 
@@ -106,8 +101,9 @@ def part_first(work: Path, trials: int, repeats: int) -> list[dict[str, Any]]:
 
 
 SHAPES = {
-    "processes": ([], {"CALABARIA_LOCAL_PROCESSES": "true"}),  # a local Dask cluster, one worker process per core
-    "threads": ([], {"CALABARIA_LOCAL_PROCESSES": "false"}),  # threads of the coordinator (the built-ins' default)
+    "processes": ([], {"CALABARIA_LOCAL_PROCESSES": "true"}),
+    "threads": ([], {"CALABARIA_LOCAL_PROCESSES": "false"}),
+    "inline": (["--scheduler", "inline"], {}),
 }
 
 

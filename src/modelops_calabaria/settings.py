@@ -44,12 +44,11 @@ class Settings(BaseSettings):
             authentication, to the network. Env ``CALABARIA_LISTEN_HOST``.
         local_workers: Slots of the local cluster (worker processes, or threads
             of its in-process worker), or threads with ``inline`` (default: cores).
-        local_processes: Without a scheduler: a local Dask cluster of
-            single-threaded worker processes (True), or the replicates on
-            ``local_workers`` threads of the coordinator's process, as ``inline``
-            (False). Empty = automatic: threads for the built-in models,
-            processes for any other model (docs/performance.md, "Start-up").
-            Env ``CALABARIA_LOCAL_PROCESSES``.
+        local_processes: The local cluster runs single-threaded worker processes
+            (True) or one worker's threads in the coordinator's process (False).
+            Empty = automatic: threads for the built-in models, processes for any
+            other model (docs/performance.md, "Start-up"). Env
+            ``CALABARIA_LOCAL_PROCESSES``.
         log_format: ``json``, ``console``, or ``auto`` (console on a terminal).
         heartbeat_interval_s: How often a coordinator says it is alive.
         grace_period_s: A coordinator silent this long is lost; its RUNNING

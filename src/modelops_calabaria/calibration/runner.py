@@ -255,26 +255,24 @@ def run_calibration(
 
 
 def simulation_service(p: Prepared, settings: Settings) -> DeferredService:
-    """The run's simulation service, not yet started. Without a scheduler: threads of
-    this process for a built-in model, else a local cluster of worker processes
-    (``simulation/local.py``); either knows its slots before it exists."""
+    """The run's simulation service, not yet started: a local cluster (threads or worker
+    processes: ``simulation/local.py``) knows its slots before it exists."""
     job = p.job
     context = SimContext(p.model_ref, dict(job.fixed), p.targets, job.timeout_s, job.replicate_retries)
-    scheduler = settings.scheduler
-    if not scheduler and not local_processes(p.model_ref, settings.local_processes):
-        scheduler = INLINE  # short built-in models: no cluster to start (docs/performance.md, "Start-up")
+    processes = local_processes(p.model_ref, settings.local_processes)
     slots = None  # a remote cluster's size is asked of it once connected
-    if not scheduler:
-        workers, threads = local_cluster_shape(settings.local_workers, True)
+    if not settings.scheduler:
+        workers, threads = local_cluster_shape(settings.local_workers, processes)
         slots = workers * threads
-    elif scheduler.strip().lower() == INLINE:
+    elif settings.scheduler.strip().lower() == INLINE:
         slots = settings.local_workers or max(1, os.cpu_count() or 1)
 
     def connect() -> SimulationService:
-        return connect_service(scheduler, context, local_workers=settings.local_workers,
-                               replicates_per_task=settings.replicates_per_task, listen_host=settings.listen_host)
+        return connect_service(settings.scheduler, context, local_workers=settings.local_workers,
+                               replicates_per_task=settings.replicates_per_task, listen_host=settings.listen_host,
+                               processes=processes)
 
-    return DeferredService(connect, slots=slots, description=scheduler or "local cluster")
+    return DeferredService(connect, slots=slots, description="local cluster" if not settings.scheduler else settings.scheduler)
 
 
 def _run_with_service(p: Prepared, settings: Settings, service: SimulationService, options: RunOptions) -> RunResult:

@@ -1,7 +1,6 @@
 """In-process implementation of the simulation service: no Dask at all.
 
-Selected with ``scheduler: inline`` (``--scheduler inline``), and by default for
-the built-in models when no scheduler is given (``local.py``). Replicates run on
+Selected with ``scheduler: inline`` (``--scheduler inline``). Replicates run on
 a thread pool of the coordinator's own process, through the same
 :func:`run_replicate` / :func:`reduce_trial` a Dask worker runs, so failures,
 timeouts and scores behave exactly as on a cluster. It is meant for two
@@ -67,7 +66,7 @@ class InlineSimulationService:
         if not self._warned.is_set():
             self._warned.set()
             log.warning("a timed-out model keeps running on a thread of this process (inline scheduler): it cannot be stopped",
-                        hint="use a Dask scheduler, or CALABARIA_LOCAL_PROCESSES=true for a local cluster, whose workers are restarted after a timeout")
+                        hint="use a Dask scheduler (or none: a local cluster), whose workers are restarted after a timeout")
 
     def submit(self, trial_number: int, params: Mapping[str, Any], seeds: Sequence[int]) -> InlineTrialHandle:
         params = dict(params)

@@ -5,15 +5,11 @@ nothing to run) before any cluster exists.
 
 Default shape (measured in docs/performance.md, "Start-up"): the built-in
 models (``sir``, ``seir``, ``age_seir``: vectorised numpy, milliseconds per
-replicate) run on threads of the coordinator's own process, without Dask (the
-``inline`` service): no cluster to start, no worker process importing
-everything cold, no scheduler round trip per task; on the SEIR demo this beat
-both a Dask cluster of threads and one of processes. Any other model runs on a
-local Dask cluster of one single-threaded worker process per core: a
-pure-Python model would hold one GIL for all threads, and a worker process can
-be restarted after a timeout. ``CALABARIA_LOCAL_PROCESSES``
-(``Settings.local_processes``) overrides it: true, the process cluster for any
-model; false, threads of this process for any model.
+replicate) run on threads of one in-process worker: no worker process to start,
+no cold imports, and their numpy work releases the GIL often enough. Any other
+model runs in one single-threaded worker process per core: a pure-Python model
+would hold one GIL for all threads, and a process can be restarted after a
+timeout. ``CALABARIA_LOCAL_PROCESSES`` (Settings.local_processes) overrides it.
 """
 
 from __future__ import annotations
@@ -27,9 +23,8 @@ PRELOAD_MODEL_ENV = "CALABARIA_PRELOAD_MODEL"
 
 
 def local_processes(model_ref: str, setting: bool | None) -> bool:
-    """Whether a run without a scheduler starts a cluster of worker processes (else it runs
-    the replicates on threads of its own process): ``setting`` if set, else threads for a
-    built-in model and processes for any other."""
+    """Whether the local cluster runs worker processes (else threads): ``setting`` if set,
+    else threads for a built-in model and processes for any other."""
     if setting is not None:
         return setting
     return model_ref not in BUILTINS
