@@ -27,11 +27,25 @@ CLI = [str(_BIN)] if _BIN.exists() else [sys.executable, "-m", "modelops_calabar
 C, R, W = TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING
 
 
+def _small_reevaluation_job(where: Path) -> Path:
+    """The demo job re-evaluating its best trial on 2 fresh replicates: a no-op resume runs
+    them in-process however loaded the machine is (40 runs could pass the in-process limit)."""
+    import shutil
+
+    job_dir = where / "job"
+    if not job_dir.exists():
+        shutil.copytree(JOB.parent, job_dir)
+        with (job_dir / "job.yaml").open("a") as f:
+            f.write("\nreevaluate: {top_k: 1, replicates: 2}\n")
+    return job_dir / "job.yaml"
+
+
 def calibrate_watching_children(out: Path, *extra: str, env: dict[str, str] | None = None,
                                 timeout_s: float = 120.0) -> tuple[subprocess.CompletedProcess, set[str]]:
     """Run ``calabaria calibrate`` and poll its process tree every 10 ms while it runs:
     the command lines of every descendant process ever seen."""
-    cmd = [*CLI, "calibrate", str(JOB), "--output", str(out), "--max-trials", "6", "--log-format", "json", *extra]
+    cmd = [*CLI, "calibrate", str(_small_reevaluation_job(out.parent)), "--output", str(out), "--max-trials", "6",
+           "--log-format", "json", *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **(env or {})})
     seen: set[str] = set()
