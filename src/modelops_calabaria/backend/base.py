@@ -35,6 +35,7 @@ REPLICATES_ATTR = "replicates"  # user attr (pruning on): replicates the trial r
 REPLICATE_LOSSES_ATTR = "replicate_losses"  # user attr (pruning on): per-replicate losses, in replicate order
 PARTIAL_LOSS_ATTR = "partial_loss"  # user attr of a PRUNED trial: the mean loss of the replicates it ran
 PRUNED_AGAINST_ATTR = "pruned_against"  # user attr of a PRUNED trial: the completed trial it was compared with
+ESTIMATED_LOSS_ATTR = "estimated_loss"  # user attr of a PRUNED trial: its full loss as estimated (what samplers learn)
 OBJECTIVE_NAME = "loss"  # the study's metric name (optuna-dashboard shows it)
 
 

@@ -30,6 +30,7 @@ exists only in the mirror until a claimed slot turns it into a trial.
 
 from __future__ import annotations
 
+import math
 import pickle
 import threading
 import time
@@ -45,6 +46,7 @@ from optuna.trial import TrialState
 from modelops_calabaria.backend.base import (
     BUSY_ATTR,
     COORDINATOR_ATTR,
+    ESTIMATED_LOSS_ATTR,
     FAIL_REASON,
     LOSS_ATTR_PREFIX,
     PARTIAL_LOSS_ATTR,
@@ -64,6 +66,15 @@ from modelops_calabaria.logging import get_logger
 
 _FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
 log = get_logger(__name__)
+
+
+def sampler_view(state: TrialState, value: float | None, estimate: Any = None) -> tuple[TrialState, float | None]:
+    """The state and value a sampler's mirror gets for a trial: a PRUNED trial with a finite
+    estimated loss (``estimated_loss``) counts as COMPLETE with that value, worse than the
+    trial it lost to; one without stays PRUNED without a value (ranked below every COMPLETE one)."""
+    if state == TrialState.PRUNED and isinstance(estimate, (int, float)) and math.isfinite(estimate):
+        return TrialState.COMPLETE, float(estimate)
+    return state, value
 
 
 @dataclass
@@ -93,7 +104,7 @@ class Asker(Protocol):
         """Finish ``trial`` FAIL with ``reason``."""
 
     def tell_pruned(self, trial: AskedTrial, partial_loss: float, replicate_losses: Sequence[float], busy_s: float,
-                    against: int | None) -> None:
+                    against: int | None, estimate: float = math.nan) -> None:
         """Finish ``trial`` PRUNED after ``len(replicate_losses)`` replicates (no objective value)."""
 
     def completed_elsewhere(self) -> list[tuple[int, float, list[float]]]:
@@ -192,17 +203,24 @@ class _AskerBase:
         self._writer.submit(trial.trial_id, TrialState.COMPLETE, float(loss), attrs)
 
     def tell_pruned(self, trial: AskedTrial, partial_loss: float, replicate_losses: Sequence[float], busy_s: float,
-                    against: int | None) -> None:
-        """Finish ``trial`` PRUNED (written asynchronously) with the replicates it ran and their mean
-        loss as user attributes. No objective value, here or in the sampler's mirror: a partial loss
-        must not rank a pruned trial among completed ones."""
-        self._on_tell(trial, TrialState.PRUNED, None)
+                    against: int | None, estimate: float = math.nan) -> None:
+        """Finish ``trial`` PRUNED (written asynchronously) with the replicates it ran, their mean loss,
+        the trial it lost to and its ``estimate``d full loss as user attributes, and no objective
+        value: nothing that ranks COMPLETE trials ranks it.
+
+        The sampler's mirror learns it as a trial of value ``estimate`` (see :func:`sampler_view`),
+        which is worse than the trial it lost to: a region that is good but not the best is not
+        learnt as bad, and a partial loss never passes for a better completed one.
+        """
+        self._on_tell(trial, *sampler_view(TrialState.PRUNED, None, estimate))
         attrs: dict[str, Any] = {
             PARTIAL_LOSS_ATTR: float(partial_loss), REPLICATES_ATTR: len(replicate_losses),
             REPLICATE_LOSSES_ATTR: [float(v) for v in replicate_losses], BUSY_ATTR: round(float(busy_s), 6),
         }
         if against is not None:
             attrs[PRUNED_AGAINST_ATTR] = int(against)
+        if math.isfinite(estimate):
+            attrs[ESTIMATED_LOSS_ATTR] = float(estimate)
         self._writer.submit(trial.trial_id, TrialState.PRUNED, None, attrs)
 
     def completed_elsewhere(self) -> list[tuple[int, float, list[float]]]:
@@ -323,7 +341,7 @@ class MirroredAsker(_AskerBase):
                     continue
                 if tid in self._foreign_open:
                     if t.state in _FINISHED:
-                        events.append(FinishTrial(tid, t.state, t.value))
+                        events.append(FinishTrial(tid, *sampler_view(t.state, t.value, t.user_attrs.get(ESTIMATED_LOSS_ATTR))))
                         self._foreign_open.discard(tid)
                         self._note_complete(t)
                     continue
@@ -340,7 +358,8 @@ class MirroredAsker(_AskerBase):
                         self._unsampled.discard(tid)
                     continue
                 self._unsampled.discard(tid)
-                events.append(AddTrial(tid, dict(t.params), dict(t.distributions), t.state, t.value))
+                events.append(AddTrial(tid, dict(t.params), dict(t.distributions),
+                                       *sampler_view(t.state, t.value, t.user_attrs.get(ESTIMATED_LOSS_ATTR))))
                 self._note_complete(t)
                 if t.state == TrialState.RUNNING:
                     self._foreign_open.add(tid)

@@ -35,6 +35,7 @@ is protected at least as well.
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from collections.abc import Mapping, Sequence
@@ -59,6 +60,10 @@ class Decision:
 
     ``bound``: the lower prediction bound on (trial loss - reference loss), sign-adjusted
     so that positive means worse; NaN when there was nothing to compare with.
+    ``estimate``: the trial's full loss as estimated from its replicates, the reference's
+    loss plus the mean difference (paired) — for a pruned trial always worse than the
+    reference's loss, since the bound below that mean is. What the sampler learns
+    from a pruned trial (``asktell.py``); NaN without a reference.
     """
 
     prune: bool
@@ -67,6 +72,7 @@ class Decision:
     bound: float
     reference: int | None
     paired: bool
+    estimate: float = math.nan
 
 
 def prediction_lower_bound(x: Sequence[float], n_total: int, alpha: float) -> float:
@@ -90,7 +96,13 @@ def prediction_lower_bound(x: Sequence[float], n_total: int, alpha: float) -> fl
         return mean
     rest = n_total - m
     scale = (rest / n_total) * math.sqrt(1.0 / m + 1.0 / rest)
-    return mean - float(stats.t.ppf(1.0 - alpha, m - 1)) * spread * scale
+    return mean - _t_quantile(1.0 - alpha, m - 1) * spread * scale
+
+
+@functools.lru_cache(maxsize=256)
+def _t_quantile(p: float, df: int) -> float:
+    # A handful of (alpha, m) pairs per run; scipy's ppf costs far more than the rest of a decision.
+    return float(stats.t.ppf(p, df))
 
 
 def decide(partial: Sequence[float], reference: Reference | None, n_total: int, alpha: float, *,
@@ -108,12 +120,13 @@ def decide(partial: Sequence[float], reference: Reference | None, n_total: int, 
     a = np.asarray(partial, dtype=float)
     paired = paired and len(reference.replicate_losses) == n_total
     x = a - np.asarray(reference.replicate_losses[:m], dtype=float) if paired else a - reference.loss
+    estimate = reference.loss + float(x.mean())
     if not minimize:
         x = -x
     if not np.isfinite(x).all():
         return Decision(False, partial_loss, m, math.nan, reference.number, paired)
     bound = prediction_lower_bound(x, n_total, alpha)
-    return Decision(bound > 0, partial_loss, m, bound, reference.number, paired)
+    return Decision(bound > 0, partial_loss, m, bound, reference.number, paired, estimate)
 
 
 def replicate_losses(replicate_scores: Sequence[Mapping[str, float]], weights: Mapping[str, float]) -> list[float]:

@@ -304,7 +304,7 @@ class Wire:
     def _tell_pruned(self, trial: AskedTrial, scores: list[dict[str, float]], decision: pruning.Decision, busy_s: float,
                      duration_s: float) -> None:
         losses = pruning.replicate_losses(scores, self._weights)
-        self.asker.tell_pruned(trial, decision.partial_loss, losses, busy_s, decision.reference)
+        self.asker.tell_pruned(trial, decision.partial_loss, losses, busy_s, decision.reference, decision.estimate)
         with self._lock:
             self.state.record_pruned(trial.number, busy_s)
             reason = self.state.check_stop(time.monotonic())
