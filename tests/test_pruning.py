@@ -201,3 +201,28 @@ def test_bad_pruning_is_refused(tmp_path, overrides, fragment):
         make_job(tmp_path, **data)
     text = str(e.value) + " " + " ".join(f"{p}: {m}" for p, m in getattr(e.value, "problems", []) or [])
     assert fragment in text
+
+
+# -- a pruned trial in the run's counts ----------------------------------------------------------
+
+def test_a_pruned_trial_is_neither_a_failure_nor_an_improvement(tmp_path):
+    from modelops_calabaria.calibration.run_state import RunState
+    from modelops_calabaria.outcome import TrialRecord
+    from modelops_calabaria.reporting.progress import Progress
+
+    job = make_job(tmp_path, stop={"patience": 2, "max_consecutive_failures": 2})
+    state = RunState("minimize", job.stop, 0.0)
+    state.record_complete(0, 1.0, {})
+    state.record_fail(1, "boom")
+    state.record_pruned(2, busy_s=0.5)
+    assert (state.completed, state.failed, state.pruned, state.consecutive_failures) == (1, 1, 1, 0)
+    assert state.busy_s == 0.5 and state.best_number == 0
+    state.record_fail(3, "boom")
+    assert state.check_stop(0.0) is None  # fail, pruned, fail: no storm of 2 consecutive failures
+    state.record_pruned(4)
+    assert state.check_stop(0.0) == "no improvement in 2 trials (patience 2)"  # pruned trials did not improve
+    progress = Progress(4, bar=False)
+    progress(TrialRecord(0, "COMPLETE", 1.0, {}, {}, 0.1))
+    progress(TrialRecord(1, "PRUNED", None, {}, {}, 0.1, reason="pruned after 2 of 4 replicates"))
+    assert (progress.completed, progress.pruned, progress.failed, progress.best) == (1, 1, 0, 1.0)
+    assert "1 pruned" in progress.status()

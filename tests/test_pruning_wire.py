@@ -73,7 +73,8 @@ def _check_trials(job, trials) -> tuple[list, list]:
 
 
 @pytest.mark.parametrize("parallel", MODES)
-@pytest.mark.parametrize("fast_path", [pytest.param(True, id="mirrored"), pytest.param(False, id="direct")])
+@pytest.mark.parametrize("fast_path", [pytest.param(True, id="mirrored"),
+                                       pytest.param(False, id="direct", marks=pytest.mark.slow)])
 def test_pruned_trials_carry_replicates_and_partial_loss_and_the_budget_is_exact(tmp_path, scheduler, parallel, fast_path):
     job = _job(tmp_path)
     storage = f"sqlite:///{tmp_path}/s.db"
@@ -91,14 +92,15 @@ def test_pruned_trials_carry_replicates_and_partial_loss_and_the_budget_is_exact
     assert result.best_loss == min(t.value for t in complete)
 
 
-@pytest.mark.parametrize("parallel, loops", [pytest.param(True, 1, id="parallel"), pytest.param(False, 4, id="batched")])
+@pytest.mark.parametrize("parallel, loops", [pytest.param(True, 1, id="parallel", marks=pytest.mark.slow),
+                                             pytest.param(False, 4, id="batched")])
 def test_pruning_never_prunes_the_best_trial_of_a_seeded_run(tmp_path, scheduler, parallel, loops):
     """The same seeded run without and with pruning (a random sampler: the same points in the same
     order): the best trial is known from the unpruned run; the pruned run completes it, with the same
     loss, and every trial it pruned was indeed worse than the one it was pruned against."""
     runs = {}
     for arm, pruning in (("off", None), ("on", {"after": [2]})):
-        job = _job(tmp_path, max_trials=40, pruning=pruning, study=f"best-{arm}")
+        job = _job(tmp_path, max_trials=30, pruning=pruning, study=f"best-{arm}")
         storage = f"sqlite:///{tmp_path}/{arm}.db"
         run_calibration(job, _settings(scheduler, storage, parallel), output_dir=tmp_path / arm, concurrency=loops)
         runs[arm] = (job, _trials(job, storage))
@@ -113,6 +115,7 @@ def test_pruning_never_prunes_the_best_trial_of_a_seeded_run(tmp_path, scheduler
     assert min(t.value for t in on if t.state == TrialState.COMPLETE) == pytest.approx(best.value, rel=1e-12)
 
 
+@pytest.mark.slow
 def test_several_coordinators_share_references_and_spend_the_budget_exactly(tmp_path, scheduler):
     """A first coordinator completes the optimum (a start point) and 9 more trials; then two joining
     workers at once take the budget from 10 to 40. The budget is exact, and the joiners prune against
