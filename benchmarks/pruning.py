@@ -147,6 +147,7 @@ def main() -> None:
             specs.append({**common, "arm": "on", "trials": trials_on, "after": after, "against": args.against,
                           "error_rate": args.error_rate})
     load0 = os.getloadavg()
+    git = _git()  # before the runs: the code they ran
     started = time.monotonic()
     with ProcessPoolExecutor(max_workers=args.procs) as pool:
         rows = list(pool.map(run_one, specs))
@@ -180,7 +181,7 @@ def main() -> None:
     out = {
         "args": vars(args) | {"json": str(args.json) if args.json else None, "trials": trials, "trials_on": trials_on},
         "machine": {"cpus": os.cpu_count(), "loadavg_start": load0, "loadavg_end": os.getloadavg()},
-        "wall_s": round(time.monotonic() - started, 1), **_git(), "summary": summary, "runs": rows,
+        "wall_s": round(time.monotonic() - started, 1), **git, "summary": summary, "runs": rows,
     }
     if args.json:
         args.json.write_text(json.dumps(out, indent=1, default=str))
