@@ -100,7 +100,7 @@ def test_pruning_never_prunes_the_best_trial_of_a_seeded_run(tmp_path, scheduler
     loss, and every trial it pruned was indeed worse than the one it was pruned against."""
     runs = {}
     for arm, pruning in (("off", None), ("on", {"after": [2]})):
-        job = _job(tmp_path, max_trials=30, pruning=pruning, study=f"best-{arm}")
+        job = _job(tmp_path, max_trials=20, pruning=pruning, study=f"best-{arm}")
         storage = f"sqlite:///{tmp_path}/{arm}.db"
         run_calibration(job, _settings(scheduler, storage, parallel), output_dir=tmp_path / arm, concurrency=loops)
         runs[arm] = (job, _trials(job, storage))
@@ -109,7 +109,7 @@ def test_pruning_never_prunes_the_best_trial_of_a_seeded_run(tmp_path, scheduler
     best = min(off, key=lambda t: t.value)
     assert on[best.number].state == TrialState.COMPLETE and on[best.number].value == pytest.approx(best.value, rel=1e-12)
     _, pruned = _check_trials(runs["on"][0], on)
-    assert len(pruned) >= 10  # pruning did happen, and often
+    assert len(pruned) >= 6  # pruning did happen, and often
     for t in pruned:
         assert off[t.number].value > on[t.user_attrs["pruned_against"]].value
     assert min(t.value for t in on if t.state == TrialState.COMPLETE) == pytest.approx(best.value, rel=1e-12)

@@ -31,6 +31,24 @@ looks. Under common random numbers the paired differences are far less noisy
 than the losses themselves, which is what makes the bound sharp. A reference
 only gets better as the run goes on, so a trial that beats the final k-th best
 is protected at least as well.
+
+What the partial loss is, per aggregation (why only ``mean_of_scores`` is accepted):
+
+- ``mean_of_scores``: the mean of the first ``m`` per-replicate losses, an
+  unbiased estimate of the full loss, and the full loss is a mean of the same
+  terms: the bound above applies as stated.
+- ``score_of_mean`` (the default): the score of the mean of ``m`` paths. It is
+  not a mean of per-replicate terms, and it is biased upward with fewer
+  replicates (the spread of an m-path mean adds to a squared error or a
+  likelihood's misfit, by about 1/m of the replicate variance), so a trial
+  scored on 2 replicates looks worse than one scored on all: the comparison
+  would favour pruning, and no paired bound follows.
+- ``logmeanexp``: ``-log mean exp(-nll)`` over ``m`` replicates, also biased
+  upward for small ``m`` (the log of a small average), and dominated by the
+  best replicate: not a mean of per-replicate terms either.
+- ``synthetic_likelihood``: needs the covariance of the replicates; from
+  ``m`` (often fewer than the observed cells) it is singular or dominated by
+  shrinkage.
 """
 
 from __future__ import annotations
