@@ -153,16 +153,16 @@ def test_several_coordinators_share_references_and_spend_the_budget_exactly(tmp_
     assert len(later) >= 10 and all(t.user_attrs["pruned_against"] == 0 for t in later)
 
 
-def test_the_mirror_learns_a_pruned_trial_as_worse_than_its_reference(tmp_path):
+def test_the_mirror_learns_a_pruned_trial_as_worse_than_its_reference(tmp_path, storage_url):
     """The fast path's sampler never sees a pruned trial's partial loss as a completed value: it sees
-    the estimated loss (worse than the trial it lost to); the shared study keeps it PRUNED, valueless."""
+    the estimated loss (worse than the trial it lost to); the shared study keeps it PRUNED, valueless
+    (on every backend: SQLite, journal, PostgreSQL)."""
     from modelops_calabaria.backend.factory import open_store
     from modelops_calabaria.calibration.asktell import MirroredAsker
     from modelops_calabaria.calibration.study import build_sampler, distributions
 
     job = _job(tmp_path)
-    storage = f"sqlite:///{tmp_path}/m.db"
-    backend = open_store(parse_storage_url(storage), 1)
+    backend = open_store(parse_storage_url(storage_url), 1)
     try:
         study = optuna.create_study(study_name=job.study, storage=backend.optuna_storage)
         space = distributions(job)
