@@ -383,6 +383,18 @@ class ReevaluateSpec(_Spec):
     replicates: int | None = Field(default=None, ge=1, le=10_000)
 
 
+class PruningSpec(_Spec):
+    """Replicate-level pruning (docs/performance.md, "Pruning"): a trial's replicates run in
+    stages, and after each of the ``after`` counts the trial is stopped (told PRUNED) when a
+    paired bound says its loss over all replicates would be worse than the ``against``-th
+    best completed trial's, with at most ``error_rate`` chance of stopping one that would not.
+    """
+
+    after: list[int] | None = Field(default=None, min_length=1, max_length=8)
+    against: int = Field(default=1, ge=1, le=1000)
+    error_rate: float = Field(default=0.05, gt=0, lt=0.5)
+
+
 class ExecutionSpec(_Spec):
     """Where and how the job runs; each may be overridden by env or CLI (see Settings)."""
 
@@ -417,6 +429,7 @@ class CalibrationJob(_Spec):
     )
     stop: StopSpec = Field(default_factory=StopSpec)
     posterior: PosteriorSpec | None = None
+    pruning: PruningSpec | None = None
     report: ReportSpec = Field(default_factory=ReportSpec)
     execution: ExecutionSpec = Field(default_factory=ExecutionSpec)
     start: list[dict[str, Any]] = Field(default_factory=list)
@@ -475,6 +488,32 @@ class CalibrationJob(_Spec):
             for name, value in point.items():
                 if not self.parameters[name].admits(value):
                     raise ValueError(f"start[{i}].{name} = {value!r} is outside the parameter's space")
+        return self
+
+    @model_validator(mode="after")
+    def _check_pruning(self) -> CalibrationJob:
+        p = self.pruning
+        if p is None:
+            return self
+        if self.n_replicates < 3:
+            raise ValueError(f"pruning needs n_replicates >= 3 (got {self.n_replicates}): it looks at 2 or more "
+                             "replicates and can only save the rest; raise n_replicates or remove 'pruning'")
+        if p.after is not None:
+            if any(a < 2 for a in p.after):
+                raise ValueError(f"pruning.after {p.after}: every count must be >= 2 (the bound needs the spread of 2 replicates)")
+            if any(b <= a for a, b in zip(p.after, p.after[1:])):
+                raise ValueError(f"pruning.after {p.after}: counts must increase")
+            if p.after[-1] >= self.n_replicates:
+                raise ValueError(f"pruning.after {p.after}: every count must be below n_replicates {self.n_replicates}")
+        for t in self.targets:
+            if t.aggregation != "mean_of_scores":
+                raise ValueError(
+                    f"pruning needs aggregation mean_of_scores on every target: target '{t.name}' uses {t.aggregation}, "
+                    "whose loss is not a mean of per-replicate losses, so its first replicates bound nothing; "
+                    "set aggregation: mean_of_scores on every target or remove 'pruning'")
+        if self.posterior is not None:
+            raise ValueError("pruning cannot be combined with posterior: importance weights need every trial's full "
+                             "likelihood; remove 'pruning' or 'posterior'")
         return self
 
     def starting_points(self) -> list[dict[str, Any]]:
@@ -813,6 +852,11 @@ FIELD_DOCS: dict[str, dict[str, str]] = {
         "shape": "gamma prior: shape (> 0)",
         "rate": "gamma prior: rate (> 0)",
     },
+    "PruningSpec": {
+        "after": "replicate counts after which a trial may be pruned, increasing, each >= 2 and < n_replicates (default: half of n_replicates)",
+        "against": "compare with the k-th best completed trial (default 1: the best)",
+        "error_rate": "at most this chance, per trial, of pruning one whose full loss would have beaten that trial (default 0.05)",
+    },
     "ReevaluateSpec": {
         "top_k": "best trials re-run on fresh seeds at the end of a run (0: off); the reported best is chosen by that loss",
         "replicates": "fresh replicates per re-run trial (default 2 x n_replicates)",
@@ -821,6 +865,7 @@ FIELD_DOCS: dict[str, dict[str, str]] = {
         "reevaluate": "re-evaluate the best trials on fresh seeds at the end: {top_k, replicates} (docs/quality.md)",
         "posterior": "a posterior run: {method, initial, per_stage, target_ess}: weighted samples by IMIS (docs/posterior.md)",
         "report": "report.html options: {replicates, others}",
+        "pruning": "stop trials early whose first replicates show they will not beat the k-th best: {after, against, error_rate}; off when absent",
         "study": "study name (letters, digits, _ . -); re-running with the same name resumes it",
         "model": "built-in name (sir, seir, age_seir; see `calabaria models`), package.module:object, or path/file.py:object",
         "parameters": "searched parameters: {name: {lower, upper, log, kind, step, choices, guess}}",

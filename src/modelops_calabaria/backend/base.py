@@ -31,6 +31,11 @@ FAIL_REASON = "fail_reason"  # user attr of a FAIL trial
 TARGETS_ATTR = "targets"  # user attr of a COMPLETE trial: {target: aggregated loss}
 BUSY_ATTR = "busy_s"  # user attr: the trial's simulation-seconds
 LOSS_ATTR_PREFIX = "loss:"  # user attr per target: its aggregated loss, as a number
+REPLICATES_ATTR = "replicates"  # user attr (pruning on): replicates the trial ran (fewer than n_replicates when PRUNED)
+REPLICATE_LOSSES_ATTR = "replicate_losses"  # user attr (pruning on): per-replicate losses, in replicate order
+PARTIAL_LOSS_ATTR = "partial_loss"  # user attr of a PRUNED trial: the mean loss of the replicates it ran
+PRUNED_AGAINST_ATTR = "pruned_against"  # user attr of a PRUNED trial: the completed trial it was compared with
+ESTIMATED_LOSS_ATTR = "estimated_loss"  # user attr of a PRUNED trial: its full loss as estimated (what samplers learn)
 OBJECTIVE_NAME = "loss"  # the study's metric name (optuna-dashboard shows it)
 
 
@@ -150,7 +155,7 @@ class StudyBackend(Protocol):
     - ``create_trial`` inserts a RUNNING trial with its parameters and system
       attributes, numbered densely within the study, and returns
       ``(number, trial_id)``.
-    - ``finish_trial`` sets a RUNNING trial COMPLETE (with its value) or FAIL,
+    - ``finish_trial`` sets a RUNNING trial COMPLETE (with its value), PRUNED or FAIL,
       with user attributes, all at once; it returns False and writes nothing if
       the trial was already finished (by another coordinator's recovery): the
       first word stands.
@@ -186,7 +191,7 @@ class StudyBackend(Protocol):
 
     def finish_trial(self, trial_id: int, state: TrialState, value: float | None,
                      user_attrs: Mapping[str, Any]) -> bool:
-        """Finish a RUNNING trial COMPLETE or FAIL with ``user_attrs``; False if already finished."""
+        """Finish a RUNNING trial COMPLETE, PRUNED or FAIL with ``user_attrs``; False if already finished."""
 
     def fail_if_running(self, trial_id: int, reason: str) -> bool:
         """Set the trial FAIL with ``reason`` if still RUNNING; False otherwise."""

@@ -66,7 +66,7 @@ COLUMNS_USED = {
     "trial_values": {"trial_id", "objective", "value", "value_type"},
 }
 ENUMS_USED = {
-    "trialstate": {"RUNNING", "COMPLETE", "FAIL", "WAITING"},
+    "trialstate": {"RUNNING", "COMPLETE", "PRUNED", "FAIL", "WAITING"},
     "trialvaluetype": {"FINITE", "INF_POS", "INF_NEG"},
 }
 

@@ -1,7 +1,7 @@
 """Asking and telling trials on the shared study: the coordinator's hot path.
 
 Two askers share one contract, :class:`Asker` (``ask`` / ``tell_complete`` /
-``tell_fail`` / ``close``; thread-safe). Both take an enqueued trial
+``tell_fail`` / ``tell_pruned`` / ``close``; thread-safe). Both take an enqueued trial
 (``study.enqueue_trial``) before sampling a new one, each enqueued trial once
 across every coordinator. All storage I/O goes through the study backend
 (``backend/``):
@@ -30,10 +30,11 @@ exists only in the mirror until a claimed slot turns it into a trial.
 
 from __future__ import annotations
 
+import math
 import pickle
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -45,8 +46,13 @@ from optuna.trial import TrialState
 from modelops_calabaria.backend.base import (
     BUSY_ATTR,
     COORDINATOR_ATTR,
+    ESTIMATED_LOSS_ATTR,
     FAIL_REASON,
     LOSS_ATTR_PREFIX,
+    PARTIAL_LOSS_ATTR,
+    PRUNED_AGAINST_ATTR,
+    REPLICATE_LOSSES_ATTR,
+    REPLICATES_ATTR,
     RETRY_ATTR,
     TARGETS_ATTR,
     StudyBackend,
@@ -60,6 +66,15 @@ from modelops_calabaria.logging import get_logger
 
 _FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
 log = get_logger(__name__)
+
+
+def sampler_view(state: TrialState, value: float | None, estimate: Any = None) -> tuple[TrialState, float | None]:
+    """The state and value a sampler's mirror gets for a trial: a PRUNED trial with a finite
+    estimated loss (``estimated_loss``) counts as COMPLETE with that value, worse than the
+    trial it lost to; one without stays PRUNED without a value (ranked below every COMPLETE one)."""
+    if state == TrialState.PRUNED and isinstance(estimate, (int, float)) and math.isfinite(estimate):
+        return TrialState.COMPLETE, float(estimate)
+    return state, value
 
 
 @dataclass
@@ -81,11 +96,20 @@ class Asker(Protocol):
     def ask(self) -> AskedTrial:
         """Create a RUNNING trial owned by this coordinator (after a budget slot was claimed)."""
 
-    def tell_complete(self, trial: AskedTrial, loss: float, per_target: Mapping[str, float], busy_s: float) -> None:
+    def tell_complete(self, trial: AskedTrial, loss: float, per_target: Mapping[str, float], busy_s: float,
+                      replicate_losses: Sequence[float] | None = None) -> None:
         """Finish ``trial`` COMPLETE."""
 
     def tell_fail(self, trial: AskedTrial, reason: str, busy_s: float = 0.0) -> None:
         """Finish ``trial`` FAIL with ``reason``."""
+
+    def tell_pruned(self, trial: AskedTrial, partial_loss: float, replicate_losses: Sequence[float], busy_s: float,
+                    against: int | None, estimate: float = math.nan) -> None:
+        """Finish ``trial`` PRUNED after ``len(replicate_losses)`` replicates (no objective value)."""
+
+    def completed_elsewhere(self) -> list[tuple[int, float, list[float]]]:
+        """Other coordinators' COMPLETE trials with per-replicate losses seen since the last call:
+        ``(number, loss, replicate_losses)``."""
 
     def close(self) -> None:
         """Wait until every tell is written; raise the first write error."""
@@ -165,13 +189,44 @@ class _AskerBase:
     def _mirror_retry(self, params: dict[str, Any], dists: dict[str, BaseDistribution], trial_id: int) -> Any:
         return None
 
-    def tell_complete(self, trial: AskedTrial, loss: float, per_target: Mapping[str, float], busy_s: float) -> None:
-        """Finish ``trial`` COMPLETE with its per-target values (written asynchronously)."""
+    def tell_complete(self, trial: AskedTrial, loss: float, per_target: Mapping[str, float], busy_s: float,
+                      replicate_losses: Sequence[float] | None = None) -> None:
+        """Finish ``trial`` COMPLETE with its per-target values (written asynchronously);
+        ``replicate_losses`` (pruning on) are stored too, for other coordinators' pruning."""
         self._on_tell(trial, TrialState.COMPLETE, loss)
         targets = {k: float(v) for k, v in per_target.items()}
         attrs: dict[str, Any] = {TARGETS_ATTR: targets, BUSY_ATTR: round(float(busy_s), 6)}
         attrs.update({LOSS_ATTR_PREFIX + k: v for k, v in targets.items()})  # numeric, for tools that sort on it
+        if replicate_losses is not None:
+            attrs[REPLICATES_ATTR] = len(replicate_losses)
+            attrs[REPLICATE_LOSSES_ATTR] = [float(v) for v in replicate_losses]
         self._writer.submit(trial.trial_id, TrialState.COMPLETE, float(loss), attrs)
+
+    def tell_pruned(self, trial: AskedTrial, partial_loss: float, replicate_losses: Sequence[float], busy_s: float,
+                    against: int | None, estimate: float = math.nan) -> None:
+        """Finish ``trial`` PRUNED (written asynchronously) with the replicates it ran, their mean loss,
+        the trial it lost to and its ``estimate``d full loss as user attributes, and no objective
+        value: nothing that ranks COMPLETE trials ranks it.
+
+        The sampler's mirror learns it as a trial of value ``estimate`` (see :func:`sampler_view`),
+        which is worse than the trial it lost to: a region that is good but not the best is not
+        learnt as bad, and a partial loss never passes for a better completed one.
+        """
+        self._on_tell(trial, *sampler_view(TrialState.PRUNED, None, estimate))
+        attrs: dict[str, Any] = {
+            PARTIAL_LOSS_ATTR: float(partial_loss), REPLICATES_ATTR: len(replicate_losses),
+            REPLICATE_LOSSES_ATTR: [float(v) for v in replicate_losses], BUSY_ATTR: round(float(busy_s), 6),
+        }
+        if against is not None:
+            attrs[PRUNED_AGAINST_ATTR] = int(against)
+        if math.isfinite(estimate):
+            attrs[ESTIMATED_LOSS_ATTR] = float(estimate)
+        self._writer.submit(trial.trial_id, TrialState.PRUNED, None, attrs)
+
+    def completed_elsewhere(self) -> list[tuple[int, float, list[float]]]:
+        """Other coordinators' COMPLETE trials with per-replicate losses, since the last call
+        (only the mirrored asker follows other coordinators)."""
+        return []
 
     def tell_fail(self, trial: AskedTrial, reason: str, busy_s: float = 0.0) -> None:
         """Finish ``trial`` FAIL with ``reason`` (written asynchronously)."""
@@ -245,6 +300,7 @@ class MirroredAsker(_AskerBase):
         self._unsampled: set[int] = set()  # created elsewhere, parameters not yet written (plain asks)
         self._max_seen = -1
         self._last_sync = time.monotonic()
+        self._elsewhere: list[tuple[int, float, list[float]]] = []  # for pruning's reference: completed_elsewhere
         events = self._fetch_events()  # the study so far, before the first point is sampled
         args, kwargs = (sampler, study.directions, space), {"window": window, "keep_best": keep_best}
         self._front: SamplerFront
@@ -285,8 +341,9 @@ class MirroredAsker(_AskerBase):
                     continue
                 if tid in self._foreign_open:
                     if t.state in _FINISHED:
-                        events.append(FinishTrial(tid, t.state, t.value))
+                        events.append(FinishTrial(tid, *sampler_view(t.state, t.value, t.user_attrs.get(ESTIMATED_LOSS_ATTR))))
                         self._foreign_open.discard(tid)
+                        self._note_complete(t)
                     continue
                 if t.system_attrs.get(COORDINATOR_ATTR) == self.coordinator_id:
                     continue  # ours, created by an ask that has not mapped it yet: the mirror has its point
@@ -301,12 +358,25 @@ class MirroredAsker(_AskerBase):
                         self._unsampled.discard(tid)
                     continue
                 self._unsampled.discard(tid)
-                events.append(AddTrial(tid, dict(t.params), dict(t.distributions), t.state, t.value))
+                events.append(AddTrial(tid, dict(t.params), dict(t.distributions),
+                                       *sampler_view(t.state, t.value, t.user_attrs.get(ESTIMATED_LOSS_ATTR))))
+                self._note_complete(t)
                 if t.state == TrialState.RUNNING:
                     self._foreign_open.add(tid)
             self._max_seen = max(self._max_seen, top)
             self._own_recent = {i for i in self._own_recent if i > self._max_seen}
         return events
+
+    def _note_complete(self, t: optuna.trial.FrozenTrial) -> None:
+        """Keep a foreign COMPLETE trial's per-replicate losses for :meth:`completed_elsewhere` (caller holds the lock)."""
+        losses = t.user_attrs.get(REPLICATE_LOSSES_ATTR)
+        if t.state == TrialState.COMPLETE and t.value is not None and isinstance(losses, list):
+            self._elsewhere.append((t.number, float(t.value), [float(v) for v in losses]))
+
+    def completed_elsewhere(self) -> list[tuple[int, float, list[float]]]:
+        with self._lock:
+            out, self._elsewhere = self._elsewhere, []
+        return out
 
     # -- asking and telling -----------------------------------------------------------------
 

@@ -28,6 +28,7 @@ class RunState:
     started: float
     completed: int = 0
     failed: int = 0
+    pruned: int = 0
     best_loss: float | None = None
     best_number: int | None = None
     best_params: dict = field(default_factory=dict)
@@ -56,6 +57,13 @@ class RunState:
             return True
         self.since_improvement += 1
         return False
+
+    def record_pruned(self, number: int, busy_s: float = 0.0) -> None:
+        """Count a PRUNED trial: not a failure (it breaks a failure storm), not an improvement."""
+        self.pruned += 1
+        self.busy_s += busy_s
+        self.consecutive_failures = 0
+        self.since_improvement += 1
 
     def record_fail(self, number: int, reason: str, busy_s: float = 0.0) -> None:
         """Count a FAIL trial."""

@@ -31,6 +31,15 @@ def replicate_seeds(job_seed: int, n_replicates: int, trial_number: int, mode: s
     return [_seed(key, r) for r in range(n_replicates)]
 
 
+def shares_seeds(mode: str, trial_a: int, trial_b: int) -> bool:
+    """Whether replicate ``r`` of two trials runs on the same seed, for every ``r``."""
+    if mode == "independent":
+        return trial_a == trial_b
+    if mode == "staged":
+        return trial_a // STAGE_TRIALS == trial_b // STAGE_TRIALS
+    return True
+
+
 def used_seeds(job_seed: int, n_replicates: int, trial_numbers: Iterable[int], mode: str = "common") -> set[int]:
     """Every replicate seed the trials ``trial_numbers`` ran with."""
     out: set[int] = set()

@@ -14,10 +14,17 @@ Invariants, in both modes:
   in between (exceptions, NaN, timeouts, shutdown);
 - a shared Event stops every loop (budget spent, stop rule, signal, fatal error);
   the in-process Lock guards the run state.
+
+With ``pruning`` in the job, a trial's replicates run in stages (``pruning.after``);
+between stages each trial is compared with the k-th best completed trial
+(``pruning.py``) and told PRUNED, with the replicates it ran, when the bound
+says it will not beat it. In batched mode every stage of a round is submitted
+together. A pruned trial is one asked trial: the budget counts it once.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -27,7 +34,8 @@ from dataclasses import dataclass, field
 
 
 from modelops_calabaria.backend.ledger import Ledger
-from modelops_calabaria.calibration.seeds import replicate_seeds
+from modelops_calabaria.calibration import pruning
+from modelops_calabaria.calibration.seeds import replicate_seeds, shares_seeds
 from modelops_calabaria.calibration.run_state import RunState
 from modelops_calabaria.calibration.asktell import AskedTrial, Asker
 from modelops_calabaria.job import CalibrationJob
@@ -58,11 +66,16 @@ class Wire:
         self._in_flight: dict[int, TrialHandle] = {}
         self._fatal: BaseException | None = None
         self._shutdown_reason: str | None = None
+        self._cancelled_all = False
         self.claimed = 0
         self.budget_spent = False
         self._reserve = 0
         # Slots per ledger round trip: small, so that several coordinators share the end of a budget.
         self.claim_block = max(1, min(4, self.concurrency // 4))
+        spec = self.job.pruning
+        self._looks = pruning.looks(spec.after, self.job.n_replicates) if spec is not None else ()
+        self.board = pruning.Board(spec.against, self.job.direction == "minimize") if spec is not None else None
+        self._weights = {t.name: t.weight for t in self.job.targets}
 
     # -- control ---------------------------------------------------------------------------
 
@@ -92,8 +105,9 @@ class Wire:
         timer.start()
 
     def cancel_in_flight(self) -> None:
-        """Cancel every trial still running; their loops tell them FAIL."""
+        """Cancel every trial still running; their loops tell them FAIL (and start no further stage)."""
         with self._lock:
+            self._cancelled_all = True
             handles = list(self._in_flight.values())
         for h in handles:
             h.cancel()
@@ -200,19 +214,14 @@ class Wire:
         started = time.perf_counter()
         told: set[int] = set()
         try:
-            handles: list[TrialHandle] = []
-            for t in trials:
-                seeds = replicate_seeds(self.job.seed, self.job.n_replicates, t.number, self.job.replicate_seeds)
-                handle = self.service.submit(t.number, t.params, seeds)
-                handles.append(handle)
-                with self._lock:
-                    self._in_flight[t.number] = handle
-            evaluations = [handles[0].result()] if len(handles) == 1 else self.service.gather(handles)
-            for t, ev in zip(trials, evaluations):
-                if ev.error == "simulation cancelled" and self._shutdown_reason:
-                    ev = _failed(f"cancelled: {self._shutdown_reason} before the trial finished")
-                self._tell(t, ev, time.perf_counter() - started)
-                told.add(t.number)
+            n = self.job.n_replicates
+            seeds = {t.number: replicate_seeds(self.job.seed, n, t.number, self.job.replicate_seeds) for t in trials}
+            if self.board is None:
+                for t, ev in zip(trials, self._simulate(trials, seeds, 0, n)):
+                    self._tell(t, self._cancelled(ev), time.perf_counter() - started)
+                    told.add(t.number)
+            else:
+                self._run_staged(trials, seeds, started, told)
         except BaseException as e:
             for t in trials:
                 if t.number not in told:
@@ -223,10 +232,97 @@ class Wire:
                 for t in trials:
                     self._in_flight.pop(t.number, None)
 
+    def _simulate(self, trials: Sequence[AskedTrial], seeds: dict[int, list[int]], start: int, end: int) -> list[TrialEvaluation]:
+        """Run replicates ``start`` to ``end - 1`` of every trial; their evaluations, in order."""
+        handles: list[TrialHandle] = []
+        for t in trials:
+            stage = seeds[t.number][start:end]
+            # ``first`` only for a later stage: without pruning the call is the plain one.
+            handle = self.service.submit(t.number, t.params, stage, first=start) if start else self.service.submit(t.number, t.params, stage)
+            handles.append(handle)
+            with self._lock:
+                self._in_flight[t.number] = handle
+        return [handles[0].result()] if len(handles) == 1 else self.service.gather(handles)
+
+    def _cancelled(self, ev: TrialEvaluation) -> TrialEvaluation:
+        if ev.error == "simulation cancelled" and self._shutdown_reason:
+            return _failed(f"cancelled: {self._shutdown_reason} before the trial finished")
+        return ev
+
+    def _run_staged(self, trials: Sequence[AskedTrial], seeds: dict[int, list[int]], started: float, told: set[int]) -> None:
+        """Run the trials' replicates stage by stage; prune between stages, tell each trial once."""
+        n = self.job.n_replicates
+        scores: dict[int, list[dict[str, float]]] = {t.number: [] for t in trials}
+        busy: dict[int, float] = {t.number: 0.0 for t in trials}
+        alive = list(trials)
+        for start, end in pruning.stages(self._looks, n):
+            going_on: list[AskedTrial] = []
+            for t, ev in zip(alive, self._simulate(alive, seeds, start, end)):
+                ev = self._cancelled(ev)
+                busy[t.number] += ev.busy_s
+                if ev.error is not None or ev.loss is None:
+                    self._tell(t, TrialEvaluation({}, None, busy[t.number], error=ev.error or "no loss"), time.perf_counter() - started)
+                    told.add(t.number)
+                    continue
+                scores[t.number].extend(ev.replicate_scores)
+                if end < n:
+                    decision = self._decide(t, scores[t.number])
+                    if decision.prune:
+                        self._tell_pruned(t, scores[t.number], decision, busy[t.number], time.perf_counter() - started)
+                        told.add(t.number)
+                    else:
+                        going_on.append(t)
+                    continue
+                per_target, loss = pruning.combine(scores[t.number], self._weights)
+                if not math.isfinite(loss):
+                    final = TrialEvaluation(per_target, None, busy[t.number], error=f"non-finite loss {loss}")
+                else:
+                    final = TrialEvaluation(per_target, loss, busy[t.number], replicate_scores=scores[t.number])
+                self._tell(t, final, time.perf_counter() - started)
+                told.add(t.number)
+            alive = going_on
+            if alive and self._cancelled_all:
+                for t in alive:
+                    self._tell(t, TrialEvaluation({}, None, busy[t.number], error=f"cancelled: {self._shutdown_reason} before the trial finished"),
+                               time.perf_counter() - started)
+                    told.add(t.number)
+                return
+            if not alive:
+                return
+
+    def _decide(self, trial: AskedTrial, scores: list[dict[str, float]]) -> pruning.Decision:
+        assert self.board is not None and self.job.pruning is not None
+        for number, loss, losses in self.asker.completed_elsewhere():
+            self.board.add(number, loss, losses)
+        reference = self.board.kth()
+        n = self.job.n_replicates
+        paired = reference is not None and shares_seeds(self.job.replicate_seeds, trial.number, reference.number)
+        alpha = self.job.pruning.error_rate / len(self._looks)
+        return pruning.decide(pruning.replicate_losses(scores, self._weights), reference, n, alpha, paired=paired,
+                              minimize=self.job.direction == "minimize")
+
+    def _tell_pruned(self, trial: AskedTrial, scores: list[dict[str, float]], decision: pruning.Decision, busy_s: float,
+                     duration_s: float) -> None:
+        losses = pruning.replicate_losses(scores, self._weights)
+        self.asker.tell_pruned(trial, decision.partial_loss, losses, busy_s, decision.reference, decision.estimate)
+        with self._lock:
+            self.state.record_pruned(trial.number, busy_s)
+            reason = self.state.check_stop(time.monotonic())
+        why = (f"pruned after {decision.replicates} of {self.job.n_replicates} replicates: partial loss {decision.partial_loss:.6g}, "
+               f"worse than trial {decision.reference} by at least {decision.bound:.4g}")
+        self.on_trial(TrialRecord(trial.number, "PRUNED", None, dict(trial.params), {}, duration_s, reason=why))
+        if reason:
+            self.stop.set()
+
     def _tell(self, trial: AskedTrial, ev: TrialEvaluation, duration_s: float) -> None:
         params = dict(trial.params)
         if ev.error is None and ev.loss is not None:
-            self.asker.tell_complete(trial, ev.loss, ev.per_target, ev.busy_s)
+            if self.board is None:
+                self.asker.tell_complete(trial, ev.loss, ev.per_target, ev.busy_s)
+            else:
+                losses = pruning.replicate_losses(ev.replicate_scores, self._weights)
+                self.asker.tell_complete(trial, ev.loss, ev.per_target, ev.busy_s, losses)
+                self.board.add(trial.number, ev.loss, losses)
             with self._lock:
                 new_best = self.state.record_complete(trial.number, ev.loss, params, ev.busy_s)
                 reason = self.state.check_stop(time.monotonic())

@@ -123,6 +123,7 @@ class Progress:
         self.done = already
         self.completed = 0
         self.failed = 0
+        self.pruned = 0
         self.best = best
         self._minimize = direction != "maximize"
         self._every_s = every_s
@@ -142,7 +143,7 @@ class Progress:
     def rate_per_minute(self, now: float | None = None) -> float:
         """Trials told per minute by this process since it started."""
         elapsed = max((now or time.monotonic()) - self._started, 1e-9)
-        return 60.0 * (self.completed + self.failed) / elapsed
+        return 60.0 * (self.completed + self.failed + self.pruned) / elapsed
 
     def status(self) -> str:
         """The live line's text."""
@@ -150,8 +151,9 @@ class Progress:
         remaining = max(self.total - self.done, 0)
         eta = _clock(60 * remaining / rate) if rate > 0 and remaining else ("done" if not remaining else "-")
         best = f"{self.best:.6g}" if self.best is not None else "-"
+        pruned = f"{self.pruned} pruned | " if self.pruned else ""
         return (f"calibrating {self.done}/{self.total} trials | best loss {best} | {rate:.1f}/min | "
-                f"{self.failed} failed | ETA {eta}")
+                f"{pruned}{self.failed} failed | ETA {eta}")
 
     def __call__(self, record: TrialRecord) -> None:
         with self._lock:
@@ -160,6 +162,8 @@ class Progress:
                 self.completed += 1
                 if record.loss is not None and self._better(record.loss):
                     self.best = record.loss
+            elif record.state == "PRUNED":
+                self.pruned += 1
             else:
                 self.failed += 1
             now = time.monotonic()
@@ -178,6 +182,9 @@ class Progress:
             if record.new_best:
                 fields["new_best"] = True
             emit("trial finished", **fields)
+        elif record.state == "PRUNED":
+            fields["reason"] = record.reason
+            emit("trial pruned", **fields)
         else:
             fields["reason"] = (record.reason or "").strip().splitlines()[0][:500]
             (log.debug if self._live is not None else log.warning)("trial failed", **fields)
@@ -191,7 +198,8 @@ class Progress:
         self._logged_at = self.done
         best = f"{self.best:.6g}" if self.best is not None else "-"
         emit = log.debug if self._live is not None else log.info
-        emit(f"{self.done}/{self.total} trials told ({self.completed} completed, {self.failed} failed), best loss {best}",
+        pruned = f", {self.pruned} pruned" if self.pruned else ""
+        emit(f"{self.done}/{self.total} trials told ({self.completed} completed{pruned}, {self.failed} failed), best loss {best}",
              done=self.done, total=self.total, best_loss=self.best, trials_per_minute=round(self.rate_per_minute(), 2))
 
     def close(self) -> None:

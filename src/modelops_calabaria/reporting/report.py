@@ -414,7 +414,7 @@ def facts(r: ReportInput) -> list[tuple[str, str, Any]]:
     ok = np.isfinite(t.start) & np.isfinite(t.end)
     counts = Counter(t.state.tolist())
     wall = res.get("wall_time_s", busy_wall(t.start[ok], t.end[ok]) if ok.any() else None)
-    told = counts.get("COMPLETE", 0) + counts.get("FAIL", 0)
+    told = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0) + counts.get("FAIL", 0)
     rows: list[tuple[str, str, Any]] = [
         ("study", "study", r.study),
         ("storage", "storage", r.storage),
@@ -426,6 +426,7 @@ def facts(r: ReportInput) -> list[tuple[str, str, Any]]:
         ("trials.total", "trials in the study", len(t.state)),
         ("trials.COMPLETE", "complete", counts.get("COMPLETE", 0)),
         ("trials.FAIL", "failed", counts.get("FAIL", 0)),
+        *([("trials.PRUNED", "pruned", counts["PRUNED"])] if counts.get("PRUNED") else []),
         ("trials.RUNNING", "running", counts.get("RUNNING", 0)),
         ("wall_time_s", "wall time (s)", wall),
         ("trials_per_minute", "trials per minute", res.get("trials_per_minute",

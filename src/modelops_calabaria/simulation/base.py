@@ -39,8 +39,12 @@ class SimulationService(Protocol):
     slots: int
     address: str
 
-    def submit(self, trial_number: int, params: Mapping[str, Any], seeds: Sequence[int]) -> TrialHandle:
-        """Start one replicate per seed, plus their reduction, for one trial."""
+    def submit(self, trial_number: int, params: Mapping[str, Any], seeds: Sequence[int], first: int = 0) -> TrialHandle:
+        """Start one replicate per seed, plus their reduction, for one trial.
+
+        ``first``: the index of the first replicate (a later stage of a trial's
+        replicates, for pruning): replicate indices and task keys start there.
+        """
 
     def gather(self, handles: Sequence[TrialHandle]) -> list[TrialEvaluation]:
         """Wait for every handle (in one wait, not one by one) and return their evaluations in order."""

@@ -244,7 +244,7 @@ class DaskSimulationService:
             self._slots_at = now
         return self._slots
 
-    def submit(self, trial_number: int, params: Mapping[str, Any], seeds: Sequence[int]) -> DaskTrialHandle:
+    def submit(self, trial_number: int, params: Mapping[str, Any], seeds: Sequence[int], first: int = 0) -> DaskTrialHandle:
         if self.client.status not in ("running", "connecting"):
             raise ServiceUnavailableError(f"lost the Dask scheduler at {self.address}",
                                           hint="check that the scheduler is running and reachable, then re-run: finished trials are kept")
@@ -257,19 +257,21 @@ class DaskSimulationService:
         if per_task == 1:
             # One map call: the trial's replicates reach the scheduler in one graph update, not n.
             reps = self.client.map(
-                run_replicate, [self.context] * n, [params] * n, list(seeds), list(range(n)),
-                key=[f"calabaria-rep-{self._run}-{trial_number}-{r}" for r in range(n)], pure=False,
+                run_replicate, [self.context] * n, [params] * n, list(seeds), list(range(first, first + n)),
+                key=[f"calabaria-rep-{self._run}-{trial_number}-{first + r}" for r in range(n)], pure=False,
             )
         else:
             firsts = list(range(0, n, per_task))
             reps = self.client.map(
                 run_replicates, [self.context] * len(firsts), [params] * len(firsts),
-                [list(seeds[f:f + per_task]) for f in firsts], firsts,
-                key=[f"calabaria-rep-{self._run}-{trial_number}-{f}" for f in firsts], pure=False,
+                [list(seeds[f:f + per_task]) for f in firsts], [first + f for f in firsts],
+                key=[f"calabaria-rep-{self._run}-{trial_number}-{first + f}" for f in firsts], pure=False,
             )
         if not self._reduce_on_worker:
             return DaskTrialHandle(self, reps, None, n)
-        final = self.client.submit(reduce_trial, self.context, reps, key=f"calabaria-trial-{self._run}-{trial_number}", pure=False)
+        stage = f"-{first}" if first else ""  # a later stage of the trial's replicates reduces under its own key
+        final = self.client.submit(reduce_trial, self.context, reps, key=f"calabaria-trial-{self._run}-{trial_number}{stage}",
+                                   pure=False)
         return DaskTrialHandle(self, reps, final, n)
 
     def _per_task(self, n: int, in_flight: int) -> int:

@@ -68,9 +68,9 @@ class InlineSimulationService:
             log.warning("a timed-out model keeps running on a thread of this process (inline scheduler): it cannot be stopped",
                         hint="use a Dask scheduler (or none: a local cluster), whose workers are restarted after a timeout")
 
-    def submit(self, trial_number: int, params: Mapping[str, Any], seeds: Sequence[int]) -> InlineTrialHandle:
+    def submit(self, trial_number: int, params: Mapping[str, Any], seeds: Sequence[int], first: int = 0) -> InlineTrialHandle:
         params = dict(params)
-        futures = [self._pool.submit(run_replicate, self.context, params, seed, r) for r, seed in enumerate(seeds)]
+        futures = [self._pool.submit(run_replicate, self.context, params, seed, first + r) for r, seed in enumerate(seeds)]
         return InlineTrialHandle(self, futures)
 
     def gather(self, handles: Sequence[InlineTrialHandle]) -> list[TrialEvaluation]:  # type: ignore[override]
