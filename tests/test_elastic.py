@@ -148,3 +148,46 @@ def test_loops_follow_workers_joining_and_leaving(tmp_path, monkeypatch):
     # No trial lost: Dask reran the replicate of the killed worker on another one.
     assert [t.number for t in trials if t.state != TrialState.COMPLETE] == []
     assert wire.loops == 0 and wire.claimed == budget
+
+
+@pytest.mark.slow
+def test_batched_rounds_follow_a_joining_worker(tmp_path, monkeypatch):
+    wires: list[Wire] = []
+
+    class SeenWire(Wire):
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            wires.append(self)
+
+    monkeypatch.setattr(runner, "Wire", SeenWire)
+    budget = 30
+    job = make_job(tmp_path, model=support_model("slow"), fixed={"delay": 0.2}, n_replicates=1, max_trials=budget)
+    storage = f"sqlite:///{tmp_path}/s.db"
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None) as cluster, \
+            Client(cluster, set_as_default=False) as client:
+        settings = Settings(storage=storage, scheduler=cluster.scheduler_address, log_format="json", parallel_trials=False)
+        run = threading.Thread(target=run_calibration, args=(job, settings), kwargs={"output_dir": tmp_path / "run"})
+        run.start()
+        worker = None
+        try:
+            _wait("first trials told", lambda: bool(wires) and wires[0].state.completed >= 3, 60)
+            wire = wires[0]
+            assert wire.loops == 1 and wire.target == 1
+            submitted = max(len(client.processing()[w]) for w in client.nthreads())
+            assert submitted <= 1  # a round of one trial of one replicate
+            worker = _start_worker(cluster.scheduler_address, "extra")
+            _wait("worker joined", lambda: sum(client.nthreads().values()) == 2, 30)
+            _wait("round size rose", lambda: wire.target == 2, 10)
+            # a round of two trials: two replicates at the scheduler at once, still one loop
+            _wait("two replicates at once", lambda: sum(len(v) for v in client.processing().values()) == 2, 10)
+            assert wire.loops == 1
+            run.join(60)
+            assert not run.is_alive()
+        finally:
+            if worker is not None:
+                os.killpg(worker.pid, signal.SIGKILL)
+                worker.wait(10)
+            run.join(60)
+    assert [(old, new) for _, old, new, _ in wire.resizes] == [(1, 2)]
+    trials = optuna.load_study(study_name=job.study, storage=storage).get_trials(deepcopy=False)
+    assert len(trials) == budget and all(t.state == TrialState.COMPLETE for t in trials)
