@@ -80,7 +80,7 @@ def handle_errors(fn: F) -> F:
 JobFile = Annotated[Path, typer.Argument(help="Job file (YAML or JSON).", show_default=False)]
 Storage = Annotated[str | None, typer.Option("--storage", help="Study storage URL (postgresql://, sqlite:///, journal:///). Env CALABARIA_STORAGE.")]
 Scheduler = Annotated[str | None, typer.Option("--scheduler", help="Dask scheduler address; empty starts a local cluster; 'inline' runs replicates in this process, without Dask. Env CALABARIA_SCHEDULER.")]
-Workers = Annotated[int | None, typer.Option("--workers", help=f"Trials at once: loops (parallel) or batch size (batched); 1 to {MAX_CONCURRENCY}.")]
+Workers = Annotated[int | None, typer.Option("--workers", help=f"Trials at once: loops (parallel) or batch size (batched); 1 to {MAX_CONCURRENCY}, fixed for the run; default: the job's concurrency, else auto (follows the cluster's live size).")]
 Mode = Annotated[bool | None, typer.Option("--parallel/--batched", help="Execution mode. Env PARALLEL_TRIALS.", show_default=False)]
 LogFormat = Annotated[str | None, typer.Option("--log-format", help="json, console or auto.")]
 LocalWorkers = Annotated[int | None, typer.Option("--local-workers", min=1, max=MAX_CONCURRENCY, help="Processes of the local Dask cluster.")]

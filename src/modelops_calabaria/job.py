@@ -46,7 +46,7 @@ MAX_TARGETS = 1_000
 MAX_CHOICES = 10_000
 MAX_REPLICATES = 10_000  # n_replicates
 MAX_TRIALS = 1_000_000_000  # max_trials, --max-trials, --extend (the budget ledger holds 32-bit integers)
-MAX_CONCURRENCY = 256  # concurrency, --workers: loops (threads) or batch size
+MAX_CONCURRENCY = 256  # concurrency, --workers: loops (threads) or batch size; also the cap of `concurrency: auto`
 MAX_REPLICATES_IN_FLIGHT = 100_000  # concurrency x n_replicates: simulations submitted at once
 MAX_SEED = 2**32 - 1  # numpy's legacy generators (and so Optuna's samplers) take seeds < 2**32
 MAX_ABS_BOUND = 1e15  # |lower|, |upper|: finite, and whole numbers exact in a float (< 2**53)
@@ -415,7 +415,8 @@ class CalibrationJob(_Spec):
     n_replicates: int = Field(default=4, ge=1, le=MAX_REPLICATES)
     max_trials: int = Field(default=100, ge=1, le=MAX_TRIALS)
     concurrency: int | None = Field(
-        default=None, ge=1, le=MAX_CONCURRENCY, description="trials at once: loops (parallel) or batch size (batched)"
+        default=None, ge=1, le=MAX_CONCURRENCY,
+        description="trials at once: loops (parallel) or batch size (batched); auto (None): follow the cluster's live size",
     )
     sampler: SamplerSpec = Field(default_factory=SamplerSpec)
     seed: int = Field(default=0, ge=0, le=MAX_SEED)
@@ -440,6 +441,16 @@ class CalibrationJob(_Spec):
     @classmethod
     def _study_name(cls, name: str) -> str:
         return check_study_name(name, "study name")
+
+    @field_validator("concurrency", mode="before")
+    @classmethod
+    def _auto_concurrency(cls, value: Any) -> Any:
+        # `auto` is stored as None: the loops follow the cluster (calibration/elastic.py).
+        if isinstance(value, str):
+            if value.strip().lower() == "auto":
+                return None
+            raise ValueError(f"must be 'auto' or a whole number from 1 to {MAX_CONCURRENCY}, got {value!r}")
+        return value
 
     @field_validator("fixed")
     @classmethod
@@ -873,7 +884,8 @@ FIELD_DOCS: dict[str, dict[str, str]] = {
         "targets": "observed series the model is scored against",
         "n_replicates": "simulations per trial (seeds from 'seed' and the replicate index)",
         "max_trials": "trial budget of the study",
-        "concurrency": "trials at once: loops (parallel) or batch size (batched); default from the cluster size",
+        "concurrency": ("trials at once: loops (parallel) or batch size (batched). auto (the default): follow the cluster's live "
+                        f"thread count and n_replicates, resized every second, at most {MAX_CONCURRENCY}; a number: fixed"),
         "sampler": "Optuna sampler: tpe (constant liar) | gp | cmaes | random | qmc | grid | nsga2, or {name, options}",
         "seed": "seed of the sampler and of the replicate seeds (`calibrate --seed` overrides it)",
         "replicate_seeds": "common: the same replicate seeds for every trial; independent: also depend on the trial number",

@@ -14,7 +14,6 @@ removed again if opening the study fails.
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import signal
@@ -48,9 +47,10 @@ from modelops_calabaria.calibration.study import (
     open_study,
     stored_job_of,
 )
+from modelops_calabaria.calibration.elastic import loop_cap, target_loops
 from modelops_calabaria.calibration.wire import Wire
 from modelops_calabaria.errors import ConfigurationError, JobSpecError, RunFailedError, StudyNotFoundError
-from modelops_calabaria.job import MAX_CONCURRENCY, MAX_TRIALS, CalibrationJob, check_run_flags, check_same_model, job_from_dict
+from modelops_calabaria.job import MAX_TRIALS, CalibrationJob, check_run_flags, check_same_model, job_from_dict
 from modelops_calabaria.logging import get_logger
 from modelops_calabaria.models import canonical_ref, load_model
 from modelops_calabaria.posterior import ImisSampler, posterior_stop, write_posterior
@@ -166,9 +166,9 @@ def storable_job(p: Prepared) -> dict[str, Any]:
 
 
 def default_concurrency(slots: int, n_replicates: int, parallel: bool) -> int:
-    """Trials at once: enough to fill every slot (parallel: 2x, to hide ask/tell latency)."""
-    per_round = max(1, math.ceil(slots / n_replicates))
-    return min(MAX_CONCURRENCY, max(2, 2 * per_round) if parallel else per_round)
+    """Trials at once at the start: enough to fill every slot (parallel: 2x, to hide ask/tell latency).
+    With ``concurrency: auto`` the wire then follows the cluster's live size (elastic.py)."""
+    return target_loops(slots, n_replicates, loop_cap(n_replicates), parallel)
 
 
 @contextmanager
@@ -279,8 +279,9 @@ def _run_with_service(p: Prepared, settings: Settings, service: SimulationServic
     job = p.job
     parallel = settings.parallel_trials
     slots = service.slots
+    # A number (--workers, job) is fixed; auto starts here and follows the cluster (Wire.live_slots).
     loops = options.concurrency or job.concurrency or default_concurrency(slots, job.n_replicates, parallel)
-    if loops != (job.concurrency or 1):  # the sampler's start-up depends on the trials at once (study.py)
+    if loops != (job.concurrency or 1):  # the sampler's start-up depends on the trials at once (study.py): auto uses the initial count
         p = replace(p, sampler=build_sampler(job, loops))
     if loops * job.n_replicates > OVERSUBSCRIPTION_WARNING * slots:
         log.warning("concurrency over-subscribes the cluster", trials_at_once=loops, replicates=job.n_replicates,
@@ -438,7 +439,9 @@ def _run_rounds(p: Prepared, settings: Settings, service: SimulationService, stu
     """
     ledger, retry = backend.ledger, p.job.retry_lost_trials
     for _ in range(MAX_ROUNDS):
-        wire = Wire(p.job, asker, service, ledger, state, parallel, loops, on_trial=progress)
+        elastic = not (options.concurrency or p.job.concurrency)
+        wire = Wire(p.job, asker, service, ledger, state, parallel, loops, on_trial=progress,
+                    live_slots=service.live_slots if elastic else None)
         with signals_stop(wire, options.shutdown_grace_s, options.handle_signals):
             wire.run()
         if wire.shutdown_reason is not None:

@@ -20,6 +20,13 @@ between stages each trial is compared with the k-th best completed trial
 (``pruning.py``) and told PRUNED, with the replicates it ran, when the bound
 says it will not beat it. In batched mode every stage of a round is submitted
 together. A pruned trial is one asked trial: the budget counts it once.
+
+With ``live_slots`` (``concurrency: auto``), the thread that waits on the loops
+reads the cluster's live thread count every ``RESIZE_INTERVAL_S`` and sets the
+target (``elastic.target_loops``): it starts loops up to the target, and a loop
+whose id is at or above it exits at the top of its loop, after telling its last
+trial and before claiming another slot (slots it reserved stay in the shared
+reserve, released at the end as always). A batched round takes ``target`` claims.
 """
 
 from __future__ import annotations
@@ -28,13 +35,14 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 
 
 from modelops_calabaria.backend.ledger import Ledger
 from modelops_calabaria.calibration import pruning
+from modelops_calabaria.calibration.elastic import RESIZE_INTERVAL_S, loop_cap, target_loops
 from modelops_calabaria.calibration.seeds import replicate_seeds, shares_seeds
 from modelops_calabaria.calibration.run_state import RunState
 from modelops_calabaria.calibration.asktell import AskedTrial, Asker
@@ -60,9 +68,13 @@ class Wire:
     concurrency: int
     on_trial: Callable[[TrialRecord], None] = lambda record: None
     stop: threading.Event = field(default_factory=threading.Event)
+    live_slots: Callable[[], int] | None = None  # given: loops follow the cluster (concurrency: auto)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
+        self._target = self.concurrency  # loops (parallel) or claims per round (batched)
+        self._alive: dict[int, object] = {}  # loop id -> token of the loop running under it
+        self.resizes: list[tuple[float, int, int, int]] = []  # (monotonic time, from, to, live threads)
         self._in_flight: dict[int, TrialHandle] = {}
         self._fatal: BaseException | None = None
         self._shutdown_reason: str | None = None
@@ -112,6 +124,17 @@ class Wire:
         for h in handles:
             h.cancel()
 
+    @property
+    def loops(self) -> int:
+        """Loops running now (batched: 1)."""
+        with self._lock:
+            return len(self._alive)
+
+    @property
+    def target(self) -> int:
+        """Trials at once wanted now: loops (parallel) or claims per round (batched)."""
+        return self._target
+
     # -- running -------------------------------------------------------------------------
 
     def run(self) -> None:
@@ -120,18 +143,56 @@ class Wire:
         Raises:
             The first fatal error of any loop (after every asked trial was told).
         """
-        loops = self.concurrency if self.parallel else 1
-        body = self._parallel_loop if self.parallel else self._batched_loop
+        if not self.parallel:
+            most = 1
+        else:
+            most = self.concurrency if self.live_slots is None else loop_cap(self.job.n_replicates)
         try:
-            with ThreadPoolExecutor(max_workers=loops, thread_name_prefix="calabaria-loop") as pool:
-                futures = [pool.submit(self._guarded, body, i) for i in range(loops)]
-                wait_futures(futures)
+            with ThreadPoolExecutor(max_workers=most, thread_name_prefix="calabaria-loop") as pool:
+                pending = self._start_loops(pool)
+                while pending:
+                    if self.live_slots is None:
+                        wait_futures(pending)
+                    else:  # the sizing step: this thread only waits, so it reads the cluster's size
+                        wait_futures(pending, timeout=RESIZE_INTERVAL_S)
+                        if not (self.stop.is_set() or self.budget_spent):
+                            self._resize()
+                            pending |= self._start_loops(pool)
+                    pending = {f for f in pending if not f.done()}
         finally:
             self._release_reserve()
         if self._fatal is not None:
             raise self._fatal
 
-    def _guarded(self, body: Callable[[int], None], loop_id: int) -> None:
+    def _start_loops(self, pool: ThreadPoolExecutor) -> set[Future[None]]:
+        """Start a loop under every id below the target that has none (batched: the one loop)."""
+        body = self._parallel_loop if self.parallel else self._batched_loop
+        with self._lock:
+            ids = [i for i in range(self._target if self.parallel else 1) if i not in self._alive]
+            tokens = {i: object() for i in ids}
+            self._alive.update(tokens)
+        return {pool.submit(self._guarded, body, i, tokens[i]) for i in ids}
+
+    def _resize(self) -> None:
+        assert self.live_slots is not None
+        live = self.live_slots()
+        new = target_loops(live, self.job.n_replicates, loop_cap(self.job.n_replicates), self.parallel)
+        with self._lock:
+            old, self._target = self._target, new
+        if new != old:
+            self.resizes.append((time.monotonic(), old, new, live))
+            log.info("trials at once resized", **{"from": old, "to": new, "live_threads": live,
+                                                  "mode": "parallel" if self.parallel else "batched"})
+
+    def _retiring(self, loop_id: int) -> bool:
+        """Whether this loop is above the target: it leaves now, holding no slot (checked before a claim)."""
+        with self._lock:
+            if loop_id < self._target:
+                return False
+            self._alive.pop(loop_id, None)  # under the lock: the sizing step may start this id again at once
+            return True
+
+    def _guarded(self, body: Callable[[int], None], loop_id: int, token: object) -> None:
         try:
             body(loop_id)
         except BaseException as e:  # noqa: BLE001 - recorded, re-raised by run() in the caller
@@ -139,6 +200,10 @@ class Wire:
                 if self._fatal is None:
                     self._fatal = e
             self.stop.set()
+        finally:
+            with self._lock:
+                if self._alive.get(loop_id) is token:
+                    del self._alive[loop_id]
 
     def _claim(self, n: int) -> int:
         """Take ``n`` budget slots (fewer when the budget is nearly spent).
@@ -180,6 +245,8 @@ class Wire:
 
     def _parallel_loop(self, loop_id: int) -> None:
         while not self.stop.is_set():
+            if self._retiring(loop_id):
+                return
             if self._claim(1) == 0:
                 # Not the stop event: each loop ends on its own when it finds no slot, so the
                 # last reserved slots are still used by the loops that reserved them.
@@ -194,7 +261,7 @@ class Wire:
 
     def _batched_loop(self, loop_id: int) -> None:
         while not self.stop.is_set():
-            granted = self._claim(self.concurrency)
+            granted = self._claim(self._target)
             if granted == 0:
                 self._budget_spent()
                 return

@@ -39,6 +39,12 @@ class SimulationService(Protocol):
     slots: int
     address: str
 
+    def live_slots(self) -> int:
+        """Worker threads in the cluster now (0 when no worker is connected), for loops that
+        follow the cluster. Cheap (at most one bounded scheduler round trip), never raises:
+        when the count cannot be read, the last one read. May lag a change by a second or two.
+        """
+
     def submit(self, trial_number: int, params: Mapping[str, Any], seeds: Sequence[int], first: int = 0) -> TrialHandle:
         """Start one replicate per seed, plus their reduction, for one trial.
 

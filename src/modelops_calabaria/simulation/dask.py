@@ -37,6 +37,7 @@ log = get_logger(__name__)
 
 
 PROBE_TIMEOUT_S = 10.0
+LIVE_SLOTS_TIMEOUT_S = 2.0  # one identity call; a scheduler slower than this keeps the last count
 RECYCLE_TIMEOUT_S = 60.0  # a worker restart: process exit, new process, imports, registration
 WORKER_SETUP = "modelops_calabaria.simulation.worker_setup"  # preloaded by local worker processes
 _START_SCHEDULER = "start the scheduler (`dask scheduler`), check the address and port, or leave the scheduler empty to run a local cluster"
@@ -182,6 +183,7 @@ class DaskSimulationService:
         self._lock = threading.Lock()
         self._in_flight = 0
         self._slots, self._slots_at = 1, -math.inf
+        self._live = 1  # the last live thread count read (live_slots)
         self.address = client.scheduler.address if client.scheduler else "?"
         self._recycled: set[str] = set()
         self._recyclers: list[threading.Thread] = []
@@ -243,6 +245,20 @@ class DaskSimulationService:
             self._slots = max(1, sum(self.client.nthreads().values()))
             self._slots_at = now
         return self._slots
+
+    def live_slots(self) -> int:
+        """Worker threads the scheduler counts now: one ``identity`` call without the per-worker
+        listing (the scheduler keeps the total), bounded by :data:`LIVE_SLOTS_TIMEOUT_S`."""
+        try:
+            info = self.client.sync(self.client.scheduler.identity, n_workers=0, callback_timeout=LIVE_SLOTS_TIMEOUT_S)
+            live = int(info["total_threads"])
+        except Exception as e:  # noqa: BLE001 - a missed reading keeps the loops as they are
+            log.debug("reading the live thread count failed", error=f"{type(e).__name__}: {e}")
+            with self._lock:
+                return self._live
+        with self._lock:
+            self._live = live
+        return live
 
     def submit(self, trial_number: int, params: Mapping[str, Any], seeds: Sequence[int], first: int = 0) -> DaskTrialHandle:
         if self.client.status not in ("running", "connecting"):

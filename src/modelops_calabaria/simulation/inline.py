@@ -68,6 +68,10 @@ class InlineSimulationService:
             log.warning("a timed-out model keeps running on a thread of this process (inline scheduler): it cannot be stopped",
                         hint="use a Dask scheduler (or none: a local cluster), whose workers are restarted after a timeout")
 
+    def live_slots(self) -> int:
+        """The thread pool's size: it never changes."""
+        return self.slots
+
     def submit(self, trial_number: int, params: Mapping[str, Any], seeds: Sequence[int], first: int = 0) -> InlineTrialHandle:
         params = dict(params)
         futures = [self._pool.submit(run_replicate, self.context, params, seed, first + r) for r, seed in enumerate(seeds)]
