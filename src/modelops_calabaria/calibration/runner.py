@@ -283,7 +283,7 @@ def _run_with_service(p: Prepared, settings: Settings, service: SimulationServic
     loops = options.concurrency or job.concurrency or default_concurrency(slots, job.n_replicates, parallel)
     if loops != (job.concurrency or 1):  # the sampler's start-up depends on the trials at once (study.py): auto uses the initial count
         p = replace(p, sampler=build_sampler(job, loops))
-    if loops * job.n_replicates > OVERSUBSCRIPTION_WARNING * slots:
+    if slots and loops * job.n_replicates > OVERSUBSCRIPTION_WARNING * slots:  # 0: a cluster not connected (nothing to run)
         log.warning("concurrency over-subscribes the cluster", trials_at_once=loops, replicates=job.n_replicates,
                     slots=slots, ratio=round(loops * job.n_replicates / slots, 1),
                     hint="lower 'concurrency' or add Dask workers")
