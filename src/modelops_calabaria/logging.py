@@ -53,6 +53,21 @@ def configure_logging(fmt: str = "auto", *, level: int = logging.INFO, stream: A
         logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
+    global _configured
+    _configured = True
+    tame_library_loggers()
+
+
+_configured = False
+
+
+def tame_library_loggers() -> None:
+    """Quiet and redact the standard-library loggers of Optuna, distributed, SQLAlchemy and
+    warnings. Part of :func:`configure_logging`; called again (only once logging was
+    configured) right after ``distributed`` is imported, which Dask services do lazily and
+    whose import installs its own stderr handler and levels."""
+    if not _configured:
+        return
     # Optuna logs every trial at INFO through stdlib logging; our own lines replace it.
     logging.getLogger("optuna").setLevel(logging.WARNING)
     distributed_logger = logging.getLogger("distributed")

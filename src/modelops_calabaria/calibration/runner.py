@@ -6,7 +6,7 @@ look at an existing study, which also tells whether anything is left to run
 (:mod:`.startup`). With work to do, a remote scheduler must answer before the
 study (and the run directory) is created; a local cluster is started in the
 background and comes up while the study is opened and the sampler prepared
-(the first submit waits for it). With nothing to run, no cluster starts: the
+(the first trial is asked once it is up). With nothing to run, no cluster starts: the
 results (and the end-of-run re-evaluation, in this process when it is cheap)
 are made as a finished run makes them. A run directory this call created is
 removed again if opening the study fails.
@@ -396,6 +396,11 @@ def _drive(p: Prepared, settings: Settings, service: DeferredService, study: opt
         progress.line()
         return _collect(p, study, backend, ([], []), "budget spent", None, state, parallel, loops, service.slots, 0.0,
                         service=None if options.joining else service, settings=settings)
+    if service.started:
+        # The study, budget and sampler were prepared while the cluster started; no trial is
+        # asked before it is up: an asked trial would wait on it, and a Ctrl-C meanwhile would
+        # reach worker processes that have not yet left the terminal's process group.
+        service.get()
     heartbeat = Heartbeat(study, ledger, coordinator_id, settings.heartbeat_interval_s, settings.grace_period_s, retry,
                           backend=backend)
     if isinstance(p.sampler, ImisSampler):  # records into the shared study; draws apart from other coordinators'

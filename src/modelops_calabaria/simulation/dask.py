@@ -28,12 +28,13 @@ from distributed import Client, Future, LocalCluster
 
 from modelops_calabaria.addresses import host_port, scheduler_address
 from modelops_calabaria.errors import ConfigurationError, ServiceUnavailableError
-from modelops_calabaria.logging import get_logger
+from modelops_calabaria.logging import get_logger, tame_library_loggers
 from modelops_calabaria.simulation.local import PRELOAD_MODEL_ENV, local_cluster_shape
 from modelops_calabaria.simulation.replicates_per_task import DurationStats, replicates_per_task
 from modelops_calabaria.simulation.task import SimContext, TrialEvaluation, reduce_trial, run_replicate, run_replicates
 
 log = get_logger(__name__)
+tame_library_loggers()  # distributed was just imported (lazily, after the CLI configured logging)
 
 
 PROBE_TIMEOUT_S = 10.0
