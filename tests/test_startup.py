@@ -97,7 +97,7 @@ def test_noop_resume_starts_no_cluster_and_writes_what_a_finished_run_writes(tmp
     assert summary_2 == summary_1
     results_2 = json.loads((out / "results.json").read_text())
     assert set(results_2) == set(results_1)
-    assert results_2["this_run"] == {"told": 0, "completed": 0, "failed": 0}
+    assert results_2["this_run"] == {"told": 0, "completed": 0, "failed": 0, "pruned": 0}
     assert results_2["trials"] == results_1["trials"] and results_2["stop_reason"] == "budget spent"
     # The re-evaluation ran again, in this process, on the same fresh seeds: the same losses as on the cluster.
     assert results_2["selection"] == results_1["selection"]

@@ -111,8 +111,15 @@ class DeferredService:
             return self._service.address
         return f"{self._description} (starting)" if self.started else f"{self._description} (not started)"
 
-    def submit(self, trial_number: int, params: Mapping[str, Any], seeds: Sequence[int]) -> TrialHandle:
-        return self.get().submit(trial_number, params, seeds)
+    def live_slots(self) -> int:
+        """The connected service's live count; until it is up, the size known in advance
+        (else 0). Never waits for the connection."""
+        if self._ready.is_set() and self._service is not None:
+            return self._service.live_slots()
+        return self._known_slots or 0
+
+    def submit(self, trial_number: int, params: Mapping[str, Any], seeds: Sequence[int], first: int = 0) -> TrialHandle:
+        return self.get().submit(trial_number, params, seeds, first)
 
     def gather(self, handles: Sequence[TrialHandle]) -> list[TrialEvaluation]:
         return self.get().gather(handles)
