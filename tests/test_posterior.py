@@ -164,6 +164,19 @@ def test_cli_refuses_a_posterior_of_a_least_squares_loss(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["job.yaml"]
 
 
+def _line_posterior_run(tmp_path: Path):
+    """A finished 200-trial posterior run of the line model (SQLite, run directory tmp_path/run):
+    the job, its storage URL and the observed y."""
+    storage = f"sqlite:///{tmp_path}/s.db"
+    y = 1.0 + 0.8 * T_DESIGN
+    target = {"name": "y", "output": "y", "data": {"i": list(range(6)), "y": y.tolist()},
+              "score": {"kind": "normal_nll", "sigma": 0.5}}
+    job = posterior_job(tmp_path, "line", {"a": {"lower": -5.0, "upper": 5.0}, "b": {"lower": -2.0, "upper": 3.0}},
+                        target, max_trials=200, posterior={"initial": 100, "per_stage": 25})
+    run_calibration(job, settings(storage), output_dir=tmp_path / "run")
+    return job, storage, y
+
+
 @pytest.mark.slow
 def test_figures_show_the_marginals_and_the_predictive_fit(tmp_path):
     import optuna
@@ -172,13 +185,7 @@ def test_figures_show_the_marginals_and_the_predictive_fit(tmp_path):
     from modelops_calabaria.backend.factory import open_optuna_storage
     from modelops_calabaria.storage import parse_storage_url
 
-    storage = f"sqlite:///{tmp_path}/s.db"
-    y = 1.0 + 0.8 * T_DESIGN
-    target = {"name": "y", "output": "y", "data": {"i": list(range(6)), "y": y.tolist()},
-              "score": {"kind": "normal_nll", "sigma": 0.5}}
-    job = posterior_job(tmp_path, "line", {"a": {"lower": -5.0, "upper": 5.0}, "b": {"lower": -2.0, "upper": 3.0}},
-                        target, max_trials=200, posterior={"initial": 100, "per_stage": 25})
-    run_calibration(job, settings(storage), output_dir=tmp_path / "run")
+    job, storage, y = _line_posterior_run(tmp_path)
     optuna_storage = open_optuna_storage(parse_storage_url(storage), 1)
     sample = study_sample(job, optuna_storage, optuna_storage.get_study_id_from_name(job.study))
     figures = posterior_figures(job, sample, predictive_draws=10, replicates=1)
@@ -214,13 +221,7 @@ def test_the_report_of_a_posterior_run_shows_its_intervals_and_figures(tmp_path)
 
     from modelops_calabaria.reporting.report import make_report
 
-    storage = f"sqlite:///{tmp_path}/s.db"
-    y = 1.0 + 0.8 * T_DESIGN
-    target = {"name": "y", "output": "y", "data": {"i": list(range(6)), "y": y.tolist()},
-              "score": {"kind": "normal_nll", "sigma": 0.5}}
-    job = posterior_job(tmp_path, "line", {"a": {"lower": -5.0, "upper": 5.0}, "b": {"lower": -2.0, "upper": 3.0}},
-                        target, max_trials=200, posterior={"initial": 100, "per_stage": 25})
-    run_calibration(job, settings(storage), output_dir=tmp_path / "run")
+    job, storage, y = _line_posterior_run(tmp_path)
     path = make_report(tmp_path / "run", study=job.study, storage=storage, scheduler="inline", replicates=2)
     page = path.read_text()
     section = page[page.index('<section id="posterior">'):]
