@@ -304,8 +304,7 @@ class Wire:
         handles: list[TrialHandle] = []
         for t in trials:
             stage = seeds[t.number][start:end]
-            # ``first`` only for a later stage: without pruning the call is the plain one.
-            handle = self.service.submit(t.number, t.params, stage, first=start) if start else self.service.submit(t.number, t.params, stage)
+            handle = self.service.submit(t.number, t.params, stage, first=start)
             handles.append(handle)
             with self._lock:
                 self._in_flight[t.number] = handle
