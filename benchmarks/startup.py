@@ -25,6 +25,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -56,8 +57,11 @@ def run(out: Path, trials: int, *, extra: list[str] | None = None, env: dict[str
     cmd = [str(CALABARIA), "calibrate", str(JOB), "--output", str(out), "--max-trials", str(trials),
            "--log-format", "json", *(extra or [])]
     t0 = time.time()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})}, check=False)
     wall = time.time() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the command and every process it waited for
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     events: dict[str, float] = {}
     for line in proc.stdout.splitlines() + proc.stderr.splitlines():
         got = _stamp(line)
@@ -72,7 +76,7 @@ def run(out: Path, trials: int, *, extra: list[str] | None = None, env: dict[str
     results = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
     if proc.returncode != 0:
         print(proc.stderr[-2000:], file=sys.stderr)
-    return {"rc": proc.returncode, "wall_s": round(wall, 3), **events,
+    return {"rc": proc.returncode, "wall_s": round(wall, 3), "cpu_s": round(cpu, 3), **events,
             "calibration_s": results.get("wall_time_s"), "best_loss": results.get("best_loss")}
 
 
@@ -119,7 +123,7 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     cases: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         cases.setdefault(r["case"], []).append(r)
-    return [{"case": c, "n": len(rs), **{k: _median(rs, k) for k in ("wall_s", "starting_s", "first_trial_s",
+    return [{"case": c, "n": len(rs), **{k: _median(rs, k) for k in ("wall_s", "cpu_s", "starting_s", "first_trial_s",
                                                                        "calibration_s", "best_loss")}}
             for c, rs in cases.items()]
 
@@ -141,10 +145,10 @@ def main() -> None:
             summary = summarise(rows)
             record[part] = {"runs": rows, "median": summary}
             print(f"\n{part} (medians, seconds from the command's start; load {os.getloadavg()[0]:.2f})")
-            print(f"{'case':28} {'n':>2} {'wall':>6} {'start':>6} {'1st':>6} {'calib':>6} {'best_loss':>10}")
+            print(f"{'case':28} {'n':>2} {'wall':>6} {'cpu':>6} {'start':>6} {'1st':>6} {'calib':>6} {'best_loss':>10}")
             for s in summary:
                 print(f"{s['case']:28} {s['n']:>2} " + " ".join(
-                    f"{s[k]:>6.2f}" if s[k] is not None else f"{'-':>6}" for k in ("wall_s", "starting_s", "first_trial_s", "calibration_s"))
+                    f"{s[k]:>6.2f}" if s[k] is not None else f"{'-':>6}" for k in ("wall_s", "cpu_s", "starting_s", "first_trial_s", "calibration_s"))
                       + (f" {s['best_loss']:>10.1f}" if s["best_loss"] is not None else ""))
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -14,7 +14,7 @@ import psutil
 import pytest
 from optuna.trial import TrialState
 
-from modelops_calabaria.calibration.startup import nothing_to_run
+from modelops_calabaria.calibration.startup import nothing_to_run, study_state_key
 from modelops_calabaria.errors import ServiceUnavailableError
 from modelops_calabaria.simulation import DeferredService, SimContext, connect_service, few_runs_inline, per_run_seconds
 from modelops_calabaria.simulation.local import local_cluster_shape, local_processes
@@ -86,22 +86,40 @@ def test_noop_resume_starts_no_cluster_and_writes_what_a_finished_run_writes(tmp
     results_1 = json.loads((out / "results.json").read_text())
     report_mtime = (out / "report.html").stat().st_mtime_ns
 
+    results_bytes = (out / "results.json").read_bytes()
+
+    # Outputs current: nothing is simulated or redrawn; the files stay as the run wrote them.
     second, second_children = calibrate_watching_children(out, env=env)
     assert second.returncode == 0, second.stderr
     assert second_children == set()  # no Dask worker, nanny, scheduler or sampler process
     events = _events(second.stdout)
-    assert any(e.get("event", "").startswith("nothing left to run") for e in events)
-    assert not any(e.get("event") == "trial finished" for e in events)
-    # The same summary line (the command's last), the same results, report rewritten.
+    assert any(e.get("event") == "nothing left to run and the results are current" for e in events)
+    assert any(e.get("event") == "report is current" for e in events)
+    assert not any(e.get("event", "").startswith(("trial finished", "best trials re-evaluated")) for e in events)
     summary_1, summary_2 = json.loads(first.stdout.splitlines()[-1]), json.loads(second.stdout.splitlines()[-1])
-    assert summary_2 == summary_1
-    results_2 = json.loads((out / "results.json").read_text())
-    assert set(results_2) == set(results_1)
-    assert results_2["this_run"] == {"told": 0, "completed": 0, "failed": 0, "pruned": 0}
-    assert results_2["trials"] == results_1["trials"] and results_2["stop_reason"] == "budget spent"
+    assert summary_2 == summary_1  # the command's last line
+    assert (out / "results.json").read_bytes() == results_bytes  # the run's own facts (wall time, this_run) kept
+    assert (out / "report.html").stat().st_mtime_ns == report_mtime
+
+    # Outputs gone (or written for another state of the study): written again as a finished
+    # run writes them, still without a cluster.
+    (out / "results.json").unlink()
+    (out / "report.html").unlink()
+    third, third_children = calibrate_watching_children(out, env=env)
+    assert third.returncode == 0, third.stderr
+    assert third_children == set()
+    events = _events(third.stdout)
+    assert any(e.get("event", "").startswith("nothing left to run: no simulation cluster") for e in events)
+    assert not any(e.get("event") == "trial finished" for e in events)
+    assert json.loads(third.stdout.splitlines()[-1]) == summary_1
+    results_3 = json.loads((out / "results.json").read_text())
+    assert set(results_3) == set(results_1)
+    assert results_3["study_state"] == results_1["study_state"]
+    assert results_3["this_run"] == {"told": 0, "completed": 0, "failed": 0, "pruned": 0}
+    assert results_3["trials"] == results_1["trials"] and results_3["stop_reason"] == "budget spent"
     # The re-evaluation ran again, in this process, on the same fresh seeds: the same losses as on the cluster.
-    assert results_2["selection"] == results_1["selection"]
-    assert (out / "report.html").stat().st_mtime_ns > report_mtime
+    assert results_3["selection"] == results_1["selection"]
+    assert (out / "report.html").is_file()
     assert {"best.yaml", "trials.csv", "report.html"} <= {p.name for p in out.iterdir()}
 
 
@@ -183,3 +201,35 @@ def test_local_worker_processes_load_the_model_before_any_task():
     finally:
         service.close()
     assert list(states.values()) == [(1, True)]
+
+
+def test_the_study_state_key_changes_with_what_the_outputs_are_made_of():
+    job, trials = {"study": "s", "reevaluate": {"top_k": 5}}, ([0, 1], [C, TrialState.FAIL], [1.5, float("nan")])
+    key = study_state_key(job, "sqlite:///x.db", "1", *trials)
+    assert key == study_state_key(dict(reversed(job.items())), "sqlite:///x.db", "1", [0, 1], [C, TrialState.FAIL], [1.5, None])
+    assert key != study_state_key({**job, "reevaluate": {"top_k": 1}}, "sqlite:///x.db", "1", *trials)
+    assert key != study_state_key(job, "sqlite:///y.db", "1", *trials)
+    assert key != study_state_key(job, "sqlite:///x.db", "2", *trials)
+    assert key != study_state_key(job, "sqlite:///x.db", "1", [0, 1], [C, C], [1.5, 2.0])  # a trial finished
+    assert key != study_state_key(job, "sqlite:///x.db", "1", [0, 1, 2], [C, TrialState.FAIL, C], [1.5, None, 3.0])
+
+
+def test_results_are_current_only_whole_and_for_the_same_key(tmp_path):
+    from modelops_calabaria.outcome import RunResult
+    from modelops_calabaria.reporting.results import current_result, report_is_current, report_state_tag, write_results
+
+    result = RunResult(study="s", storage="memory", mode="parallel", concurrency=2, slots=2, best_params={"a": 1.0},
+                       best_loss=0.5, best_trial=0, best_targets={}, trials={"COMPLETE": 1, "total": 1},
+                       this_run={"told": 1}, wall_time_s=1.0, trials_per_minute=60.0, utilization=0.5,
+                       stop_reason="budget spent", study_state="k1")
+    write_results(tmp_path, result, [])
+    got = current_result(tmp_path, "k1")
+    assert got is not None and got.best_loss == 0.5 and got.output_dir == str(tmp_path) and got.study_state == "k1"
+    assert current_result(tmp_path, "k2") is None
+    (tmp_path / "trials.csv").unlink()
+    assert current_result(tmp_path, "k1") is None  # not every file: write them again
+    report = tmp_path / "report.html"
+    report.write_text(f"<html><head>{report_state_tag({'study_state': 'k1'})}</head></html>")
+    assert report_is_current(report, "k1") and not report_is_current(report, "k2")
+    assert not report_is_current(report, None) and not report_is_current(tmp_path / "none.html", "k1")
+    assert report_state_tag({"study_state": 'x" onload="'}) == ""  # only a digest is written into the page

@@ -151,9 +151,21 @@ def calibrate(
     result = run_calibration(job, settings, output_dir=output, max_trials=max_trials, extend=extend,
                              concurrency=workers, handle_signals=True, shutdown_grace_s=grace,
                              accept_changes=accept_changes)
-    if not no_report:
+    if not no_report and not _report_current(result):
         _report_after_run(result, settings)
     _print_summary(result)  # the command's last line: scripts read it
+
+
+def _report_current(result: Any) -> bool:
+    """Whether the run directory's report.html was made from this very result (nothing ran)."""
+    from modelops_calabaria.reporting.results import report_is_current
+
+    if not report_is_current(Path(result.output_dir) / "report.html", result.study_state):
+        return False
+    from modelops_calabaria.logging import get_logger
+
+    get_logger("modelops_calabaria.cli").info("report is current", report=str(Path(result.output_dir) / "report.html"))
+    return True
 
 
 def _report_after_run(result: Any, settings: Any) -> None:

@@ -51,6 +51,16 @@ class RunResult:
     latency_ms: dict[str, float] = field(default_factory=dict)
     posterior: dict[str, Any] | None = None  # a posterior run's summary (docs/posterior.md)
     selection: dict[str, Any] | None = None  # how the best was chosen (calibration/reevaluate.py)
+    study_state: str | None = None  # what the outputs were made of (calibration/startup.py: study_state_key)
 
     def to_json(self) -> dict[str, Any]:
         return redact_value(asdict(self))
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunResult:
+        """The result as ``to_json`` wrote it (keys it does not know are ignored).
+
+        Raises:
+            TypeError: a field is missing.
+        """
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})

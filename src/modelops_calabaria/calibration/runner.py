@@ -29,6 +29,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from modelops_calabaria import __version__
 from modelops_calabaria.backend.base import BUSY_ATTR, StudyBackend
 from modelops_calabaria.backend.factory import open_store, register
 from modelops_calabaria.backend.ledger import Ledger
@@ -38,7 +39,7 @@ from modelops_calabaria.calibration.reevaluate import apply_selection, reevaluat
 from modelops_calabaria.calibration.recovery import Heartbeat, new_coordinator_id, recover_stale_trials, settle_orphans
 from modelops_calabaria.calibration.run_state import RunState
 from modelops_calabaria.calibration import preflight, provenance
-from modelops_calabaria.calibration.startup import nothing_to_run
+from modelops_calabaria.calibration.startup import nothing_to_run, study_state_key
 from modelops_calabaria.calibration.study import (
     TARGETS_ATTR,
     build_sampler,
@@ -56,7 +57,7 @@ from modelops_calabaria.models import canonical_ref, load_model
 from modelops_calabaria.posterior import ImisSampler, posterior_stop, write_posterior
 from modelops_calabaria.reporting.progress import Progress
 from modelops_calabaria.outcome import RunResult
-from modelops_calabaria.reporting.results import best_trial, state_counts, write_results
+from modelops_calabaria.reporting.results import best_trial, current_result, state_counts, write_results
 from modelops_calabaria.settings import Settings, resolve_settings
 from modelops_calabaria.simulation import (INLINE, DeferredService, InlineSimulationService, SimulationService, connect_service,
                                            few_runs_inline, local_cluster_shape, local_processes, per_run_seconds)
@@ -114,12 +115,21 @@ def prepare(job: CalibrationJob, settings: Settings, output_dir: Path | None = N
     return Prepared(job, model_ref, targets, storage, out, sampler)
 
 
-def check_existing_study(p: Prepared, accept_changes: bool = False, options: RunOptions | None = None) -> bool:
+@dataclass(frozen=True)
+class ExistingStudy:
+    """What the read-only look at the study found: whether it has nothing left to run for
+    this run's options (:func:`.startup.nothing_to_run`), and then its state key
+    (:func:`.startup.study_state_key`)."""
+
+    idle: bool = False
+    state_key: str | None = None
+
+
+def check_existing_study(p: Prepared, accept_changes: bool = False, options: RunOptions | None = None) -> ExistingStudy:
     """If the study already exists, check that this job has its search space and that
     its observed data and model did not change (creates no study); if it does not, that
-    ``--extend`` keeps its first budget within the limit. Return whether the study has
-    nothing left to run for ``options`` (:func:`.startup.nothing_to_run`; False
-    without ``options`` or without a study).
+    ``--extend`` keeps its first budget within the limit. Say whether the study has
+    nothing left to run for ``options`` (never without ``options`` or without a study).
 
     Raises:
         StudyMismatchError: another parameter space or direction, or changed inputs
@@ -130,27 +140,30 @@ def check_existing_study(p: Prepared, accept_changes: bool = False, options: Run
     fresh_budget = ((options.max_trials if options else None) or p.job.max_trials) + (extend or 0)  # _set_budget's
     if p.storage.kind == "memory":
         _check_extended(fresh_budget, extend)
-        return False
+        return ExistingStudy()
     try:
         backend = open_store(p.storage, 1, read_only=True)  # creates nothing
     except StudyNotFoundError:
         _check_extended(fresh_budget, extend)
-        return False
+        return ExistingStudy()
     try:
         stored = stored_job_of(p.job.study, backend)
         if not stored:
             _check_extended(fresh_budget, extend)
-            return False
+            return ExistingStudy()
         check_same_space(p.job, stored, storable_job(p))
         check_same_model(p.job.study, stored.get("model"), p.model_ref)
         provenance.check_unchanged(p.job.study, backend, storable_job(p), accept_changes)
         if options is None:
-            return False
+            return ExistingStudy()
         claimed, stored_max = backend.ledger.budget(p.job.study)
-        states = backend.trial_columns(backend.study_id(p.job.study)).state
-        return nothing_to_run(states, claimed=claimed, stored_max=stored_max,
+        cols = backend.trial_columns(backend.study_id(p.job.study))
+        if not nothing_to_run(cols.state, claimed=claimed, stored_max=stored_max,
                               wanted=options.max_trials or p.job.max_trials, extend=options.extend,
-                              joining=options.joining)
+                              joining=options.joining):
+            return ExistingStudy()
+        return ExistingStudy(True, study_state_key(storable_job(p), p.storage.display, __version__, cols.number,
+                                                   cols.state, cols.value))
     finally:
         backend.close()
 
@@ -236,7 +249,13 @@ def run_calibration(
     prepared = prepare(job, settings, Path(output_dir) if output_dir else None)
     options = RunOptions(max_trials, extend, concurrency, handle_signals, shutdown_grace_s, show_progress, joining,
                          accept_changes)
-    idle = check_existing_study(prepared, accept_changes, options)  # before any cluster starts
+    existing = check_existing_study(prepared, accept_changes, options)  # before any cluster starts
+    idle = existing.idle
+    if idle and existing.state_key and (current := current_result(prepared.output_dir, existing.state_key)):
+        # The outputs were written for the study as it stands: redoing them (re-evaluation
+        # included) would give the same files.
+        log.info("nothing left to run and the results are current", study=job.study, output=str(prepared.output_dir))
+        return current
     if idle:
         log.info("nothing left to run: no simulation cluster is started", study=job.study)
     elif not joining and any(t.aligner is not None for t in prepared.targets):
@@ -503,6 +522,9 @@ def _collect(p: Prepared, study: optuna.Study, backend: StudyBackend, latencies:
         finally:
             if reevaluation is not service:
                 reevaluation.close()
+    cols = backend.trial_columns(backend.study_id(study.study_name))
+    result.study_state = study_state_key(storable_job(p), p.storage.display, __version__, cols.number, cols.state,
+                                         cols.value)
     write_results(p.output_dir, result, trials)
     log.info("calibration finished", study=result.study, best_loss=result.best_loss, best_params=result.best_params,
              trials=result.trials, wall_time_s=result.wall_time_s, utilization=result.utilization,

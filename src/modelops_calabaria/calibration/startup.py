@@ -6,11 +6,20 @@ results and report without starting a Dask cluster. The decision is
 conservative: anything that could make the run ask or recover a trial counts
 as work, and a wrong "work" only costs a cluster start. A wrong "nothing" costs
 nothing either: the service is then started on first use (``DeferredService``).
+
+When there is nothing to run, the outputs a finished run wrote may already say
+everything: :func:`study_state_key` is a digest of what they are made of, stored
+in ``results.json`` (``study_state``) and in ``report.html``; a run that finds the
+same key leaves them as they are instead of re-evaluating and redrawing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import hashlib
+import json
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from optuna.trial import TrialState
 
@@ -34,3 +43,21 @@ def nothing_to_run(states: Iterable[TrialState], *, claimed: int, stored_max: in
     budget = stored_max if joining else wanted
     asked = len(states)
     return asked >= budget and claimed >= budget
+
+
+def study_state_key(job: Mapping[str, Any], storage: str, version: str, numbers: Iterable[int],
+                    states: Iterable[TrialState], values: Iterable[float | None]) -> str:
+    """A digest of everything a run's outputs (best.yaml, results.json, trials.csv, the
+    report) are computed from: the job as stored with the study (observed data inline,
+    re-evaluation and seed included), where the study lives, the package version, and
+    every trial's number, state and objective value (None or NaN: no value).
+
+    Equal keys mean equal outputs, so outputs written under a key need not be written
+    again while the study has that key. Trials only ever gain states and values, so a
+    study never returns to a key it has left.
+    """
+    trials = [[int(n), s.name, None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)]
+              for n, s, v in zip(numbers, states, values, strict=True)]
+    text = json.dumps({"job": job, "storage": storage, "version": version, "trials": trials},
+                      sort_keys=True, default=str, allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

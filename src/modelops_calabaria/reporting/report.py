@@ -49,6 +49,7 @@ from modelops_calabaria.posterior.summary import summarise
 from modelops_calabaria.redaction import redact, redact_value
 from modelops_calabaria.reporting import figures, style
 from modelops_calabaria.reporting.timing import busy_wall, speedup
+from modelops_calabaria.reporting.results import report_state_tag
 from modelops_calabaria.storage import StorageTarget, parse_storage_url
 
 log = get_logger(__name__)
@@ -561,7 +562,7 @@ def render_html(r: ReportInput, sections: Sequence[Section]) -> str:
     summary = [("best loss", best), ("trials", str(len(t.state))), ("failed", str(int((t.state == "FAIL").sum()))),
                ("stop", stop)]
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-           '<meta name="viewport" content="width=device-width, initial-scale=1">',
+           '<meta name="viewport" content="width=device-width, initial-scale=1">', report_state_tag(r.results),
            f"<title>Calibration report: {html.escape(r.study)}</title><style>{CSS}</style></head><body>",
            f"<h1>Calibration report: {html.escape(r.study)}</h1>",
            f'<p class="sub">{html.escape(r.storage)} · generated {html.escape(r.generated)} · modelops-calabaria {__version__}</p>',

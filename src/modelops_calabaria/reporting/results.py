@@ -44,6 +44,43 @@ def state_counts(trials: list[FrozenTrial]) -> dict[str, int]:
 
 
 RESULT_FILES = ("best.yaml", "results.json", "trials.csv")
+REPORT_STATE_META = "calabaria-study-state"  # report.html's record of the results.json it was made from
+_REPORT_HEAD_BYTES = 4096
+
+
+def current_result(out_dir: Path, state_key: str) -> RunResult | None:
+    """The run's result as ``out_dir`` holds it, if every results file is there and
+    results.json was written for a study with ``state_key``; else None (unreadable
+    files count as absent: the caller writes them again)."""
+    if not all((out_dir / name).is_file() for name in RESULT_FILES):
+        return None
+    try:
+        data = json.loads((out_dir / "results.json").read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or data.get("study_state") != state_key:
+            return None
+        result = RunResult.from_json(data)
+    except (OSError, ValueError, TypeError):
+        return None
+    result.output_dir = str(out_dir)
+    return result
+
+
+def report_state_tag(results: dict[str, Any] | None) -> str:
+    """The ``<meta>`` that records which results a report was made from ("" without a key)."""
+    key = (results or {}).get("study_state")
+    return f'<meta name="{REPORT_STATE_META}" content="{key}">' if isinstance(key, str) and key.isalnum() else ""
+
+
+def report_is_current(report: Path, state_key: str | None) -> bool:
+    """Whether ``report`` was made from results written under ``state_key`` (read from its head)."""
+    if not state_key:
+        return False
+    try:
+        with open(report, "rb") as fh:
+            head = fh.read(_REPORT_HEAD_BYTES).decode("utf-8", errors="replace")
+    except OSError:
+        return False
+    return f'<meta name="{REPORT_STATE_META}" content="{state_key}">' in head
 
 
 def _unlink(path: Path) -> None:
