@@ -226,6 +226,11 @@ def test_results_are_current_only_whole_and_for_the_same_key(tmp_path):
     got = current_result(tmp_path, "k1")
     assert got is not None and got.best_loss == 0.5 and got.output_dir == str(tmp_path) and got.study_state == "k1"
     assert current_result(tmp_path, "k2") is None
+    result.posterior = {"ess": 10.0}
+    write_results(tmp_path, result, [])
+    assert current_result(tmp_path, "k1") is None  # a posterior run without its sample
+    (tmp_path / "posterior.csv").write_text("trial,weight\n")
+    assert current_result(tmp_path, "k1") is not None
     (tmp_path / "trials.csv").unlink()
     assert current_result(tmp_path, "k1") is None  # not every file: write them again
     report = tmp_path / "report.html"

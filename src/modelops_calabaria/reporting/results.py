@@ -58,6 +58,8 @@ def current_result(out_dir: Path, state_key: str) -> RunResult | None:
         data = json.loads((out_dir / "results.json").read_text(encoding="utf-8"))
         if not isinstance(data, dict) or data.get("study_state") != state_key:
             return None
+        if data.get("posterior") is not None and not (out_dir / "posterior.csv").is_file():
+            return None  # a posterior run's sample is one of its outputs
         result = RunResult.from_json(data)
     except (OSError, ValueError, TypeError):
         return None
