@@ -1,7 +1,7 @@
 """The service's slot utilisation against Dask's own ceiling with the same task shape, in one run.
 
     python benchmarks/busy.py --storage postgresql://... [--storage memory] --repeats 3 \\
-        [--slots 20] [--replicates 5] [--mean-sim 0.06] [--trials 300] [--concurrency N] --json OUT
+        [--slots 20] [--replicates 5] [--mean-sim 0.06] [--trials 300] [--concurrency N | --also-fixed] --json OUT
 
 One LocalCluster (2 worker processes x slots/2 threads, as ``throughput.py``) is
 started here and shared by everything below. Each of ``--repeats`` rounds runs,
@@ -23,6 +23,11 @@ one after the other:
 3. **ceiling, refill per trial**: ``loops`` groups of the split's tasks in
    flight; a group is resubmitted only when all its tasks ended: what the
    service's loops would keep busy if asking and telling cost nothing.
+
+With ``--also-fixed``, each round also runs the service with a fixed count of as
+many loops as ``auto`` started (a fixed count runs one trial per loop at a time:
+no look-ahead), alternately before and after the ``auto`` run, against the same
+ceilings: the look-ahead's effect, measured in the same run.
 
 Utilisation = busy simulation-seconds / (slots x wall), the service's own
 definition. Printed per round and as medians: both utilisations and
@@ -222,15 +227,16 @@ def ceiling_per_trial(client: Client, split: list[int], groups: int, n_sims: int
     return {"groups": groups, "wall_s": round(wall, 3), "utilization": round(busy / (slots * wall), 4)}
 
 
-def run_service(a: argparse.Namespace, storage: str, address: str, log: TaskLog, seed: int) -> dict[str, Any]:
+def run_service(a: argparse.Namespace, storage: str, address: str, log: TaskLog, seed: int,
+                concurrency: int | None) -> dict[str, Any]:
     job = make_job(study=study_name("busy"), model="sleepy", trials=a.trials, replicates=a.replicates,
-                   concurrency=a.concurrency, mean_sim=a.mean_sim, seed=seed)
+                   concurrency=concurrency, mean_sim=a.mean_sim, seed=seed)
     settings = make_settings(parallel=True, storage=storage, scheduler=address, overrides=a.overrides)
     log.take()
     with tempfile.TemporaryDirectory(prefix="calabaria-busy-") as tmp:
         r = run_calibration(job, settings, output_dir=Path(tmp) / "run", show_progress=False)
     shape = task_shape(log.take(), a.replicates)
-    return {"storage": masked(storage), "utilization": r.utilization, "wall_s": r.wall_time_s, "loops": r.concurrency,
+    return {"storage": masked(storage), "concurrency": "auto" if concurrency is None else concurrency, "utilization": r.utilization, "wall_s": r.wall_time_s, "loops": r.concurrency,
             "slots": r.slots, "told": r.this_run["told"], "completed": r.this_run["completed"],
             "trials_per_s": round(r.this_run["told"] / r.wall_time_s, 2), "ask_ms_p50": r.latency_ms.get("ask_p50"),
             "shape": shape, "settings": settings_record(settings)}
@@ -245,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mean-sim", type=float, default=0.06)
     p.add_argument("--trials", type=int, default=300)
     p.add_argument("--concurrency", type=int, default=None, help="fixed loops (default: auto, the service's default)")
+    p.add_argument("--also-fixed", action="store_true",
+                   help="each round, also run the service with a fixed count of as many loops as auto started "
+                        "(one trial per loop at a time: the parallel mode without look-ahead), against the same ceilings")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--setting", action="append", metavar="KEY=VALUE", help="extra Settings field (repeatable)")
     p.add_argument("--json", dest="json_out", required=True)
@@ -264,10 +273,17 @@ def main(argv: list[str] | None = None) -> int:
         slots = warm_up(cluster.scheduler_address, "sleepy", a.overrides)
         print(f"{slots} slots (2 worker processes), {a.replicates} replicates, mean sim {a.mean_sim} s, {a.trials} trials, "
               f"storages {', '.join(masked(s) for s in storages)}, load {env['loadavg_1m']}", flush=True)
+        auto_loops = None  # what auto started with in the previous round (odd rounds run the fixed count first)
         with Client(cluster.scheduler_address, set_as_default=False) as client:
             for rnd in range(a.repeats):
                 for storage in storages:
-                    svc = run_service(a, storage, cluster.scheduler_address, log, a.seed + rnd)
+                    fixed = None
+                    if a.also_fixed and a.concurrency is None and rnd % 2:  # odd rounds: the fixed count first
+                        fixed = run_service(a, storage, cluster.scheduler_address, log, a.seed + rnd, auto_loops)
+                    svc = run_service(a, storage, cluster.scheduler_address, log, a.seed + rnd, a.concurrency)
+                    auto_loops = svc["loops"]
+                    if a.also_fixed and a.concurrency is None and not rnd % 2:
+                        fixed = run_service(a, storage, cluster.scheduler_address, log, a.seed + rnd, auto_loops)
                     sh = svc["shape"]
                     nominal = svc["loops"] * sh["tasks_per_trial"]
                     measured = round(sh["mean_tasks_in_flight"])
@@ -281,13 +297,19 @@ def main(argv: list[str] | None = None) -> int:
                            "ceiling_per_task_measured": ceil_measured, "ceiling_per_trial": ceil_trial,
                            "ratio": round(svc["utilization"] / ceiling, 4),
                            "ratio_per_trial_ceiling": round(ceil_trial["utilization"] / ceiling, 4)}
+                    if fixed is not None:
+                        row["fixed"] = fixed
+                        row["ratio_fixed"] = round(fixed["utilization"] / ceiling, 4)
                     rounds.append(row)
                     print(f"round {rnd} {masked(storage)[:24]:24s} service {svc['utilization']:.3f} "
                           f"(loops {svc['loops']}, split {'+'.join(map(str, sh['split']))} in {sh['split_share']:.0%} of trials, "
                           f"tasks in flight {sh['mean_tasks_in_flight']:.1f}, trials in flight {sh['mean_trials_in_flight']:.1f}) | "
                           f"ceiling per task {ceil_nominal['utilization']:.3f} @{nominal}"
                           + (f", {ceil_measured['utilization']:.3f} @{measured}" if measured > nominal else "")
-                          + f" | per trial {ceil_trial['utilization']:.3f} | service/ceiling {row['ratio']:.3f}", flush=True)
+                          + f" | per trial {ceil_trial['utilization']:.3f} | service/ceiling {row['ratio']:.3f}"
+                          + (f" | fixed {svc['loops']}: {fixed['utilization']:.3f} (tasks {fixed['shape']['mean_tasks_in_flight']:.1f}, "
+                             f"trials {fixed['shape']['mean_trials_in_flight']:.1f}), /ceiling {row['ratio_fixed']:.3f}" if fixed else ""),
+                          flush=True)
     finally:
         cluster.close(timeout=20)
     summary = {}
@@ -303,10 +325,19 @@ def main(argv: list[str] | None = None) -> int:
             "median_trials_in_flight": statistics.median(r["service"]["shape"]["mean_trials_in_flight"] for r in rows),
             "median_tasks_in_flight": statistics.median(r["service"]["shape"]["mean_tasks_in_flight"] for r in rows),
         }
+        if all("fixed" in r for r in rows):
+            summary[masked(storage)].update({
+                "median_fixed": statistics.median(r["fixed"]["utilization"] for r in rows),
+                "median_ratio_fixed": statistics.median(r["ratio_fixed"] for r in rows),
+                "median_auto_over_fixed": statistics.median(r["service"]["utilization"] / r["fixed"]["utilization"] for r in rows),
+                "median_trials_in_flight_fixed": statistics.median(r["fixed"]["shape"]["mean_trials_in_flight"] for r in rows),
+            })
         s = summary[masked(storage)]
         print(f"median {masked(storage)}: service {s['median_service']:.3f}, ceiling per task {s['median_ceiling_per_task']:.3f}, "
               f"per trial {s['median_ceiling_per_trial']:.3f}; service/ceiling {s['median_ratio']:.3f} "
-              f"(per-trial ceiling/ceiling {s['median_ratio_per_trial_ceiling']:.3f})")
+              f"(per-trial ceiling/ceiling {s['median_ratio_per_trial_ceiling']:.3f})"
+              + (f"; fixed {s['median_fixed']:.3f}, fixed/ceiling {s['median_ratio_fixed']:.3f}, "
+                 f"auto/fixed {s['median_auto_over_fixed']:.3f}" if "median_fixed" in s else ""))
     env["loadavg_1m_end"] = machine()["loadavg_1m"]
     out = {"config": {k: v for k, v in vars(a).items() if k not in ("storage", "overrides")}, "storages": [masked(s) for s in storages],
            "machine": env, "rounds": rounds, "summary": summary}
