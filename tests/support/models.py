@@ -73,3 +73,14 @@ def flaky(params, seed):
         marker.touch()
         raise OSError("flaky first attempt: transient I/O error")
     return linear(params, seed)
+
+
+def gated(params, seed):
+    """linear, but the replicate whose seed is `gated_seed` first waits (at most 60 s) for the file `gate`."""
+    from pathlib import Path
+
+    if seed == int(params.get("gated_seed", -1)):
+        deadline = time.monotonic() + 60
+        while not Path(params["gate"]).exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    return linear(params, seed)

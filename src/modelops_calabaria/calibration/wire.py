@@ -2,8 +2,12 @@
 
 Parallel (``PARALLEL_TRIALS=true``): N loops on a ThreadPoolExecutor; each
 claims one budget slot, asks one trial, submits its replicates, waits for its
-own result only, tells, and repeats. Batched (``false``): rounds of k claims →
-k asks → submit all → gather all → tell all.
+own result only, tells, and repeats. With ``concurrency: auto`` and no pruning,
+a loop claims, asks and submits its next trial as soon as only the last of its
+current trial's tasks is unfinished, then tells the current one: the slots the
+trial's other tasks freed get work while the slowest one ends (a loop holds at
+most two trials, and two only during that tail). Batched (``false``): rounds
+of k claims → k asks → submit all → gather all → tell all.
 
 Invariants, in both modes:
 
@@ -244,20 +248,95 @@ class Wire:
         self.budget_spent = True
 
     def _parallel_loop(self, loop_id: int) -> None:
+        if self.board is None and self.live_slots is not None:
+            self._overlapping_loop(loop_id)
+            return
+        # One trial at a time: staged trials (pruning) decide between stages, and a fixed
+        # count is the trials at once the job asked for.
         while not self.stop.is_set():
             if self._retiring(loop_id):
                 return
-            if self._claim(1) == 0:
-                # Not the stop event: each loop ends on its own when it finds no slot, so the
-                # last reserved slots are still used by the loops that reserved them.
-                self._budget_spent()
+            trial = self._claim_and_ask()
+            if trial is None:
                 return
-            try:
-                trial = self.asker.ask()
-            except BaseException:
-                self._release(1)
-                raise
             self._run_trials([trial])
+
+    def _claim_and_ask(self) -> AskedTrial | None:
+        """Claim one budget slot and ask a trial on it; None when the budget is spent."""
+        if self._claim(1) == 0:
+            # Not the stop event: each loop ends on its own when it finds no slot, so the
+            # last reserved slots are still used by the loops that reserved them.
+            self._budget_spent()
+            return None
+        try:
+            return self.asker.ask()
+        except BaseException:
+            self._release(1)
+            raise
+
+    def _overlapping_loop(self, loop_id: int) -> None:
+        """One loop of the parallel mode: ask, submit, tell, with the next trial submitted early.
+
+        A trial's replicates run as several tasks that end at different times; waiting for
+        the slowest before asking again would leave the slots its other tasks freed idle
+        unless other loops' tasks are queued. So once only the last of the current trial's
+        tasks is unfinished, the loop claims, asks and submits its next trial, then waits
+        for and tells the current one. A loop thus holds two trials only during that tail
+        (a trial of one task is waited for whole). It looks ahead only while it stays
+        (below the target, no stop); every asked trial is told whatever happens.
+        """
+        current: _Running | None = None
+        following: _Running | None = None
+        try:
+            while True:
+                if current is None:
+                    if self.stop.is_set() or self._retiring(loop_id):
+                        return
+                    current = self._start(self._claim_and_ask())
+                    if current is None:
+                        return
+                if current.handle.tasks > 1:
+                    current.handle.wait_left(1)
+                    if not self.stop.is_set() and self._staying(loop_id):
+                        following = self._start(self._claim_and_ask())
+                self._finish(current)
+                current, following = following, None
+        except BaseException as e:
+            for r in (current, following):
+                if r is not None and not r.told:
+                    self._tell(r.trial, _failed(f"coordinator error: {type(e).__name__}: {e}"), time.perf_counter() - r.started)
+                    self._forget(r)
+            raise
+
+    def _staying(self, loop_id: int) -> bool:
+        with self._lock:
+            return loop_id < self._target
+
+    def _start(self, trial: AskedTrial | None) -> _Running | None:
+        """Submit ``trial``'s replicates (None: nothing to start); a failed submission is told FAIL."""
+        if trial is None:
+            return None
+        started = time.perf_counter()
+        try:
+            seeds = replicate_seeds(self.job.seed, self.job.n_replicates, trial.number, self.job.replicate_seeds)
+            handle = self.service.submit(trial.number, trial.params, seeds, first=0)
+        except BaseException as e:
+            self._tell(trial, _failed(f"coordinator error: {type(e).__name__}: {e}"), time.perf_counter() - started)
+            raise
+        with self._lock:
+            self._in_flight[trial.number] = handle
+        return _Running(trial, handle, started)
+
+    def _finish(self, r: _Running) -> None:
+        """Wait for ``r``'s evaluation and tell it."""
+        ev = self._cancelled(r.handle.result())
+        self._tell(r.trial, ev, time.perf_counter() - r.started)
+        r.told = True
+        self._forget(r)
+
+    def _forget(self, r: _Running) -> None:
+        with self._lock:
+            self._in_flight.pop(r.trial.number, None)
 
     def _batched_loop(self, loop_id: int) -> None:
         while not self.stop.is_set():
@@ -403,6 +482,16 @@ class Wire:
         self.on_trial(record)
         if reason:
             self.stop.set()
+
+
+@dataclass
+class _Running:
+    """A submitted trial of a parallel loop, not yet told."""
+
+    trial: AskedTrial
+    handle: TrialHandle
+    started: float
+    told: bool = False
 
 
 def _failed(reason: str) -> TrialEvaluation:

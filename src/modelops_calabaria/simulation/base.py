@@ -27,6 +27,13 @@ class TrialHandle(Protocol):
     def cancel(self) -> None:
         """Cancel whatever of the trial still runs (idempotent)."""
 
+    @property
+    def tasks(self) -> int:
+        """How many tasks run the trial's replicates (several replicates may share one)."""
+
+    def wait_left(self, left: int) -> None:
+        """Block until at most ``left`` of the trial's tasks are unfinished (done, failed or cancelled)."""
+
 
 class SimulationService(Protocol):
     """Runs replicates somewhere. Thread-safe: many loops submit at once.

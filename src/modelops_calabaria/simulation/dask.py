@@ -158,6 +158,20 @@ class DaskTrialHandle:
                 self._counted = False
                 self._service.trial_done()
 
+    @property
+    def tasks(self) -> int:
+        return len(self._replicates)
+
+    def wait_left(self, left: int) -> None:
+        pending = [f for f in self._replicates if not f.done()]
+        if len(pending) <= left:
+            return
+        # On this service's client's loop (not a process-wide default client); the futures still
+        # tracked after the break complete on their own.
+        for done, _ in enumerate(distributed.as_completed(pending, loop=self._service.client.loop), 1):
+            if len(pending) - done <= left:
+                return
+
     def cancel(self) -> None:
         self._service.client.cancel([*self.awaited, *self._replicates], force=True)
 

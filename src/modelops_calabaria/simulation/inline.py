@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Mapping, Sequence
-from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from typing import Any
 
@@ -43,6 +43,16 @@ class InlineTrialHandle:
             return evaluation
         except CancelledError:
             return TrialEvaluation({}, None, 0.0, error="simulation cancelled")
+
+    @property
+    def tasks(self) -> int:
+        return len(self.replicates)
+
+    def wait_left(self, left: int) -> None:
+        pending = [f for f in self.replicates if not f.done()]
+        while len(pending) > left:
+            _, not_done = wait_futures(pending, return_when=FIRST_COMPLETED)
+            pending = list(not_done)
 
     def cancel(self) -> None:
         # Only replicates that have not started can be cancelled; running ones finish.
