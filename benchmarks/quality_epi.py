@@ -179,6 +179,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "startup10": {"n_startup_trials": 10},  # the start-up before docs/quality.md (Optuna's default)
 }
 
+# job fields of a variant (on top of the problem's job): the concurrency ramp (calibration/ramp.py)
+JOB_VARIANTS: dict[str, dict[str, Any]] = {
+    "ramp_off": {"ramp": "off"},
+    "ramp2": {"ramp": {"per": 2}},
+    "ramp4": {"ramp": {"per": 4}},
+    "ramp8": {"ramp": {"per": 8}},
+}
+
 
 # ----------------------------------------------------------------------------------------------
 # One run
@@ -216,8 +224,10 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     name, seed, c = spec["problem"], spec["seed"], spec["concurrency"]
     data = problem_job(name, seed=seed, trials=spec["trials"], aggregation=spec.get("aggregation"))
+    variant = spec.get("variant", "default")
     options = {k: ({"10+c": 10 + c, "max(1,11-c)": max(1, 11 - c)}.get(v, v) if isinstance(v, str) else v)
-               for k, v in VARIANTS[spec.get("variant", "default")].items()}
+               for k, v in VARIANTS.get(variant, {}).items()}
+    data.update(JOB_VARIANTS.get(variant, {}))
     if options:
         data["sampler"] = {"name": "tpe", "options": options}
     if spec.get("replicate_seeds"):

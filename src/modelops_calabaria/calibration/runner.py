@@ -445,8 +445,10 @@ def _run_rounds(p: Prepared, settings: Settings, service: SimulationService, stu
     ledger, retry = backend.ledger, p.job.retry_lost_trials
     for _ in range(MAX_ROUNDS):
         elastic = not (options.concurrency or p.job.concurrency)
+        # What the sampler already knows (a resumed study, an earlier round): the ramp starts from it.
+        known = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))) if p.job.ramp else 0
         wire = Wire(p.job, asker, service, ledger, state, parallel, loops, on_trial=progress,
-                    live_slots=service.live_slots if elastic else None)
+                    live_slots=service.live_slots if elastic else None, known=known)
         with signals_stop(wire, options.shutdown_grace_s, options.handle_signals):
             wire.run()
         if wire.shutdown_reason is not None:

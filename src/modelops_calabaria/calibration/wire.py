@@ -27,6 +27,11 @@ target (``elastic.target_loops``): it starts loops up to the target, and a loop
 whose id is at or above it exits at the top of its loop, after telling its last
 trial and before claiming another slot (slots it reserved stay in the shared
 reserve, released at the end as always). A batched round takes ``target`` claims.
+
+With ``job.ramp`` (``ramp.py``), a trial is admitted only while fewer than
+``min(target, ramp limit)`` are in flight; the limit grows as trials are told,
+and a loop above it waits (re-checked at every tell), it does not exit. A
+batched round takes ``min(target, ramp limit)`` claims.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from dataclasses import dataclass, field
 from modelops_calabaria.backend.ledger import Ledger
 from modelops_calabaria.calibration import pruning
 from modelops_calabaria.calibration.elastic import RESIZE_INTERVAL_S, loop_cap, target_loops
+from modelops_calabaria.calibration.ramp import Ramp
 from modelops_calabaria.calibration.seeds import replicate_seeds, shares_seeds
 from modelops_calabaria.calibration.run_state import RunState
 from modelops_calabaria.calibration.asktell import AskedTrial, Asker
@@ -69,6 +75,7 @@ class Wire:
     on_trial: Callable[[TrialRecord], None] = lambda record: None
     stop: threading.Event = field(default_factory=threading.Event)
     live_slots: Callable[[], int] | None = None  # given: loops follow the cluster (concurrency: auto)
+    known: int = 0  # trials the study had finished before this wire: the ramp counts them as known
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -88,6 +95,11 @@ class Wire:
         self._looks = pruning.looks(spec.after, self.job.n_replicates) if spec is not None else ()
         self.board = pruning.Board(spec.against, self.job.direction == "minimize") if spec is not None else None
         self._weights = {t.name: t.weight for t in self.job.targets}
+        self._ramp = Ramp(self.job.ramp.per, self.job.ramp.floor) if self.job.ramp is not None else None
+        self._admitted = threading.Condition(self._lock)  # notified at every tell: the ramp limit may have grown
+        self._asked = self._finished = self.known  # ramp counts (admitted, told)
+        self._flying = 0  # admitted and not yet told (parallel)
+        self.admissions: list[tuple[int, int, int, int]] = []  # ramp: (asked, finished, in flight after, limit)
 
     # -- control ---------------------------------------------------------------------------
 
@@ -243,25 +255,64 @@ class Wire:
         """Record why the run ends, without stopping loops that still hold reserved slots."""
         self.budget_spent = True
 
+    # -- the ramp (ramp.py) ---------------------------------------------------------------
+
+    def _admit(self) -> bool:
+        """Wait until one more trial may fly under the ramp and count it; False when the loop
+        should re-check stop and retiring first (it waits in slices, so it sees both)."""
+        with self._admitted:
+            if self._ramp is not None:
+                limit = self._ramp.limit(self._asked, self._finished, self._target)
+                if self._flying >= limit:
+                    self._admitted.wait(RESIZE_INTERVAL_S / 4)
+                    return False
+                self.admissions.append((self._asked, self._finished, self._flying + 1, limit))
+            self._asked += 1
+            self._flying += 1
+            return True
+
+    def _landed(self, admitted: int, told: int) -> None:
+        """``admitted`` trials left flight, ``told`` of them told: wake the loops the ramp holds."""
+        with self._admitted:
+            self._flying -= admitted
+            self._finished += told
+            self._admitted.notify_all()
+
+    def _round_size(self) -> int:
+        """Claims of the next batched round: the target, lowered by the ramp."""
+        with self._lock:
+            if self._ramp is None:
+                return self._target
+            limit = self._ramp.limit(self._asked, self._finished, self._target)
+            self.admissions.append((self._asked, self._finished, limit, limit))
+            return limit
+
     def _parallel_loop(self, loop_id: int) -> None:
         while not self.stop.is_set():
             if self._retiring(loop_id):
                 return
-            if self._claim(1) == 0:
-                # Not the stop event: each loop ends on its own when it finds no slot, so the
-                # last reserved slots are still used by the loops that reserved them.
-                self._budget_spent()
-                return
+            if not self._admit():
+                continue
+            told = 0
             try:
-                trial = self.asker.ask()
-            except BaseException:
-                self._release(1)
-                raise
-            self._run_trials([trial])
+                if self._claim(1) == 0:
+                    # Not the stop event: each loop ends on its own when it finds no slot, so the
+                    # last reserved slots are still used by the loops that reserved them.
+                    self._budget_spent()
+                    return
+                try:
+                    trial = self.asker.ask()
+                except BaseException:
+                    self._release(1)
+                    raise
+                told = 1  # _run_trials tells it, whatever happens
+                self._run_trials([trial])
+            finally:
+                self._landed(1, told)
 
     def _batched_loop(self, loop_id: int) -> None:
         while not self.stop.is_set():
-            granted = self._claim(self._target)
+            granted = self._claim(self._round_size())
             if granted == 0:
                 self._budget_spent()
                 return
@@ -274,7 +325,13 @@ class Wire:
                 for t in trials:
                     self._tell(t, _failed(f"coordinator error before submission: {type(e).__name__}: {e}"), 0.0)
                 raise
-            self._run_trials(trials)
+            with self._lock:
+                self._asked += granted
+            try:
+                self._run_trials(trials)
+            finally:
+                with self._lock:
+                    self._finished += granted
 
     def _run_trials(self, trials: Sequence[AskedTrial]) -> None:
         """Submit, wait and tell ``trials``; every one of them is told, whatever happens."""
