@@ -185,7 +185,21 @@ JOB_VARIANTS: dict[str, dict[str, Any]] = {
     "ramp2": {"ramp": {"per": 2}},
     "ramp4": {"ramp": {"per": 4}},
     "ramp8": {"ramp": {"per": 8}},
+    "qmc16": {},  # the first 16 trials: a scrambled Sobol set given as `start:` points (enqueued)
+    "ramp2_qmc16": {"ramp": {"per": 2}},
+    "ramp4_qmc16": {"ramp": {"per": 4}},
 }
+
+
+def sobol_start(parameters: dict[str, Any], n: int, seed: int) -> list[dict[str, float]]:
+    """``n`` (a power of 2) scrambled Sobol points over the float parameters' bounds, as `start:` points."""
+    from scipy.stats import qmc
+
+    names = list(parameters)
+    unit = qmc.Sobol(len(names), scramble=True, seed=seed).random_base2(int(math.log2(n)))
+    lo = np.array([float(parameters[k]["lower"]) for k in names])
+    hi = np.array([float(parameters[k]["upper"]) for k in names])
+    return [{k: float(v) for k, v in zip(names, lo + u * (hi - lo))} for u in unit]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -228,6 +242,8 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     options = {k: ({"10+c": 10 + c, "max(1,11-c)": max(1, 11 - c)}.get(v, v) if isinstance(v, str) else v)
                for k, v in VARIANTS.get(variant, {}).items()}
     data.update(JOB_VARIANTS.get(variant, {}))
+    if variant.endswith("qmc16"):
+        data["start"] = sobol_start(data["parameters"], 16, 1000 + seed)
     if options:
         data["sampler"] = {"name": "tpe", "options": options}
     if spec.get("replicate_seeds"):
