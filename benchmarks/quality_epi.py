@@ -391,7 +391,7 @@ SEED_CELLS = [("common", 0), ("common", 5), ("independent", 0), ("independent", 
 def plan(a: argparse.Namespace) -> list[dict]:
     specs: list[dict] = []
     problems = [p for p in a.problems.split(",") if p]
-    seeds = range(a.seeds)
+    seeds = range(a.first_seed, a.first_seed + a.seeds)
     experiments = a.experiments.split(",")
     if "concurrency" in experiments:
         for p in problems:
@@ -422,6 +422,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer seeds and trials (3 seeds unless --seeds)")
     p.add_argument("--seeds", type=int, default=None, help="search seeds per cell (default 10, quick 3)")
+    p.add_argument("--first-seed", type=int, default=0, help="search seeds first_seed .. first_seed + seeds - 1 "
+                   "(more seeds for a finished run: --summarize several JSON files, comma list)")
     p.add_argument("--problems", default="seir,age_seir,poisson,abm")
     p.add_argument("--concurrency", default="1,4,16")
     p.add_argument("--variants", default="default")
@@ -442,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     rows: list[dict] = []
     if a.summarize:
-        rows = json.loads(Path(a.summarize).read_text())["runs"]
+        rows = [r for f in a.summarize.split(",") for r in json.loads(Path(f).read_text())["runs"]]
     else:
         specs = plan(a)
         print(f"{len(specs)} runs on {a.procs} processes", flush=True)

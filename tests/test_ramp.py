@@ -10,9 +10,10 @@ from optuna.trial import TrialState
 
 from modelops_calabaria import Settings, run_calibration
 from modelops_calabaria.calibration import runner
-from modelops_calabaria.calibration.ramp import Ramp
+from modelops_calabaria.calibration.ramp import Ramp, ramp_of
 from modelops_calabaria.calibration.wire import Wire
 from modelops_calabaria.errors import JobSpecError
+from modelops_calabaria.job import RampSpec
 
 from conftest import make_job, support_model
 
@@ -34,12 +35,15 @@ def test_limit_never_falls_as_trials_finish_after_the_first_wave():
 
 
 def test_job_field_off_on_or_spec(tmp_path):
-    assert make_job(tmp_path).ramp is None
-    for off in ("off", False, None, " OFF "):
-        assert make_job(tmp_path, ramp=off).ramp is None
-    assert (make_job(tmp_path, ramp="on").ramp.per, make_job(tmp_path, ramp=True).ramp.floor) == (4, 2)
-    spec = make_job(tmp_path, ramp={"per": 8, "floor": 3}).ramp
-    assert (spec.per, spec.floor) == (8, 3)
+    default = ramp_of(make_job(tmp_path))  # absent: on for TPE, with RampSpec's defaults
+    assert make_job(tmp_path).ramp is None and default == Ramp(RampSpec().per, RampSpec().floor)
+    for sampler in ("random", "qmc", "cmaes"):
+        assert ramp_of(make_job(tmp_path, sampler=sampler)) is None
+    assert ramp_of(make_job(tmp_path, sampler="random", ramp="on")) == default  # asked for: on whatever the sampler
+    for off in ("off", False, " OFF "):
+        assert make_job(tmp_path, ramp=off).ramp == RampSpec(enabled=False) and ramp_of(make_job(tmp_path, ramp=off)) is None
+    assert ramp_of(make_job(tmp_path, ramp="on")) == ramp_of(make_job(tmp_path, ramp=True)) == default
+    assert ramp_of(make_job(tmp_path, ramp={"per": 3, "floor": 5})) == Ramp(3, 5)
     for bad, where in [("fast", "ramp"), ({"per": 0}, "ramp.per"), ({"floor": 0}, "ramp.floor"), ({"pre": 3}, "ramp.pre"),
                        ({"per": "4"}, "ramp.per"), (4, "ramp")]:
         with pytest.raises(JobSpecError) as e:

@@ -398,10 +398,12 @@ class PruningSpec(_Spec):
 class RampSpec(_Spec):
     """The concurrency ramp (calibration/ramp.py, docs/quality.md): after the first wave of
     trials, at most one trial in flight per ``per`` finished trials (at least ``floor``),
-    widening to the full concurrency. ``ramp: off`` (or ``false``) runs every loop from the start.
+    widening to the full concurrency. ``ramp: off`` (or ``false``) runs every loop from the start;
+    absent, the ramp is on with these defaults for the TPE sampler and off for the others.
     """
 
-    per: int = Field(default=4, ge=1, le=10_000)
+    enabled: bool = True
+    per: int = Field(default=8, ge=1, le=10_000)
     floor: int = Field(default=2, ge=1, le=MAX_CONCURRENCY)
 
 
@@ -428,7 +430,8 @@ class CalibrationJob(_Spec):
         default=None, ge=1, le=MAX_CONCURRENCY,
         description="trials at once: loops (parallel) or batch size (batched); auto (None): follow the cluster's live size",
     )
-    ramp: RampSpec | None = None
+    ramp: RampSpec | None = Field(
+        default=None, description="concurrency ramp: {per, floor}, on, or off; absent: on for tpe, off otherwise")
     sampler: SamplerSpec = Field(default_factory=SamplerSpec)
     seed: int = Field(default=0, ge=0, le=MAX_SEED)
     replicate_seeds: Literal["common", "independent", "staged"] = "common"
@@ -467,8 +470,8 @@ class CalibrationJob(_Spec):
     @classmethod
     def _ramp_off(cls, value: Any) -> Any:
         # `ramp: off` (YAML reads it as false) or `false`: no ramp; `true`/`on`: the default ramp.
-        if value is False or (isinstance(value, str) and value.strip().lower() in ("off", "none")):
-            return None
+        if value is False or (isinstance(value, str) and value.strip().lower() == "off"):
+            return {"enabled": False}
         if value is True or (isinstance(value, str) and value.strip().lower() == "on"):
             return {}
         if isinstance(value, str):
@@ -892,6 +895,7 @@ FIELD_DOCS: dict[str, dict[str, str]] = {
         "error_rate": "at most this chance, per trial, of pruning one whose full loss would have beaten that trial (default 0.05)",
     },
     "RampSpec": {
+        "enabled": "false: no ramp (also written `ramp: off`)",
         "per": "after the first wave, one more trial in flight per this many finished trials (default 4)",
         "floor": "trials in flight allowed at least, however few have finished (default 2)",
     },
@@ -914,7 +918,7 @@ FIELD_DOCS: dict[str, dict[str, str]] = {
         "concurrency": ("trials at once: loops (parallel) or batch size (batched). auto (the default): follow the cluster's live "
                         f"thread count and n_replicates, resized every second, at most {MAX_CONCURRENCY}; a number: fixed"),
         "ramp": ("concurrency ramp: after the first wave, trials in flight <= max(floor, finished // per), widening to "
-                 "'concurrency'; {per, floor}, on, or off (docs/quality.md)"),
+                 "'concurrency'; {per, floor}, on, or off; absent: on for tpe (docs/quality.md)"),
         "sampler": "Optuna sampler: tpe (constant liar) | gp | cmaes | random | qmc | grid | nsga2, or {name, options}",
         "seed": "seed of the sampler and of the replicate seeds (`calibrate --seed` overrides it)",
         "replicate_seeds": "common: the same replicate seeds for every trial; independent: also depend on the trial number",

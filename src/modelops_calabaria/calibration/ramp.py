@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from modelops_calabaria.job import CalibrationJob, RampSpec
+
 
 @dataclass(frozen=True)
 class Ramp:
@@ -39,3 +41,15 @@ class Ramp:
         if asked < full:
             return full
         return min(full, max(self.floor, finished // self.per, 1))
+
+
+def ramp_of(job: CalibrationJob) -> Ramp | None:
+    """The job's ramp: its ``ramp`` spec; ``off``: none; absent: the default :class:`RampSpec`
+    for the TPE sampler (where it was measured, docs/quality.md), none for the others
+    (random, QMC and grid points do not depend on results; a posterior run has its own stages)."""
+    spec = job.ramp
+    if spec is None:
+        if job.sampler.name != "tpe" or job.posterior is not None:
+            return None
+        spec = RampSpec()
+    return Ramp(spec.per, spec.floor) if spec.enabled else None

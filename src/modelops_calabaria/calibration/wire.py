@@ -28,7 +28,7 @@ whose id is at or above it exits at the top of its loop, after telling its last
 trial and before claiming another slot (slots it reserved stay in the shared
 reserve, released at the end as always). A batched round takes ``target`` claims.
 
-With ``job.ramp`` (``ramp.py``), a trial is admitted only while fewer than
+With a ramp (``ramp.py``: the job's ``ramp``, on by default for TPE), a trial is admitted only while fewer than
 ``min(target, ramp limit)`` are in flight; the limit grows as trials are told,
 and a loop above it waits (re-checked at every tell), it does not exit. A
 batched round takes ``min(target, ramp limit)`` claims.
@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from modelops_calabaria.backend.ledger import Ledger
 from modelops_calabaria.calibration import pruning
 from modelops_calabaria.calibration.elastic import RESIZE_INTERVAL_S, loop_cap, target_loops
-from modelops_calabaria.calibration.ramp import Ramp
+from modelops_calabaria.calibration.ramp import ramp_of
 from modelops_calabaria.calibration.seeds import replicate_seeds, shares_seeds
 from modelops_calabaria.calibration.run_state import RunState
 from modelops_calabaria.calibration.asktell import AskedTrial, Asker
@@ -95,7 +95,7 @@ class Wire:
         self._looks = pruning.looks(spec.after, self.job.n_replicates) if spec is not None else ()
         self.board = pruning.Board(spec.against, self.job.direction == "minimize") if spec is not None else None
         self._weights = {t.name: t.weight for t in self.job.targets}
-        self._ramp = Ramp(self.job.ramp.per, self.job.ramp.floor) if self.job.ramp is not None else None
+        self._ramp = ramp_of(self.job)
         self._admitted = threading.Condition(self._lock)  # notified at every tell: the ramp limit may have grown
         self._asked = self._finished = self.known  # ramp counts (admitted, told)
         self._flying = 0  # admitted and not yet told (parallel)
