@@ -104,6 +104,18 @@ def abm_sir(params, seed):
 abm_sir.outputs = ("incidence",)
 
 
+def delayed_seir(params, seed):
+    """The built-in SEIR after sleeping ``delay_s``: a model whose simulations dominate the wall time
+    (sleeping threads use no CPU, so a 2-core machine can time a large cluster's wall)."""
+    from modelops_calabaria.models.compartmental import seir
+
+    time.sleep(float(params["delay_s"]))
+    return seir({k: v for k, v in params.items() if k != "delay_s"}, seed)
+
+
+delayed_seir.outputs = ("incidence", "cases", "prevalence", "attack_rate")
+
+
 # ----------------------------------------------------------------------------------------------
 # The panel
 
@@ -246,6 +258,10 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
         data["start"] = sobol_start(data["parameters"], 16, 1000 + seed)
     if options:
         data["sampler"] = {"name": "tpe", "options": options}
+    if spec.get("delay_s"):  # the wall-time experiment: every simulation sleeps first, threads for every one
+        data["model"] = f"{SELF}:delayed_seir" if name == "seir" else data["model"]
+        data.setdefault("fixed", {})["delay_s"] = spec["delay_s"]
+        data["reevaluate"] = {"top_k": 0}  # the search's wall only
     if spec.get("replicate_seeds"):
         data["replicate_seeds"] = spec["replicate_seeds"]
     if spec.get("reevaluate") is not None:
@@ -400,8 +416,11 @@ def plan(a: argparse.Namespace) -> list[dict]:
             cells += [(v, c) for v in a.extra_variants.split(",") if v for c in [int(x) for x in a.concurrency.split(",")] if c > 1]
             for v, c in cells:
                     for s in seeds:
-                        specs.append({"experiment": "concurrency", "problem": p, "variant": v, "concurrency": c,
-                                      "seed": s, "trials": trials, "oos_replicates": a.oos_replicates})
+                        spec = {"experiment": "concurrency", "problem": p, "variant": v, "concurrency": c,
+                                "seed": s, "trials": trials, "oos_replicates": a.oos_replicates}
+                        if a.delay_s:  # enough threads for every simulation of 16 loops: the wall is the search's
+                            spec.update(delay_s=a.delay_s, threads=max(4, c * 4), oos=False)
+                        specs.append(spec)
     if "seeds" in experiments:
         for trials in ([int(x) for x in a.seed_trials.split(",")] if a.seed_trials else [40, 100] if a.quick else [40, 200]):
             for mode, top_k in SEED_CELLS:
@@ -434,6 +453,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--experiments", default="concurrency,seeds,aggregation")
     p.add_argument("--trials", type=int, default=None, help="budget of the concurrency runs (default: per problem)")
     p.add_argument("--oos-replicates", type=int, default=16)
+    p.add_argument("--delay-s", type=float, default=None, help="seir only: every simulation sleeps this long first, "
+                   "with a thread for each (wall time of a slow model on a large cluster); no re-evaluation")
     p.add_argument("--procs", type=int, default=2, help="runs at once (processes)")
     p.add_argument("--json", dest="json_out", default=None)
     a = p.parse_args(argv)
