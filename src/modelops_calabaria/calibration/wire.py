@@ -60,6 +60,8 @@ from modelops_calabaria.simulation.task import TrialEvaluation
 
 log = get_logger(__name__)
 
+RAMP_WAIT_S = 0.25  # a loop the ramp holds re-checks stop and retiring this often (a tell wakes it at once)
+
 
 @dataclass
 class Wire:
@@ -99,7 +101,6 @@ class Wire:
         self._admitted = threading.Condition(self._lock)  # notified at every tell: the ramp limit may have grown
         self._asked = self._finished = self.known  # ramp counts (admitted, told)
         self._flying = 0  # admitted and not yet told (parallel)
-        self.admissions: list[tuple[int, int, int, int]] = []  # ramp: (asked, finished, in flight after, limit)
 
     # -- control ---------------------------------------------------------------------------
 
@@ -264,9 +265,8 @@ class Wire:
             if self._ramp is not None:
                 limit = self._ramp.limit(self._asked, self._finished, self._target)
                 if self._flying >= limit:
-                    self._admitted.wait(RESIZE_INTERVAL_S / 4)
+                    self._admitted.wait(RAMP_WAIT_S)
                     return False
-                self.admissions.append((self._asked, self._finished, self._flying + 1, limit))
             self._asked += 1
             self._flying += 1
             return True
@@ -283,9 +283,7 @@ class Wire:
         with self._lock:
             if self._ramp is None:
                 return self._target
-            limit = self._ramp.limit(self._asked, self._finished, self._target)
-            self.admissions.append((self._asked, self._finished, limit, limit))
-            return limit
+            return self._ramp.limit(self._asked, self._finished, self._target)
 
     def _parallel_loop(self, loop_id: int) -> None:
         while not self.stop.is_set():
