@@ -197,6 +197,7 @@ JOB_VARIANTS: dict[str, dict[str, Any]] = {
     "ramp2": {"ramp": {"per": 2}},
     "ramp4": {"ramp": {"per": 4}},
     "ramp8": {"ramp": {"per": 8}},
+    "ramp8_first10": {"ramp": {"per": 8, "first": 10}},
     "qmc16": {},  # the first 16 trials: a scrambled Sobol set given as `start:` points (enqueued)
     "ramp2_qmc16": {"ramp": {"per": 2}},
     "ramp4_qmc16": {"ramp": {"per": 4}},

@@ -405,6 +405,7 @@ class RampSpec(_Spec):
     enabled: bool = True
     per: int = Field(default=8, ge=1, le=10_000)
     floor: int = Field(default=2, ge=1, le=MAX_CONCURRENCY)
+    first: int | None = Field(default=None, ge=1, le=MAX_CONCURRENCY)
 
 
 class ExecutionSpec(_Spec):
@@ -898,6 +899,7 @@ FIELD_DOCS: dict[str, dict[str, str]] = {
         "enabled": "false: no ramp (also written `ramp: off`)",
         "per": "after the first wave, one more trial in flight per this many finished trials (default 4)",
         "floor": "trials in flight allowed at least, however few have finished (default 2)",
+        "first": "trials of the first wave, asked at once (default: the full concurrency)",
     },
     "ReevaluateSpec": {
         "top_k": "best trials re-run on fresh seeds at the end of a run (0: off); the reported best is chosen by that loss",

@@ -30,6 +30,7 @@ class Ramp:
 
     per: int
     floor: int = 2
+    first: int | None = None  # trials of the first wave (None: full)
 
     def limit(self, asked: int, finished: int, full: int) -> int:
         """Trials allowed in flight after ``asked`` asks of which ``finished`` were told, out of ``full``.
@@ -38,8 +39,9 @@ class Ramp:
         depends on ``finished`` only and never decreases as trials finish (for a fixed ``full``).
         """
         full = max(1, full)
-        if asked < full:
-            return full
+        wave = full if self.first is None else max(1, min(full, self.first))
+        if asked < wave:
+            return wave
         return min(full, max(self.floor, finished // self.per, 1))
 
 
@@ -52,4 +54,4 @@ def ramp_of(job: CalibrationJob) -> Ramp | None:
         if job.sampler.name != "tpe" or job.posterior is not None:
             return None
         spec = RampSpec()
-    return Ramp(spec.per, spec.floor) if spec.enabled else None
+    return Ramp(spec.per, spec.floor, spec.first) if spec.enabled else None
