@@ -25,6 +25,9 @@ def test_first_wave_goes_at_once_then_one_trial_per_k_finished():
     assert Ramp(per=1, floor=1).limit(5, 0, 4) == 1  # never below 1
     assert Ramp(per=2, floor=50).limit(100, 0, 8) == 8  # never above full, whatever the floor
     assert r.limit(0, 0, 0) == 1 and r.limit(3, 3, 1) == 1  # one loop: the ramp changes nothing
+    small = Ramp(per=8, floor=2, first=10)  # a first wave smaller than the loops, then the same rule
+    assert [small.limit(a, 0, 16) for a in (0, 9, 10)] == [10, 10, 2] and small.limit(10, 40, 16) == 5
+    assert Ramp(per=8, first=50).limit(0, 0, 16) == 16  # never above full
 
 
 def test_limit_never_falls_as_trials_finish_after_the_first_wave():
@@ -44,8 +47,9 @@ def test_job_field_off_on_or_spec(tmp_path):
         assert make_job(tmp_path, ramp=off).ramp == RampSpec(enabled=False) and ramp_of(make_job(tmp_path, ramp=off)) is None
     assert ramp_of(make_job(tmp_path, ramp="on")) == ramp_of(make_job(tmp_path, ramp=True)) == default
     assert ramp_of(make_job(tmp_path, ramp={"per": 3, "floor": 5})) == Ramp(3, 5)
+    assert ramp_of(make_job(tmp_path, ramp={"first": 10})) == Ramp(RampSpec().per, RampSpec().floor, 10)
     for bad, where in [("fast", "ramp"), ({"per": 0}, "ramp.per"), ({"floor": 0}, "ramp.floor"), ({"pre": 3}, "ramp.pre"),
-                       ({"per": "4"}, "ramp.per"), (4, "ramp")]:
+                       ({"per": "4"}, "ramp.per"), ({"first": 0}, "ramp.first"), (4, "ramp")]:
         with pytest.raises(JobSpecError) as e:
             make_job(tmp_path, ramp=bad)
         assert where in str(e.value) + str(getattr(e.value, "problems", ""))
