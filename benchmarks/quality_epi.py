@@ -25,6 +25,10 @@ noise. Experiments (``--experiments``, comma list):
   ``--oos-replicates`` fresh seeds, the job's aggregation). Efficiency: for each
   checkpoint N, the first trial count M at which the median running best of 16
   loops reaches the one-loop median at N; reported as M / N.
+  Variants are sampler options (``VARIANTS``) or job fields (``JOB_VARIANTS``:
+  the concurrency ramp ``ramp_off``/``ramp2``/``ramp4``/``ramp8``/``ramp8_first10``,
+  and a QMC first wave ``qmc16``). ``--delay-s`` makes every SEIR simulation
+  sleep first, with a thread for each, to time the wall of a slow model.
 - ``seeds``: ``abm`` at 40 and 200 trials (one loop): ``replicate_seeds``
   common / independent / staged, each with and without the end-of-run
   re-evaluation; recovery error per parameter.
