@@ -327,13 +327,34 @@ def efficiency(one: list[list[float]], many: list[list[float]], checkpoints: lis
     return out
 
 
+NOT_REACHED = 1e9  # a draw whose median never reaches the one-loop value
+
+
+def bootstrap_efficiency(one: list[list[float]], many: list[list[float]], checkpoints: list[int], draws: int = 400,
+                         seed: int = 1) -> dict[int, tuple[float, float | None]]:
+    """10th and 90th percentile of ``efficiency`` over ``draws`` resamplings of the many-loop runs
+    (the one-loop curve fixed); None: not reached within the budget in over 10 % of the draws."""
+    rng = np.random.default_rng(seed)
+    got: dict[int, list[float]] = {n: [] for n in checkpoints}
+    for _ in range(draws):
+        e = efficiency(one, [many[i] for i in rng.integers(0, len(many), len(many))], checkpoints)
+        for n in checkpoints:
+            got[n].append(NOT_REACHED if e[n] is None else e[n])
+    out: dict[int, tuple[float | None, float | None]] = {}
+    for n, xs in got.items():
+        lo, hi = (float(x) for x in np.percentile(xs, [10, 90], method="lower"))
+        out[n] = (None if lo >= NOT_REACHED else round(lo, 2), None if hi >= NOT_REACHED else round(hi, 2))
+    return out
+
+
 def checkpoints_for(trials: int) -> list[int]:
     """Trial counts N where the one-loop median is compared: up to 5/8 of the budget, so that
     the many-loop runs (same budget) can show a ratio up to 1.6."""
     return sorted({max(10, trials // 4), trials // 2, 5 * trials // 8})
 
 
-def summarize_concurrency(rows: list[dict], problems: list[str], variants: list[str], concs: list[int]) -> list[dict]:
+def summarize_concurrency(rows: list[dict], problems: list[str], variants: list[str], concs: list[int],
+                          bootstrap: bool = False) -> list[dict]:
     table = []
     for p in problems:
         for v in variants:
@@ -352,11 +373,16 @@ def summarize_concurrency(rows: list[dict], problems: list[str], variants: list[
                 if c == 1 and sel[1] and sel[1][0]["variant"] != v:
                     continue
                 rb = [r["running_best"] for r in sel[c]]
-                eff = efficiency([r["running_best"] for r in sel[1]], rb, cps) if c > 1 else {n: 1.0 for n in cps}
+                one = [r["running_best"] for r in sel[1]]
+                eff = efficiency(one, rb, cps) if c > 1 else {n: 1.0 for n in cps}
+                spread = bootstrap_efficiency(one, rb, cps) if c > 1 and bootstrap else {}
                 row = {"problem": p, "variant": v, "c": c, "runs": len(sel[c])}
                 for n in cps:
                     row[f"best@{n}"] = med([x[n - 1] for x in rb])
                     row[f"eff@{n}"] = eff[n]
+                    if spread:
+                        lo, hi = spread[n]
+                        row[f"eff@{n} 80%"] = "not reached" if lo is None else f"{lo}-{hi if hi is not None else 'not reached'}"
                 row[f"best@{trials}"] = med([x[trials - 1] for x in rb])
                 row["err_med"] = med([max(r["err_reported"].values()) for r in sel[c]])
                 row["oos_reported"] = med([r.get("oos_reported") for r in sel[c]])
@@ -458,6 +484,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--experiments", default="concurrency,seeds,aggregation")
     p.add_argument("--trials", type=int, default=None, help="budget of the concurrency runs (default: per problem)")
     p.add_argument("--oos-replicates", type=int, default=16)
+    p.add_argument("--bootstrap", action="store_true", help="concurrency tables: 80%% interval of each eff "
+                   "(400 resamplings of the many-loop runs, one-loop curve fixed)")
     p.add_argument("--delay-s", type=float, default=None, help="seir only: every simulation sleeps this long first, "
                    "with a thread for each (wall time of a slow model on a large cluster); no re-evaluation")
     p.add_argument("--procs", type=int, default=2, help="runs at once (processes)")
@@ -484,7 +512,8 @@ def main(argv: list[str] | None = None) -> int:
     problems = [x for x in a.problems.split(",") if x]
     variants = [v for v in (a.variants + "," + a.extra_variants).split(",") if v]
     tables = {
-        "concurrency": summarize_concurrency(rows, problems, variants, [int(x) for x in a.concurrency.split(",")]),
+        "concurrency": summarize_concurrency(rows, problems, variants, [int(x) for x in a.concurrency.split(",")],
+                                             bootstrap=a.bootstrap),
         "seeds": summarize_params(rows, "seeds", ["trials", "replicate_seeds", "reevaluate"]),
         "aggregation": summarize_params(rows, "aggregation", ["problem", "aggregation"]),
     }
