@@ -25,6 +25,10 @@ noise. Experiments (``--experiments``, comma list):
   ``--oos-replicates`` fresh seeds, the job's aggregation). Efficiency: for each
   checkpoint N, the first trial count M at which the median running best of 16
   loops reaches the one-loop median at N; reported as M / N.
+  Variants are sampler options (``VARIANTS``) or job fields (``JOB_VARIANTS``:
+  the concurrency ramp ``ramp_off``/``ramp2``/``ramp4``/``ramp8``/``ramp8_first10``,
+  and a QMC first wave ``qmc16``). ``--delay-s`` makes every SEIR simulation
+  sleep first, with a thread for each, to time the wall of a slow model.
 - ``seeds``: ``abm`` at 40 and 200 trials (one loop): ``replicate_seeds``
   common / independent / staged, each with and without the end-of-run
   re-evaluation; recovery error per parameter.
@@ -104,6 +108,18 @@ def abm_sir(params, seed):
 abm_sir.outputs = ("incidence",)
 
 
+def delayed_seir(params, seed):
+    """The built-in SEIR after sleeping ``delay_s``: a model whose simulations dominate the wall time
+    (sleeping threads use no CPU, so a 2-core machine can time a large cluster's wall)."""
+    from modelops_calabaria.models.compartmental import seir
+
+    time.sleep(float(params["delay_s"]))
+    return seir({k: v for k, v in params.items() if k != "delay_s"}, seed)
+
+
+delayed_seir.outputs = ("incidence", "cases", "prevalence", "attack_rate")
+
+
 # ----------------------------------------------------------------------------------------------
 # The panel
 
@@ -179,6 +195,29 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "startup10": {"n_startup_trials": 10},  # the start-up before docs/quality.md (Optuna's default)
 }
 
+# job fields of a variant (on top of the problem's job): the concurrency ramp (calibration/ramp.py)
+JOB_VARIANTS: dict[str, dict[str, Any]] = {
+    "ramp_off": {"ramp": "off"},
+    "ramp2": {"ramp": {"per": 2}},
+    "ramp4": {"ramp": {"per": 4}},
+    "ramp8": {"ramp": {"per": 8}},
+    "ramp8_first10": {"ramp": {"per": 8, "first": 10}},
+    "qmc16": {},  # the first 16 trials: a scrambled Sobol set given as `start:` points (enqueued)
+    "ramp2_qmc16": {"ramp": {"per": 2}},
+    "ramp4_qmc16": {"ramp": {"per": 4}},
+}
+
+
+def sobol_start(parameters: dict[str, Any], n: int, seed: int) -> list[dict[str, float]]:
+    """``n`` (a power of 2) scrambled Sobol points over the float parameters' bounds, as `start:` points."""
+    from scipy.stats import qmc
+
+    names = list(parameters)
+    unit = qmc.Sobol(len(names), scramble=True, seed=seed).random_base2(int(math.log2(n)))
+    lo = np.array([float(parameters[k]["lower"]) for k in names])
+    hi = np.array([float(parameters[k]["upper"]) for k in names])
+    return [{k: float(v) for k, v in zip(names, lo + u * (hi - lo))} for u in unit]
+
 
 # ----------------------------------------------------------------------------------------------
 # One run
@@ -216,10 +255,18 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     name, seed, c = spec["problem"], spec["seed"], spec["concurrency"]
     data = problem_job(name, seed=seed, trials=spec["trials"], aggregation=spec.get("aggregation"))
+    variant = spec.get("variant", "default")
     options = {k: ({"10+c": 10 + c, "max(1,11-c)": max(1, 11 - c)}.get(v, v) if isinstance(v, str) else v)
-               for k, v in VARIANTS[spec.get("variant", "default")].items()}
+               for k, v in VARIANTS.get(variant, {}).items()}
+    data.update(JOB_VARIANTS.get(variant, {}))
+    if variant.endswith("qmc16"):
+        data["start"] = sobol_start(data["parameters"], 16, 1000 + seed)
     if options:
         data["sampler"] = {"name": "tpe", "options": options}
+    if spec.get("delay_s"):  # the wall-time experiment: every simulation sleeps first, threads for every one
+        data["model"] = f"{SELF}:delayed_seir" if name == "seir" else data["model"]
+        data.setdefault("fixed", {})["delay_s"] = spec["delay_s"]
+        data["reevaluate"] = {"top_k": 0}  # the search's wall only
     if spec.get("replicate_seeds"):
         data["replicate_seeds"] = spec["replicate_seeds"]
     if spec.get("reevaluate") is not None:
@@ -280,13 +327,34 @@ def efficiency(one: list[list[float]], many: list[list[float]], checkpoints: lis
     return out
 
 
+NOT_REACHED = 1e9  # a draw whose median never reaches the one-loop value
+
+
+def bootstrap_efficiency(one: list[list[float]], many: list[list[float]], checkpoints: list[int], draws: int = 400,
+                         seed: int = 1) -> dict[int, tuple[float, float | None]]:
+    """10th and 90th percentile of ``efficiency`` over ``draws`` resamplings of the many-loop runs
+    (the one-loop curve fixed); None: not reached within the budget in over 10 % of the draws."""
+    rng = np.random.default_rng(seed)
+    got: dict[int, list[float]] = {n: [] for n in checkpoints}
+    for _ in range(draws):
+        e = efficiency(one, [many[i] for i in rng.integers(0, len(many), len(many))], checkpoints)
+        for n in checkpoints:
+            got[n].append(NOT_REACHED if e[n] is None else e[n])
+    out: dict[int, tuple[float | None, float | None]] = {}
+    for n, xs in got.items():
+        lo, hi = (float(x) for x in np.percentile(xs, [10, 90], method="lower"))
+        out[n] = (None if lo >= NOT_REACHED else round(lo, 2), None if hi >= NOT_REACHED else round(hi, 2))
+    return out
+
+
 def checkpoints_for(trials: int) -> list[int]:
     """Trial counts N where the one-loop median is compared: up to 5/8 of the budget, so that
     the many-loop runs (same budget) can show a ratio up to 1.6."""
     return sorted({max(10, trials // 4), trials // 2, 5 * trials // 8})
 
 
-def summarize_concurrency(rows: list[dict], problems: list[str], variants: list[str], concs: list[int]) -> list[dict]:
+def summarize_concurrency(rows: list[dict], problems: list[str], variants: list[str], concs: list[int],
+                          bootstrap: bool = False) -> list[dict]:
     table = []
     for p in problems:
         for v in variants:
@@ -305,11 +373,16 @@ def summarize_concurrency(rows: list[dict], problems: list[str], variants: list[
                 if c == 1 and sel[1] and sel[1][0]["variant"] != v:
                     continue
                 rb = [r["running_best"] for r in sel[c]]
-                eff = efficiency([r["running_best"] for r in sel[1]], rb, cps) if c > 1 else {n: 1.0 for n in cps}
+                one = [r["running_best"] for r in sel[1]]
+                eff = efficiency(one, rb, cps) if c > 1 else {n: 1.0 for n in cps}
+                spread = bootstrap_efficiency(one, rb, cps) if c > 1 and bootstrap else {}
                 row = {"problem": p, "variant": v, "c": c, "runs": len(sel[c])}
                 for n in cps:
                     row[f"best@{n}"] = med([x[n - 1] for x in rb])
                     row[f"eff@{n}"] = eff[n]
+                    if spread:
+                        lo, hi = spread[n]
+                        row[f"eff@{n} 80%"] = "not reached" if lo is None else f"{lo}-{hi if hi is not None else 'not reached'}"
                 row[f"best@{trials}"] = med([x[trials - 1] for x in rb])
                 row["err_med"] = med([max(r["err_reported"].values()) for r in sel[c]])
                 row["oos_reported"] = med([r.get("oos_reported") for r in sel[c]])
@@ -365,7 +438,7 @@ SEED_CELLS = [("common", 0), ("common", 5), ("independent", 0), ("independent", 
 def plan(a: argparse.Namespace) -> list[dict]:
     specs: list[dict] = []
     problems = [p for p in a.problems.split(",") if p]
-    seeds = range(a.seeds)
+    seeds = range(a.first_seed, a.first_seed + a.seeds)
     experiments = a.experiments.split(",")
     if "concurrency" in experiments:
         for p in problems:
@@ -374,8 +447,11 @@ def plan(a: argparse.Namespace) -> list[dict]:
             cells += [(v, c) for v in a.extra_variants.split(",") if v for c in [int(x) for x in a.concurrency.split(",")] if c > 1]
             for v, c in cells:
                     for s in seeds:
-                        specs.append({"experiment": "concurrency", "problem": p, "variant": v, "concurrency": c,
-                                      "seed": s, "trials": trials, "oos_replicates": a.oos_replicates})
+                        spec = {"experiment": "concurrency", "problem": p, "variant": v, "concurrency": c,
+                                "seed": s, "trials": trials, "oos_replicates": a.oos_replicates}
+                        if a.delay_s:  # enough threads for every simulation of 16 loops: the wall is the search's
+                            spec.update(delay_s=a.delay_s, threads=max(4, c * 4), oos=False)
+                        specs.append(spec)
     if "seeds" in experiments:
         for trials in ([int(x) for x in a.seed_trials.split(",")] if a.seed_trials else [40, 100] if a.quick else [40, 200]):
             for mode, top_k in SEED_CELLS:
@@ -396,6 +472,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer seeds and trials (3 seeds unless --seeds)")
     p.add_argument("--seeds", type=int, default=None, help="search seeds per cell (default 10, quick 3)")
+    p.add_argument("--first-seed", type=int, default=0, help="search seeds first_seed .. first_seed + seeds - 1 "
+                   "(more seeds for a finished run: --summarize several JSON files, comma list)")
     p.add_argument("--problems", default="seir,age_seir,poisson,abm")
     p.add_argument("--concurrency", default="1,4,16")
     p.add_argument("--variants", default="default")
@@ -406,6 +484,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--experiments", default="concurrency,seeds,aggregation")
     p.add_argument("--trials", type=int, default=None, help="budget of the concurrency runs (default: per problem)")
     p.add_argument("--oos-replicates", type=int, default=16)
+    p.add_argument("--bootstrap", action="store_true", help="concurrency tables: 80%% interval of each eff "
+                   "(400 resamplings of the many-loop runs, one-loop curve fixed)")
+    p.add_argument("--delay-s", type=float, default=None, help="seir only: every simulation sleeps this long first, "
+                   "with a thread for each (wall time of a slow model on a large cluster); no re-evaluation")
     p.add_argument("--procs", type=int, default=2, help="runs at once (processes)")
     p.add_argument("--json", dest="json_out", default=None)
     a = p.parse_args(argv)
@@ -416,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     rows: list[dict] = []
     if a.summarize:
-        rows = json.loads(Path(a.summarize).read_text())["runs"]
+        rows = [r for f in a.summarize.split(",") for r in json.loads(Path(f).read_text())["runs"]]
     else:
         specs = plan(a)
         print(f"{len(specs)} runs on {a.procs} processes", flush=True)
@@ -430,7 +512,8 @@ def main(argv: list[str] | None = None) -> int:
     problems = [x for x in a.problems.split(",") if x]
     variants = [v for v in (a.variants + "," + a.extra_variants).split(",") if v]
     tables = {
-        "concurrency": summarize_concurrency(rows, problems, variants, [int(x) for x in a.concurrency.split(",")]),
+        "concurrency": summarize_concurrency(rows, problems, variants, [int(x) for x in a.concurrency.split(",")],
+                                             bootstrap=a.bootstrap),
         "seeds": summarize_params(rows, "seeds", ["trials", "replicate_seeds", "reevaluate"]),
         "aggregation": summarize_params(rows, "aggregation", ["problem", "aggregation"]),
     }

@@ -395,6 +395,19 @@ class PruningSpec(_Spec):
     error_rate: float = Field(default=0.05, gt=0, lt=0.5)
 
 
+class RampSpec(_Spec):
+    """The concurrency ramp (calibration/ramp.py, docs/quality.md): after the first wave of
+    trials, at most one trial in flight per ``per`` finished trials (at least ``floor``),
+    widening to the full concurrency. ``ramp: off`` (or ``false``) runs every loop from the start;
+    absent, the ramp is on with these defaults for the TPE sampler and off for the others.
+    """
+
+    enabled: bool = True
+    per: int = Field(default=8, ge=1, le=10_000)
+    floor: int = Field(default=2, ge=1, le=MAX_CONCURRENCY)
+    first: int | None = Field(default=None, ge=1, le=MAX_CONCURRENCY)
+
+
 class ExecutionSpec(_Spec):
     """Where and how the job runs; each may be overridden by env or CLI (see Settings)."""
 
@@ -418,6 +431,8 @@ class CalibrationJob(_Spec):
         default=None, ge=1, le=MAX_CONCURRENCY,
         description="trials at once: loops (parallel) or batch size (batched); auto (None): follow the cluster's live size",
     )
+    ramp: RampSpec | None = Field(
+        default=None, description="concurrency ramp: {per, floor}, on, or off; absent: on for tpe, off otherwise")
     sampler: SamplerSpec = Field(default_factory=SamplerSpec)
     seed: int = Field(default=0, ge=0, le=MAX_SEED)
     replicate_seeds: Literal["common", "independent", "staged"] = "common"
@@ -450,6 +465,18 @@ class CalibrationJob(_Spec):
             if value.strip().lower() == "auto":
                 return None
             raise ValueError(f"must be 'auto' or a whole number from 1 to {MAX_CONCURRENCY}, got {value!r}")
+        return value
+
+    @field_validator("ramp", mode="before")
+    @classmethod
+    def _ramp_off(cls, value: Any) -> Any:
+        # `ramp: off` (YAML reads it as false) or `false`: no ramp; `true`/`on`: the default ramp.
+        if value is False or (isinstance(value, str) and value.strip().lower() == "off"):
+            return {"enabled": False}
+        if value is True or (isinstance(value, str) and value.strip().lower() == "on"):
+            return {}
+        if isinstance(value, str):
+            raise ValueError(f"must be off, on, or {{per, floor}}, got {value!r}")
         return value
 
     @field_validator("fixed")
@@ -700,7 +727,7 @@ def validation_problems(err: ValidationError) -> list[tuple[str, str]]:
 
 _FIELD_NAMES = sorted(
     set().union(*(m.model_fields for m in (CalibrationJob, ParameterSpec, ScoreSpec, TargetSpec, StopSpec, SamplerSpec, ExecutionSpec, PriorSpec,
-                   PosteriorSpec, ReportSpec, ReevaluateSpec)))
+                   PosteriorSpec, ReportSpec, ReevaluateSpec, RampSpec)))
 )
 
 
@@ -868,6 +895,12 @@ FIELD_DOCS: dict[str, dict[str, str]] = {
         "against": "compare with the k-th best completed trial (default 1: the best)",
         "error_rate": "at most this chance, per trial, of pruning one whose full loss would have beaten that trial (default 0.05)",
     },
+    "RampSpec": {
+        "enabled": "false: no ramp (also written `ramp: off`)",
+        "per": "after the first wave, one more trial in flight per this many finished trials (default 4)",
+        "floor": "trials in flight allowed at least, however few have finished (default 2)",
+        "first": "trials of the first wave, asked at once (default: the full concurrency)",
+    },
     "ReevaluateSpec": {
         "top_k": "best trials re-run on fresh seeds at the end of a run (0: off); the reported best is chosen by that loss",
         "replicates": "fresh replicates per re-run trial (default 2 x n_replicates)",
@@ -886,6 +919,8 @@ FIELD_DOCS: dict[str, dict[str, str]] = {
         "max_trials": "trial budget of the study",
         "concurrency": ("trials at once: loops (parallel) or batch size (batched). auto (the default): follow the cluster's live "
                         f"thread count and n_replicates, resized every second, at most {MAX_CONCURRENCY}; a number: fixed"),
+        "ramp": ("concurrency ramp: after the first wave, trials in flight <= max(floor, finished // per), widening to "
+                 "'concurrency'; {per, floor}, on, or off; absent: on for tpe (docs/quality.md)"),
         "sampler": "Optuna sampler: tpe (constant liar) | gp | cmaes | random | qmc | grid | nsga2, or {name, options}",
         "seed": "seed of the sampler and of the replicate seeds (`calibrate --seed` overrides it)",
         "replicate_seeds": "common: the same replicate seeds for every trial; independent: also depend on the trial number",

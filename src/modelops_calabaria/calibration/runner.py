@@ -49,6 +49,7 @@ from modelops_calabaria.calibration.study import (
     stored_job_of,
 )
 from modelops_calabaria.calibration.elastic import loop_cap, target_loops
+from modelops_calabaria.calibration.ramp import ramp_of
 from modelops_calabaria.calibration.wire import Wire
 from modelops_calabaria.errors import ConfigurationError, JobSpecError, RunFailedError, StudyNotFoundError
 from modelops_calabaria.job import MAX_TRIALS, CalibrationJob, check_run_flags, check_same_model, job_from_dict
@@ -464,8 +465,10 @@ def _run_rounds(p: Prepared, settings: Settings, service: SimulationService, stu
     ledger, retry = backend.ledger, p.job.retry_lost_trials
     for _ in range(MAX_ROUNDS):
         elastic = not (options.concurrency or p.job.concurrency)
+        # What the sampler already knows (a resumed study, an earlier round): the ramp starts from it.
+        known = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))) if ramp_of(p.job) else 0
         wire = Wire(p.job, asker, service, ledger, state, parallel, loops, on_trial=progress,
-                    live_slots=service.live_slots if elastic else None)
+                    live_slots=service.live_slots if elastic else None, known=known)
         with signals_stop(wire, options.shutdown_grace_s, options.handle_signals):
             wire.run()
         if wire.shutdown_reason is not None:

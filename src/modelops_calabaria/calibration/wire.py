@@ -31,6 +31,13 @@ target (``elastic.target_loops``): it starts loops up to the target, and a loop
 whose id is at or above it exits at the top of its loop, after telling its last
 trial and before claiming another slot (slots it reserved stay in the shared
 reserve, released at the end as always). A batched round takes ``target`` claims.
+
+With a ramp (``ramp.py``: the job's ``ramp``, on by default for TPE), a trial is admitted only while fewer than
+``min(target, ramp limit)`` are in flight; the limit grows as trials are told,
+and a loop above it waits (re-checked at every tell), it does not exit; a loop's
+look-ahead trial counts as in flight, and a loop never waits for the ramp to look
+ahead (it tells its current trial instead). A batched round takes
+``min(target, ramp limit)`` claims.
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ from dataclasses import dataclass, field
 from modelops_calabaria.backend.ledger import Ledger
 from modelops_calabaria.calibration import pruning
 from modelops_calabaria.calibration.elastic import RESIZE_INTERVAL_S, loop_cap, target_loops
+from modelops_calabaria.calibration.ramp import ramp_of
 from modelops_calabaria.calibration.seeds import replicate_seeds, shares_seeds
 from modelops_calabaria.calibration.run_state import RunState
 from modelops_calabaria.calibration.asktell import AskedTrial, Asker
@@ -57,6 +65,8 @@ from modelops_calabaria.simulation.base import SimulationService, TrialHandle
 from modelops_calabaria.simulation.task import TrialEvaluation
 
 log = get_logger(__name__)
+
+RAMP_WAIT_S = 0.25  # a loop the ramp holds re-checks stop and retiring this often (a tell wakes it at once)
 
 
 @dataclass
@@ -73,6 +83,7 @@ class Wire:
     on_trial: Callable[[TrialRecord], None] = lambda record: None
     stop: threading.Event = field(default_factory=threading.Event)
     live_slots: Callable[[], int] | None = None  # given: loops follow the cluster (concurrency: auto)
+    known: int = 0  # trials the study had finished before this wire: the ramp counts them as known
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -92,6 +103,10 @@ class Wire:
         self._looks = pruning.looks(spec.after, self.job.n_replicates) if spec is not None else ()
         self.board = pruning.Board(spec.against, self.job.direction == "minimize") if spec is not None else None
         self._weights = {t.name: t.weight for t in self.job.targets}
+        self._ramp = ramp_of(self.job)
+        self._admitted = threading.Condition(self._lock)  # notified at every tell: the ramp limit may have grown
+        self._asked = self._finished = self.known  # ramp counts (admitted, told)
+        self._flying = 0  # admitted and not yet told (parallel)
 
     # -- control ---------------------------------------------------------------------------
 
@@ -247,6 +262,37 @@ class Wire:
         """Record why the run ends, without stopping loops that still hold reserved slots."""
         self.budget_spent = True
 
+    # -- the ramp (ramp.py) ---------------------------------------------------------------
+
+    def _admit(self, wait: bool = True) -> bool:
+        """Wait until one more trial may fly under the ramp and count it; False when the loop
+        should re-check stop and retiring first (it waits in slices, so it sees both), or
+        at once without ``wait``. Every admission is given back by one ``_landed``."""
+        with self._admitted:
+            if self._ramp is not None:
+                limit = self._ramp.limit(self._asked, self._finished, self._target)
+                if self._flying >= limit:
+                    if wait:
+                        self._admitted.wait(RAMP_WAIT_S)
+                    return False
+            self._asked += 1
+            self._flying += 1
+            return True
+
+    def _landed(self, admitted: int, told: int) -> None:
+        """``admitted`` trials left flight, ``told`` of them told: wake the loops the ramp holds."""
+        with self._admitted:
+            self._flying -= admitted
+            self._finished += told
+            self._admitted.notify_all()
+
+    def _round_size(self) -> int:
+        """Claims of the next batched round: the target, lowered by the ramp."""
+        with self._lock:
+            if self._ramp is None:
+                return self._target
+            return self._ramp.limit(self._asked, self._finished, self._target)
+
     def _parallel_loop(self, loop_id: int) -> None:
         if self.board is None and self.live_slots is not None:
             self._overlapping_loop(loop_id)
@@ -256,22 +302,33 @@ class Wire:
         while not self.stop.is_set():
             if self._retiring(loop_id):
                 return
+            if not self._admit():
+                continue
             trial = self._claim_and_ask()
             if trial is None:
                 return
-            self._run_trials([trial])
+            try:
+                self._run_trials([trial])  # tells it, whatever happens
+            finally:
+                self._landed(1, 1)
 
     def _claim_and_ask(self) -> AskedTrial | None:
-        """Claim one budget slot and ask a trial on it; None when the budget is spent."""
-        if self._claim(1) == 0:
-            # Not the stop event: each loop ends on its own when it finds no slot, so the
-            # last reserved slots are still used by the loops that reserved them.
-            self._budget_spent()
-            return None
+        """Claim one budget slot and ask a trial on it; None when the budget is spent.
+        The caller was admitted (``_admit``): without a trial the admission is given back."""
         try:
-            return self.asker.ask()
+            if self._claim(1) == 0:
+                # Not the stop event: each loop ends on its own when it finds no slot, so the
+                # last reserved slots are still used by the loops that reserved them.
+                self._budget_spent()
+                self._landed(1, 0)
+                return None
+            try:
+                return self.asker.ask()
+            except BaseException:
+                self._release(1)
+                raise
         except BaseException:
-            self._release(1)
+            self._landed(1, 0)
             raise
 
     def _overlapping_loop(self, loop_id: int) -> None:
@@ -292,12 +349,15 @@ class Wire:
                 if current is None:
                     if self.stop.is_set() or self._retiring(loop_id):
                         return
+                    if not self._admit():
+                        continue
                     current = self._start(self._claim_and_ask())
                     if current is None:
                         return
                 if current.handle.tasks > 1:
                     current.handle.wait_left(1)
-                    if not self.stop.is_set() and self._staying(loop_id):
+                    # Looking ahead never waits for the ramp: the current trial is told next anyway.
+                    if not self.stop.is_set() and self._staying(loop_id) and self._admit(wait=False):
                         following = self._start(self._claim_and_ask())
                 self._finish(current)
                 current, following = following, None
@@ -306,6 +366,7 @@ class Wire:
                 if r is not None and not r.told:
                     self._tell(r.trial, _failed(f"coordinator error: {type(e).__name__}: {e}"), time.perf_counter() - r.started)
                     self._forget(r)
+                    self._landed(1, 1)
             raise
 
     def _staying(self, loop_id: int) -> bool:
@@ -322,6 +383,7 @@ class Wire:
             handle = self.service.submit(trial.number, trial.params, seeds, first=0)
         except BaseException as e:
             self._tell(trial, _failed(f"coordinator error: {type(e).__name__}: {e}"), time.perf_counter() - started)
+            self._landed(1, 1)
             raise
         with self._lock:
             self._in_flight[trial.number] = handle
@@ -333,6 +395,7 @@ class Wire:
         self._tell(r.trial, ev, time.perf_counter() - r.started)
         r.told = True
         self._forget(r)
+        self._landed(1, 1)
 
     def _forget(self, r: _Running) -> None:
         with self._lock:
@@ -340,7 +403,7 @@ class Wire:
 
     def _batched_loop(self, loop_id: int) -> None:
         while not self.stop.is_set():
-            granted = self._claim(self._target)
+            granted = self._claim(self._round_size())
             if granted == 0:
                 self._budget_spent()
                 return
@@ -353,7 +416,13 @@ class Wire:
                 for t in trials:
                     self._tell(t, _failed(f"coordinator error before submission: {type(e).__name__}: {e}"), 0.0)
                 raise
-            self._run_trials(trials)
+            with self._lock:
+                self._asked += granted
+            try:
+                self._run_trials(trials)
+            finally:
+                with self._lock:
+                    self._finished += granted
 
     def _run_trials(self, trials: Sequence[AskedTrial]) -> None:
         """Submit, wait and tell ``trials``; every one of them is told, whatever happens."""
