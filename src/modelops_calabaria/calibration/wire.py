@@ -35,8 +35,8 @@ reserve, released at the end as always). A batched round takes ``target`` claims
 With a ramp (``ramp.py``: the job's ``ramp``, on by default for TPE), a trial is admitted only while fewer than
 ``min(target, ramp limit)`` are in flight; the limit grows as trials are told,
 and a loop above it waits (re-checked at every tell), it does not exit; a loop's
-look-ahead trial counts as in flight, and a loop never waits for the ramp to look
-ahead (it tells its current trial instead). A batched round takes
+look-ahead trial counts as in flight, is held back only while the ramp is below
+the full target, and never waits (the loop tells its current trial instead). A batched round takes
 ``min(target, ramp limit)`` claims.
 """
 
@@ -264,15 +264,17 @@ class Wire:
 
     # -- the ramp (ramp.py) ---------------------------------------------------------------
 
-    def _admit(self, wait: bool = True) -> bool:
+    def _admit(self, look_ahead: bool = False) -> bool:
         """Wait until one more trial may fly under the ramp and count it; False when the loop
-        should re-check stop and retiring first (it waits in slices, so it sees both), or
-        at once without ``wait``. Every admission is given back by one ``_landed``."""
+        should re-check stop and retiring first (it waits in slices, so it sees both).
+        A ``look_ahead`` never waits, and is held back only while the ramp is below the
+        full target (the tail it fills is short, and at full width the ramp is done).
+        Every admission is given back by one ``_landed``."""
         with self._admitted:
             if self._ramp is not None:
                 limit = self._ramp.limit(self._asked, self._finished, self._target)
-                if self._flying >= limit:
-                    if wait:
+                if self._flying >= limit and not (look_ahead and limit >= self._target):
+                    if not look_ahead:
                         self._admitted.wait(RAMP_WAIT_S)
                     return False
             self._asked += 1
@@ -356,8 +358,7 @@ class Wire:
                         return
                 if current.handle.tasks > 1:
                     current.handle.wait_left(1)
-                    # Looking ahead never waits for the ramp: the current trial is told next anyway.
-                    if not self.stop.is_set() and self._staying(loop_id) and self._admit(wait=False):
+                    if not self.stop.is_set() and self._staying(loop_id) and self._admit(look_ahead=True):
                         following = self._start(self._claim_and_ask())
                 self._finish(current)
                 current, following = following, None
