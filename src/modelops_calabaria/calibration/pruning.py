@@ -60,7 +60,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 
 @dataclass(frozen=True)
@@ -120,6 +119,9 @@ def prediction_lower_bound(x: Sequence[float], n_total: int, alpha: float) -> fl
 @functools.lru_cache(maxsize=256)
 def _t_quantile(p: float, df: int) -> float:
     # A handful of (alpha, m) pairs per run; scipy's ppf costs far more than the rest of a decision.
+    # Imported here: scipy.stats costs about 1 CPU-s to import, and only a run with pruning needs it.
+    from scipy import stats
+
     return float(stats.t.ppf(p, df))
 
 
