@@ -53,7 +53,7 @@ from _common import machine, print_table
 HERE = Path(__file__).resolve().parent
 MODEL = HERE / "cpu_model.py"
 PEER = HERE / "cpu_peer.py"
-TRUTH = {"p_transmit": 0.05, "p_recover": 0.2}
+TRUTH = {"p_transmit": 0.08, "p_recover": 0.2}
 DATA_SEED = 424242
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--processes", type=int, default=os.cpu_count() or 1, help="peer: processes (default: cores)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--population", type=int, default=None,
-                   help="people in the model (default 200000: ~0.2 s a replicate); small = coordination cost alone")
+                   help="people in the model (default 30000: ~0.2 s a replicate); small = coordination cost alone")
     p.add_argument("--only", choices=["service", "peer"], default=None)
     p.add_argument("--src", default=None, help="run the service from this source directory (PYTHONPATH)")
     p.add_argument("--base-src", default=None,
