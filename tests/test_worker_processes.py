@@ -32,6 +32,7 @@ def worker_state():
     import os, sys, dask
     return {"pid": os.getpid(), "ppid": os.getppid(), "omp": os.environ.get("OMP_NUM_THREADS"),
             "profile": dask.config.get("distributed.worker.profile.enabled"),
+            "trim": os.environ.get("MALLOC_TRIM_THRESHOLD_"),
             "pandas": "pandas" in sys.modules}
 
 if __name__ == "__main__":
@@ -59,6 +60,7 @@ def _run(tmp_path: Path, extra_env: dict[str, str] | None = None) -> tuple[dict,
     log = tmp_path / "imports.log"
     env = {**os.environ, "IMPORT_LOG": str(log), **(extra_env or {})}
     env.pop("CALABARIA_PRELOAD_MODEL", None)
+    env.pop("MALLOC_TRIM_THRESHOLD_", None)
     out = subprocess.run([sys.executable, str(tmp_path / "script.py"), f"{tmp_path / 'model.py'}:counted"],
                          capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -82,8 +84,10 @@ def test_local_workers_are_forked_from_one_server_that_imported_the_model_once(t
     # fork-server preload (pandas and its other optional packages) was not imported here.
     assert report["env_left"] is None
     assert report["pandas_here"] is False and not any(w["pandas"] for w in workers)
-    # The local cluster's settings reach the workers: no statistical profiler while they run.
+    # The local cluster's settings reach the workers: no statistical profiler while they run,
+    # and glibc's adaptive allocator (Dask's MALLOC_TRIM_THRESHOLD_ made numpy models slower).
     assert [w["profile"] for w in workers] == [False, False]
+    assert [w["trim"] for w in workers] == [None, None]
 
 
 def test_a_method_the_user_chose_for_dask_worker_processes_stands(tmp_path):

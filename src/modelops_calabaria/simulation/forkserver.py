@@ -6,7 +6,9 @@ per trial against a plain study.optimize loop"). With multiprocessing's ``forkse
 one server process imports all of it once, the model included, and each worker is a
 fork of it that inherits those imports. The coordinator itself is not forked: it runs
 threads (Dask's event loop, the cluster's start-up), and forking a threaded process
-can copy a lock held by another thread.
+can copy a lock held by another thread. The server ignores SIGINT (multiprocessing's
+own doing), so a Ctrl-C on the terminal does not reach it; its workers leave the
+terminal's process group at start-up (:mod:`.worker_setup`), as spawned ones did.
 
 Used only for the local cluster's worker processes, and only when Dask's
 ``distributed.worker.multiprocessing-method`` is ``spawn`` (its default); a user who set
