@@ -46,7 +46,16 @@ if __name__ == "__main__":
         result = service.client.submit(lambda: __import__("modelops_calabaria.simulation.task", fromlist=["x"])
                                        .run_replicate(SimContext(sys.argv[1], {}, (), None, 0), {"x": 1.5}, 7, 0),
                                        pure=False).result()
-        print(json.dumps({"coordinator": os.getpid(), "workers": states, "error": result.error,
+        # The service restarts a worker left running a timed-out model: the new one comes from the server too.
+        import time
+        service.recycle([sorted(service.client.nthreads())[0]])
+        for thread in service._recyclers:
+            thread.join(120)
+        deadline = time.monotonic() + 60
+        while len(service.client.nthreads()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        after = list(service.client.run(worker_state).values())
+        print(json.dumps({"coordinator": os.getpid(), "workers": states, "after_restart": after, "error": result.error,
                           "env_left": os.environ.get("CALABARIA_PRELOAD_MODEL"),
                           "pandas_here": "pandas" in sys.modules}))
     finally:
@@ -84,6 +93,11 @@ def test_local_workers_are_forked_from_one_server_that_imported_the_model_once(t
     # fork-server preload (pandas and its other optional packages) was not imported here.
     assert report["env_left"] is None
     assert report["pandas_here"] is False and not any(w["pandas"] for w in workers)
+    # A worker the service restarts (after a timeout) is forked from the same server, without imports.
+    after = report["after_restart"]
+    assert len(after) == 2 and {w["ppid"] for w in after} == server
+    assert len({w["pid"] for w in after} - {w["pid"] for w in workers}) == 1
+    assert not {w["pid"] for w in after} & set(importers)
     # The local cluster's settings reach the workers: no statistical profiler while they run,
     # and glibc's adaptive allocator (Dask's MALLOC_TRIM_THRESHOLD_ made numpy models slower).
     assert [w["profile"] for w in workers] == [False, False]
