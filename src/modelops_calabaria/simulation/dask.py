@@ -235,7 +235,9 @@ class DaskSimulationService:
         terminal reaches the coordinator alone, which lets in-flight replicates
         finish. Each worker process loads the model when it starts (the preload),
         not when its first replicate arrives, so that this cost is paid while the
-        coordinator prepares the study.
+        coordinator prepares the study; worker processes are forked from one fork
+        server that imported Dask, the task and the model once (:mod:`.forkserver`),
+        and run with :data:`LOCAL_CLUSTER_CONFIG`.
 
         Raises:
             ServiceUnavailableError: nothing answers at the address, or not a Dask
