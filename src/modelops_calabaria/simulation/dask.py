@@ -12,6 +12,7 @@ a result, even when their parameters are equal. Futures are awaited with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import socket
@@ -23,12 +24,14 @@ from concurrent.futures import CancelledError
 from typing import Any
 from urllib.parse import urlsplit
 
+import dask
 import distributed
 from distributed import Client, Future, LocalCluster
 
 from modelops_calabaria.addresses import host_port, scheduler_address
 from modelops_calabaria.errors import ConfigurationError, ServiceUnavailableError
 from modelops_calabaria.logging import get_logger, tame_library_loggers
+from modelops_calabaria.simulation import forkserver
 from modelops_calabaria.simulation.local import PRELOAD_MODEL_ENV, local_cluster_shape
 from modelops_calabaria.simulation.replicates_per_task import DurationStats, replicates_per_task
 from modelops_calabaria.simulation.task import SimContext, TrialEvaluation, reduce_trial, run_replicate, run_replicates
@@ -41,7 +44,33 @@ PROBE_TIMEOUT_S = 10.0
 LIVE_SLOTS_TIMEOUT_S = 2.0  # one identity call; a scheduler slower than this keeps the last count
 RECYCLE_TIMEOUT_S = 60.0  # a worker restart: process exit, new process, imports, registration
 WORKER_SETUP = "modelops_calabaria.simulation.worker_setup"  # preloaded by local worker processes
+# Dask settings of the local cluster this service starts (its scheduler, nannies and workers read
+# them when they are made; a nanny hands them to every worker process it starts). Each costs CPU
+# while nothing runs, taken from the simulations' cores (docs/performance.md, "CPU per trial"):
+LOCAL_CLUSTER_CONFIG = {
+    # Dask's statistical profiler walks every thread's stack every 10 ms in each server (the
+    # scheduler, every nanny and worker) for the dashboard's profile page.
+    "distributed.worker.profile.enabled": False,
+    # psutil readings of each process's memory (nanny and worker, default every 100 ms) and of
+    # the host (default every 500 ms); a worker over its memory limit is still stopped.
+    "distributed.worker.memory.monitor-interval": "500ms",
+    "distributed.admin.system-monitor.interval": "2s",
+    # Dask starts worker processes with MALLOC_TRIM_THRESHOLD_=65536 so that they hand freed
+    # memory back to the OS. Setting it also turns off glibc's adaptive mmap threshold: every
+    # numpy array over 128 KiB is then a fresh mmap, page faults and munmap, which made a numpy
+    # individual-based model 1.5x slower per replicate (0.165 -> 0.253 CPU-s). A simulation's
+    # arrays are freed when it returns, so glibc's defaults suit replicates better.
+    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+}
 _START_SCHEDULER = "start the scheduler (`dask scheduler`), check the address and port, or leave the scheduler empty to run a local cluster"
+
+
+def _worker_start(processes: bool, model_ref: str) -> Any:
+    """Within the block, local worker processes are forked from the fork server (:mod:`.forkserver`)
+    when it is available; else Dask's own way (spawned), or no process at all (threads)."""
+    if processes and forkserver.available():
+        return forkserver.forked_workers(model_ref)
+    return contextlib.nullcontext()
 
 
 def _probe(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
@@ -185,10 +214,11 @@ class DaskSimulationService:
     """Runs replicates on a Dask cluster (thread-safe)."""
 
     def __init__(self, client: Client, context: SimContext, *, owned_cluster: LocalCluster | None = None,
-                 replicates_per_task: int | None = None) -> None:
+                 replicates_per_task: int | None = None, worker_processes: bool = False) -> None:
         self.client = client
         self.context = context
         self._cluster = owned_cluster
+        self._worker_processes = owned_cluster is not None and worker_processes  # restarts start them as at first
         self._run = uuid.uuid4().hex[:12]
         # Replicates return scalars only unless a target scores the replicate mean, whose
         # aligned series then meet on a worker: simulated values never reach the coordinator.
@@ -219,7 +249,9 @@ class DaskSimulationService:
         terminal reaches the coordinator alone, which lets in-flight replicates
         finish. Each worker process loads the model when it starts (the preload),
         not when its first replicate arrives, so that this cost is paid while the
-        coordinator prepares the study.
+        coordinator prepares the study; worker processes are forked from one fork
+        server that imported Dask, the task and the model once (:mod:`.forkserver`),
+        and run with :data:`LOCAL_CLUSTER_CONFIG`.
 
         Raises:
             ServiceUnavailableError: nothing answers at the address, or not a Dask
@@ -234,13 +266,14 @@ class DaskSimulationService:
                 extra = {"processes": True, "host": listen_host, "preload": [WORKER_SETUP],
                          "env": {PRELOAD_MODEL_ENV: context.model_ref}}
             try:
-                cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads,
-                                       dashboard_address=host_port(listen_host, 0), silence_logs=logging.ERROR, **extra)
+                with dask.config.set(LOCAL_CLUSTER_CONFIG), _worker_start(processes, context.model_ref):
+                    cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads,
+                                           dashboard_address=host_port(listen_host, 0), silence_logs=logging.ERROR, **extra)
             except (OSError, RuntimeError, TimeoutError) as e:  # e.g. no port on listen_host, a worker that died at start
                 raise ServiceUnavailableError(f"the local Dask cluster did not start: {e}",
                                               hint="check CALABARIA_LISTEN_HOST and free memory, or pass --scheduler") from e
             return cls(Client(cluster, set_as_default=False), context, owned_cluster=cluster,
-                       replicates_per_task=replicates_per_task)
+                       replicates_per_task=replicates_per_task, worker_processes=processes)
         address = scheduler_address(scheduler)  # Settings checked it already; API callers may not have
         assert address is not None
         _probe(address)
@@ -251,6 +284,10 @@ class DaskSimulationService:
         except ValueError as e:
             raise ConfigurationError(f"scheduler address {address!r} is invalid: {e}", hint="use tcp://HOST:8786") from e
         return cls(client, context, replicates_per_task=replicates_per_task)
+
+    def _starting_workers(self) -> Any:
+        """How this service's local cluster starts (or restarts) a worker process."""
+        return _worker_start(self._worker_processes, self.context.model_ref)
 
     @property
     def slots(self) -> int:
@@ -351,7 +388,8 @@ class DaskSimulationService:
                             workers=orphans, hint="start Dask workers with their nanny (the default of `dask worker`)")
             if nannied:
                 log.info("restarting workers left running a timed-out model", workers=nannied)
-                outcome = self.client.restart_workers(nannied, timeout=RECYCLE_TIMEOUT_S, raise_for_error=False)
+                with self._starting_workers():
+                    outcome = self.client.restart_workers(nannied, timeout=RECYCLE_TIMEOUT_S, raise_for_error=False)
                 failed = {w: s for w, s in outcome.items() if s != "OK"}
                 if failed:
                     log.warning("restarting workers failed", outcome=failed)
@@ -363,7 +401,8 @@ class DaskSimulationService:
             # (15 s: a slow start on a loaded machine) and would never replace it: the run
             # would wait for workers forever. Scaling to its own size starts any missing one.
             try:
-                self._cluster.scale(len(self._cluster.worker_spec))
+                with self._starting_workers():
+                    self._cluster.scale(len(self._cluster.worker_spec))
             except Exception as e:  # noqa: BLE001 - the cluster is closing with the run
                 log.debug("scaling the local cluster back failed", error=str(e))
 

@@ -13,7 +13,9 @@ It also imports the worker task and loads the run's model (named in the
 environment variable ``CALABARIA_PRELOAD_MODEL``): a spawned worker process
 imports everything cold (seconds of CPU for a model package), and doing it here
 pays that while the coordinator prepares the study, not when the first trial's
-replicates arrive. A model that fails to load is left to the first replicate,
+replicates arrive. A worker forked from the fork server (:mod:`.forkserver`) finds
+both already imported there; it loads its run's model only if the server preloaded
+another one. A model that fails to load is left to the first replicate,
 which reports the error as a trial failure like any other.
 """
 
@@ -31,12 +33,18 @@ def dask_setup(worker: Any) -> None:  # noqa: ARG001 - Dask's preload hook signa
     except OSError:  # already a session leader (e.g. started by another launcher)
         pass
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    load_run_model()
+
+
+def load_run_model() -> None:
+    """Import the worker task and load the model named in ``CALABARIA_PRELOAD_MODEL`` (cached
+    per process: the replicates find it loaded); never raises."""
     model_ref = os.environ.get("CALABARIA_PRELOAD_MODEL")
     if model_ref:
         try:
             from modelops_calabaria.models import load_model
             from modelops_calabaria.simulation import task  # noqa: F401 - what every replicate runs
 
-            load_model(model_ref)  # cached per process: the replicates find it loaded
+            load_model(model_ref)
         except Exception:  # noqa: BLE001, S110 - the first replicate reports it, with its traceback
             pass
