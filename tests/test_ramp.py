@@ -108,3 +108,30 @@ def test_in_flight_stays_under_the_ramp_and_the_budget_is_exact(tmp_path, schedu
     study = optuna.load_study(study_name=job.study, storage=storage)
     trials = study.get_trials(deepcopy=False)
     assert len(trials) == budget and all(t.state == TrialState.COMPLETE for t in trials)
+
+
+def test_auto_loops_look_ahead_only_once_the_ramp_is_at_full_width(tmp_path, scheduler, monkeypatch):
+    _Watched.seen = []
+    monkeypatch.setattr(runner, "Wire", _Watched)
+    budget, ramp = 30, Ramp(per=2, floor=1)
+    # concurrency auto on 4 threads, 2 replicates as 2 tasks: 4 loops, each may look ahead
+    # (ask its next trial while its current trial's last task runs).
+    job = make_job(tmp_path, model=support_model("slow"), fixed={"delay": 0.05}, n_replicates=2, max_trials=budget,
+                   ramp={"per": ramp.per, "floor": ramp.floor})
+    storage = f"sqlite:///{tmp_path}/s.db"
+    settings = Settings(parallel_trials=True, storage=storage, scheduler=scheduler, log_format="json",
+                        replicates_per_task=1)
+    result = run_calibration(job, settings, output_dir=tmp_path / "run")
+    (wire,) = _Watched.seen
+    full = result.concurrency
+    assert full == 4 and len(wire.asks) == budget and wire.told == budget
+    ramping = [(i, flying, told) for i, (flying, told) in enumerate(wire.asks)
+               if i >= full and ramp.limit(i, told, full) < full]
+    assert ramping, "the ramp never held trials back: the test shows nothing"
+    over = [(i, flying, told) for i, flying, told in ramping if flying > ramp.limit(i, told, full)]
+    assert not over, f"(ask, in flight, told) above the ramp while it widens: {over}"
+    assert max(flying for flying, _ in wire.asks) <= 2 * full  # at most two trials per loop
+    # At full width the loops look ahead again: more trials in flight than loops.
+    assert max(flying for i, (flying, told) in enumerate(wire.asks) if ramp.limit(i, told, full) >= full) > full
+    trials = optuna.load_study(study_name=job.study, storage=storage).get_trials(deepcopy=False)
+    assert len(trials) == budget and all(t.state == TrialState.COMPLETE for t in trials)
