@@ -46,7 +46,6 @@ def test_every_listening_socket_of_a_local_run_is_on_the_listen_host(tmp_path, l
     try:
         wait_for(lambda: told(storage, study) >= 4, 180, "4 trials")
         sockets = listening_sockets(calib.pid)
-        workers = [p for p in psutil.Process(calib.pid).children(recursive=True) if "spawn_main" in " ".join(p.cmdline())]
     finally:
         calib.send_signal(signal.SIGTERM)
         try:
@@ -58,8 +57,8 @@ def test_every_listening_socket_of_a_local_run_is_on_the_listen_host(tmp_path, l
     # The scheduler and its HTTP server (dashboard), and per worker its nanny (in the
     # coordinator), the worker and the worker's HTTP server: at least 2 + 3 x 2.
     assert len(sockets) >= 8, sockets
-    assert len({pid for pid, _, _ in sockets}) >= 3, sockets  # the coordinator and both worker processes
-    assert len(workers) >= 2
+    # The coordinator and both worker processes (forked from the local cluster's fork server).
+    assert len({pid for pid, _, _ in sockets if pid != calib.pid}) >= 2, sockets
     if listen_host is None:
         exposed = [s for s in sockets if not ipaddress.ip_address(s[1]).is_loopback]
         assert not exposed, f"listening beyond loopback: {exposed}"

@@ -256,7 +256,10 @@ def run_calibration(
         # The outputs were written for the study as it stands: redoing them (re-evaluation
         # included) would give the same files.
         log.info("nothing left to run and the results are current", study=job.study, output=str(prepared.output_dir))
-        return current
+        # The files keep the run that made them; the returned result is this run's: it told nothing.
+        return replace(current, this_run={"told": 0, "completed": 0, "failed": 0, "pruned": 0}, wall_time_s=0.0,
+                       trials_per_minute=0.0, utilization=0.0,
+                       latency_ms={"ask_p50": 0.0, "ask_p95": 0.0, "tell_p50": 0.0, "tell_p95": 0.0})
     if idle:
         log.info("nothing left to run: no simulation cluster is started", study=job.study)
     elif not joining and any(t.aligner is not None for t in prepared.targets):
