@@ -168,6 +168,23 @@ def test_calibrate_writes_a_self_contained_report(sqlite_run):
 
 
 @pytest.mark.slow
+def test_the_fit_shows_the_reported_best_when_re_evaluation_chose_another(sqlite_run, tmp_path, dask_cluster):
+    run = tmp_path / "run"
+    shutil.copytree(sqlite_run, run)
+    rows = list(csv.DictReader(io.StringIO((run / "trials.csv").read_text())))
+    complete = sorted((float(r["loss"]), int(r["number"])) for r in rows if r["state"] == "COMPLETE")
+    in_sample, chosen = complete[0][1], complete[-1][1]  # the worst completed trial, as if fresh seeds had picked it
+    results = json.loads((run / "results.json").read_text())
+    results["best_trial"] = chosen
+    (run / "results.json").write_text(json.dumps(results))
+    proc = cli("report", str(run), "--scheduler", dask_cluster.scheduler_address, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = (run / "report.html").read_text(encoding="utf-8")
+    assert f"fresh replicates of trial {chosen} " in text
+    assert f"fresh replicates of trial {in_sample} " not in text
+
+
+@pytest.mark.slow
 @pytest.mark.postgres
 @pytest.mark.timeout(900)  # three CLI runs, each starting a cluster
 def test_report_of_a_postgresql_study_by_name(tmp_path, pg_url, dask_cluster):

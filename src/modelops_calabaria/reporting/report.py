@@ -213,8 +213,13 @@ class _Chosen:
 
 
 def refit(job: CalibrationJob, table: figures.TrialTable, trials: TrialColumns, *, scheduler: str | None,
-          local_workers: int | None, replicates: int | None = None) -> tuple[list[figures.FitData], str]:
+          local_workers: int | None, replicates: int | None = None,
+          reported: int | None = None) -> tuple[list[figures.FitData], str]:
     """Fresh replicates of the best trial (and the next best) on the job's simulation service.
+
+    The best trial is ``reported`` (the run's reported best, which the end-of-run
+    re-evaluation may have chosen over the lowest in-sample loss) when it is a
+    completed trial of the table, else the lowest in-sample loss.
 
     Returns the fit data per target, and a note for the reader (why there are
     no bands, when there are none). Never raises for a model or cluster
@@ -228,6 +233,9 @@ def refit(job: CalibrationJob, table: figures.TrialTable, trials: TrialColumns, 
     n_reps = job.report.replicates if replicates is None else replicates
     observed_only = [figures.FitData(t.name, t.observed.index, t.observed.columns, t.observed.values, None) for t in targets]
     ranked = table.ranked()
+    if reported is not None:  # the reported best first; the rest by in-sample loss
+        first = [i for i in ranked if int(table.number[i]) == reported]
+        ranked = first + [i for i in ranked if int(table.number[i]) != reported]
     if n_reps <= 0:
         return observed_only, "no re-simulation (report.replicates is 0)"
     if not len(ranked):
@@ -667,12 +675,19 @@ def build_input(src: ReportSource, *, scheduler: str | None = None, local_worker
                     generated=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
     if job is not None:
         if simulate:
-            r.fits, r.fit_note = refit(job, table, trials, scheduler=scheduler, local_workers=local_workers, replicates=replicates)
+            r.fits, r.fit_note = refit(job, table, trials, scheduler=scheduler, local_workers=local_workers, replicates=replicates,
+                                       reported=_reported_best(r.results))
         else:
             r.fits, r.fit_note = refit(job, table, trials, scheduler=scheduler, local_workers=local_workers, replicates=0)
         if job.posterior is not None:
             r.posterior = _posterior_sample(src, job)
     return r
+
+
+def _reported_best(results: dict[str, Any] | None) -> int | None:
+    """The trial results.json reports as best (None without one)."""
+    best = (results or {}).get("best_trial")
+    return best if isinstance(best, int) and not isinstance(best, bool) else None
 
 
 def _posterior_sample(src: ReportSource, job: CalibrationJob) -> WeightedSample:
