@@ -63,10 +63,16 @@ from _common import (
     study_name,
     warm_up,
 )
+import cloudpickle
+import dask_ceiling
+from dask_ceiling import simulate  # one task of the ceiling: sleep each duration in turn, return the seconds slept
 from distributed import Client, LocalCluster, as_completed
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 from modelops_calabaria import run_calibration
+
+# Workers cannot import this directory's modules: the ceiling's task travels by value, as one defined here would.
+cloudpickle.register_pickle_by_value(dask_ceiling)
 
 PREFIX = "calabaria-rep-"
 SIGMA = 0.5
@@ -155,16 +161,6 @@ def task_shape(events: list[tuple[float, int, str]], n_replicates: int) -> dict[
     }
 
 
-def sleep_replicates(durations: list[float]) -> float:
-    """One task of the ceiling: sleep each duration in turn; the seconds slept (as the service counts busy time)."""
-    busy = 0.0
-    for d in durations:
-        started = time.perf_counter()
-        time.sleep(d)
-        busy += time.perf_counter() - started
-    return busy
-
-
 class Draws:
     def __init__(self, mean_sim: float, seed: int) -> None:
         self.rng, self.mean_sim = random.Random(seed), mean_sim
@@ -183,7 +179,7 @@ def ceiling_per_task(client: Client, split: list[int], in_flight: int, n_sims: i
         nonlocal left, i
         k = min(order[i], left)
         i, left = i + 1, left - k
-        return client.submit(sleep_replicates, draws(k), pure=False)
+        return client.submit(simulate, draws(k), pure=False)
 
     started = time.perf_counter()
     first = [next_task() for _ in range(in_flight) if left > 0]
@@ -207,7 +203,7 @@ def ceiling_per_trial(client: Client, split: list[int], groups: int, n_sims: int
     def start(group: int) -> list[Any]:
         nonlocal trials_left
         trials_left -= 1
-        fs = [client.submit(sleep_replicates, draws(k), pure=False) for k in split]
+        fs = [client.submit(simulate, draws(k), pure=False) for k in split]
         open_tasks[group] = len(fs)
         waiting.update({f: group for f in fs})
         return fs
