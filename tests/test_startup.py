@@ -207,6 +207,7 @@ def test_the_study_state_key_changes_with_what_the_outputs_are_made_of():
     job, trials = {"study": "s", "reevaluate": {"top_k": 5}}, ([0, 1], [C, TrialState.FAIL], [1.5, float("nan")])
     key = study_state_key(job, "sqlite:///x.db", "1", *trials)
     assert key == study_state_key(dict(reversed(job.items())), "sqlite:///x.db", "1", [0, 1], [C, TrialState.FAIL], [1.5, None])
+    assert key == study_state_key(job, "sqlite:///x.db", "1", [1, 0], [TrialState.FAIL, C], [None, 1.5])  # any order
     assert key != study_state_key({**job, "reevaluate": {"top_k": 1}}, "sqlite:///x.db", "1", *trials)
     assert key != study_state_key(job, "sqlite:///y.db", "1", *trials)
     assert key != study_state_key(job, "sqlite:///x.db", "2", *trials)

@@ -152,9 +152,10 @@ def check_existing_study(p: Prepared, accept_changes: bool = False, options: Run
         if not stored:
             _check_extended(fresh_budget, extend)
             return ExistingStudy()
-        check_same_space(p.job, stored, storable_job(p))
+        storable = storable_job(p)
+        check_same_space(p.job, stored, storable)
         check_same_model(p.job.study, stored.get("model"), p.model_ref)
-        provenance.check_unchanged(p.job.study, backend, storable_job(p), accept_changes)
+        provenance.check_unchanged(p.job.study, backend, storable, accept_changes)
         if options is None:
             return ExistingStudy()
         claimed, stored_max = backend.ledger.budget(p.job.study)
@@ -163,7 +164,7 @@ def check_existing_study(p: Prepared, accept_changes: bool = False, options: Run
                               wanted=options.max_trials or p.job.max_trials, extend=options.extend,
                               joining=options.joining):
             return ExistingStudy()
-        return ExistingStudy(True, study_state_key(storable_job(p), p.storage.display, __version__, cols.number,
+        return ExistingStudy(True, study_state_key(storable, p.storage.display, __version__, cols.number,
                                                    cols.state, cols.value))
     finally:
         backend.close()
@@ -528,9 +529,8 @@ def _collect(p: Prepared, study: optuna.Study, backend: StudyBackend, latencies:
         finally:
             if reevaluation is not service:
                 reevaluation.close()
-    cols = backend.trial_columns(backend.study_id(study.study_name))
-    result.study_state = study_state_key(storable_job(p), p.storage.display, __version__, cols.number, cols.state,
-                                         cols.value)
+    result.study_state = study_state_key(storable_job(p), p.storage.display, __version__, [t.number for t in trials],
+                                         [t.state for t in trials], [t.value for t in trials])
     write_results(p.output_dir, result, trials)
     log.info("calibration finished", study=result.study, best_loss=result.best_loss, best_params=result.best_params,
              trials=result.trials, wall_time_s=result.wall_time_s, utilization=result.utilization,

@@ -50,14 +50,14 @@ def study_state_key(job: Mapping[str, Any], storage: str, version: str, numbers:
     """A digest of everything a run's outputs (best.yaml, results.json, trials.csv, the
     report) are computed from: the job as stored with the study (observed data inline,
     re-evaluation and seed included), where the study lives, the package version, and
-    every trial's number, state and objective value (None or NaN: no value).
+    every trial's number, state and objective value (None or NaN: no value), in any order.
 
     Equal keys mean equal outputs, so outputs written under a key need not be written
     again while the study has that key. Trials only ever gain states and values, so a
     study never returns to a key it has left.
     """
-    trials = [[int(n), s.name, None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)]
-              for n, s, v in zip(numbers, states, values, strict=True)]
+    trials = sorted([int(n), s.name, None if v is None or math.isnan(v) else float(v)]
+                    for n, s, v in zip(numbers, states, values, strict=True))  # in any order: by number
     text = json.dumps({"job": job, "storage": storage, "version": version, "trials": trials},
                       sort_keys=True, default=str, allow_nan=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
