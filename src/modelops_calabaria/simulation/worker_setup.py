@@ -25,6 +25,8 @@ import os
 import signal
 from typing import Any
 
+from modelops_calabaria.simulation.local import PRELOAD_MODEL_ENV
+
 
 def dask_setup(worker: Any) -> None:  # noqa: ARG001 - Dask's preload hook signature
     """Leave the terminal's process group and ignore SIGINT (main thread of the worker process)."""
@@ -39,7 +41,7 @@ def dask_setup(worker: Any) -> None:  # noqa: ARG001 - Dask's preload hook signa
 def load_run_model() -> None:
     """Import the worker task and load the model named in ``CALABARIA_PRELOAD_MODEL`` (cached
     per process: the replicates find it loaded); never raises."""
-    model_ref = os.environ.get("CALABARIA_PRELOAD_MODEL")
+    model_ref = os.environ.get(PRELOAD_MODEL_ENV)
     if model_ref:
         try:
             from modelops_calabaria.models import load_model
