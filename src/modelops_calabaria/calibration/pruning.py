@@ -6,7 +6,7 @@ completed trials it compares against.
 
 The rule (a one-sided prediction bound on a mean of replicate losses). With
 ``aggregation: mean_of_scores`` on every target (the only aggregation pruning
-accepts, checked in ``job.py``), a trial's loss is the mean over its ``n``
+accepts, checked in ``job/calibration.py``), a trial's loss is the mean over its ``n``
 replicates of the per-replicate loss ``l_r = Σ weight × score_r``. Compare a
 running trial A with a completed reference B (the ``k``-th best trial so far):
 

@@ -1,0 +1,219 @@
+"""The calibration job: model, parameters, targets, budget and search, checked as a whole.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, PrivateAttr, field_validator, model_validator
+
+from modelops_calabaria.errors import StudyMismatchError
+from modelops_calabaria.job._base import _Spec
+from modelops_calabaria.job.limits import (
+    MAX_CONCURRENCY,
+    MAX_FIXED_VALUES,
+    MAX_GRID_CELLS,
+    MAX_PARAMETERS,
+    MAX_REPLICATES,
+    MAX_SEED,
+    MAX_STUDY_NAME,
+    MAX_TARGETS,
+    MAX_TRIALS,
+    check_in_flight,
+    check_study_name,
+    count_values,
+)
+from modelops_calabaria.job.options import (
+    ExecutionSpec,
+    PosteriorSpec,
+    PruningSpec,
+    RampSpec,
+    ReevaluateSpec,
+    ReportSpec,
+    SamplerSpec,
+    StopSpec,
+)
+from modelops_calabaria.job.parameters import ParameterSpec, midpoint
+from modelops_calabaria.job.targets import TargetSpec
+
+class CalibrationJob(_Spec):
+    """A complete calibration: model, parameters, targets, budget and search."""
+
+    study: str = Field(min_length=1, max_length=MAX_STUDY_NAME, description='study name (letters, digits, _ . -); re-running with the same name resumes it')
+    model: str = Field(min_length=1, description='built-in name (sir, seir, age_seir; see `calabaria models`), package.module:object, or path/file.py:object')
+    parameters: dict[str, ParameterSpec] = Field(min_length=1, max_length=MAX_PARAMETERS, description='searched parameters: {name: {lower, upper, log, kind, step, choices, guess}}')
+    fixed: dict[str, Any] = Field(default_factory=dict, description='parameters passed to the model unchanged')
+    targets: list[TargetSpec] = Field(min_length=1, max_length=MAX_TARGETS, description='observed series the model is scored against')
+    n_replicates: int = Field(default=4, ge=1, le=MAX_REPLICATES, description="simulations per trial (seeds from 'seed' and the replicate index)")
+    max_trials: int = Field(default=100, ge=1, le=MAX_TRIALS, description='trial budget of the study')
+    concurrency: int | None = Field(
+        default=None, ge=1, le=MAX_CONCURRENCY,
+        description="trials at once: loops (parallel) or batch size (batched); auto (None): follow the cluster's live size",
+    )
+    ramp: RampSpec | None = Field(
+        default=None, description="concurrency ramp: {per, floor}, on, or off; absent: on for tpe, off otherwise")
+    sampler: SamplerSpec = Field(default_factory=SamplerSpec, description='Optuna sampler: tpe (constant liar) | gp | cmaes | random | qmc | grid | nsga2, or {name, options}')
+    seed: int = Field(default=0, ge=0, le=MAX_SEED, description='seed of the sampler and of the replicate seeds (`calibrate --seed` overrides it)')
+    replicate_seeds: Literal["common", "independent", "staged"] = Field(default="common", description='common: the same replicate seeds for every trial; independent: also depend on the trial number')
+    reevaluate: ReevaluateSpec = Field(default_factory=ReevaluateSpec, description='re-evaluate the best trials on fresh seeds at the end: {top_k, replicates} (docs/quality.md)')
+    direction: Literal["minimize", "maximize"] = Field(default="minimize", description='minimize (losses, negative log-likelihoods) or maximize')
+    timeout_s: float | None = Field(default=None, gt=0, description="per simulation")
+    replicate_retries: int = Field(default=0, ge=0, le=10, description='times a replicate that raised is run again before its trial fails (0-10)')
+    retry_lost_trials: bool = Field(
+        default=False, description="ask the parameters of trials lost with their coordinator again (uses budget)"
+    )
+    stop: StopSpec = Field(default_factory=StopSpec, description='stop rules besides the budget')
+    posterior: PosteriorSpec | None = Field(default=None, description='a posterior run: {method, initial, per_stage, target_ess}: weighted samples by IMIS (docs/posterior.md)')
+    pruning: PruningSpec | None = Field(default=None, description='stop trials early whose first replicates show they will not beat the k-th best: {after, against, error_rate}; off when absent')
+    report: ReportSpec = Field(default_factory=ReportSpec, description='report.html options: {replicates, others}')
+    execution: ExecutionSpec = Field(default_factory=ExecutionSpec, description='defaults for the settings: mode, storage, scheduler, replicates per task')
+    start: list[dict[str, Any]] = Field(default_factory=list, description='starting points evaluated first, exactly once per study: a list of {parameter: value} giving every searched parameter')
+
+    _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+
+    @field_validator("study")
+    @classmethod
+    def _study_name(cls, name: str) -> str:
+        return check_study_name(name, "study name")
+
+    @field_validator("concurrency", mode="before")
+    @classmethod
+    def _auto_concurrency(cls, value: Any) -> Any:
+        # `auto` is stored as None: the loops follow the cluster (calibration/elastic.py).
+        if isinstance(value, str):
+            if value.strip().lower() == "auto":
+                return None
+            raise ValueError(f"must be 'auto' or a whole number from 1 to {MAX_CONCURRENCY}, got {value!r}")
+        return value
+
+    @field_validator("ramp", mode="before")
+    @classmethod
+    def _ramp_off(cls, value: Any) -> Any:
+        # `ramp: off` (YAML reads it as false) or `false`: no ramp; `true`/`on`: the default ramp.
+        if value is False or (isinstance(value, str) and value.strip().lower() == "off"):
+            return {"enabled": False}
+        if value is True or (isinstance(value, str) and value.strip().lower() == "on"):
+            return {}
+        if isinstance(value, str):
+            raise ValueError(f"must be off, on, or {{per, floor}}, got {value!r}")
+        return value
+
+    @field_validator("fixed")
+    @classmethod
+    def _fixed_size(cls, fixed: dict[str, Any]) -> dict[str, Any]:
+        if count_values(fixed, MAX_FIXED_VALUES) > MAX_FIXED_VALUES:
+            raise ValueError(f"more than {MAX_FIXED_VALUES:,} values (YAML aliases expanded): "
+                             "every simulation receives 'fixed'; load large inputs inside the model instead")
+        return fixed
+
+    @field_validator("targets")
+    @classmethod
+    def _unique_targets(cls, targets: list[TargetSpec]) -> list[TargetSpec]:
+        names = [t.name for t in targets]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"target names must be unique; repeated: {', '.join(dupes)}")
+        return targets
+
+    @model_validator(mode="after")
+    def _no_overlap(self) -> CalibrationJob:
+        both = sorted(set(self.parameters) & set(self.fixed))
+        if both:
+            raise ValueError(f"parameters also listed in 'fixed': {', '.join(both)}")
+        if self.concurrency is not None:
+            check_in_flight(self.concurrency, self.n_replicates, "concurrency")
+        if self.sampler.name == "grid":
+            unknown = sorted(set(self.sampler.options.get("grid") or {}) - set(self.parameters))
+            if unknown:
+                raise ValueError(f"sampler.options.grid names unknown parameter(s): {', '.join(unknown)}")
+            sizes = self.sampler.grid_sizes(self.parameters)
+            if math.prod(sizes.values()) > MAX_GRID_CELLS:
+                shown = " x ".join(f"{n} {k}" for k, n in sizes.items())
+                raise ValueError(f"the grid has {math.prod(sizes.values()):,} cells ({shown}), more than {MAX_GRID_CELLS:,}: "
+                                 "lower sampler.options.points or search fewer parameters")
+        return self
+
+    @model_validator(mode="after")
+    def _check_start(self) -> CalibrationJob:
+        for i, point in enumerate(self.start):
+            unknown = sorted(set(point) - set(self.parameters))
+            if unknown:
+                raise ValueError(f"start[{i}] names {', '.join(unknown)}, not searched parameters ({', '.join(self.parameters)})")
+            missing = [n for n in self.parameters if n not in point]
+            if missing:
+                raise ValueError(f"start[{i}] lacks {', '.join(missing)}: a starting point gives every searched parameter")
+            for name, value in point.items():
+                if not self.parameters[name].admits(value):
+                    raise ValueError(f"start[{i}].{name} = {value!r} is outside the parameter's space")
+        return self
+
+    @model_validator(mode="after")
+    def _check_pruning(self) -> CalibrationJob:
+        p = self.pruning
+        if p is None:
+            return self
+        if self.n_replicates < 3:
+            raise ValueError(f"pruning needs n_replicates >= 3 (got {self.n_replicates}): it looks at 2 or more "
+                             "replicates and can only save the rest; raise n_replicates or remove 'pruning'")
+        if p.after is not None:
+            if any(a < 2 for a in p.after):
+                raise ValueError(f"pruning.after {p.after}: every count must be >= 2 (the bound needs the spread of 2 replicates)")
+            if any(b <= a for a, b in zip(p.after, p.after[1:])):
+                raise ValueError(f"pruning.after {p.after}: counts must increase")
+            if p.after[-1] >= self.n_replicates:
+                raise ValueError(f"pruning.after {p.after}: every count must be below n_replicates {self.n_replicates}")
+        for t in self.targets:
+            if t.aggregation != "mean_of_scores":
+                raise ValueError(
+                    f"pruning needs aggregation mean_of_scores on every target: target '{t.name}' uses {t.aggregation}, "
+                    "whose loss is not a mean of per-replicate losses, so its first replicates bound nothing; "
+                    "set aggregation: mean_of_scores on every target or remove 'pruning'")
+        if self.posterior is not None:
+            raise ValueError("pruning cannot be combined with posterior: importance weights need every trial's full "
+                             "likelihood; remove 'pruning' or 'posterior'")
+        return self
+
+    def starting_points(self) -> list[dict[str, Any]]:
+        """Points evaluated before any sampled one: every ``start`` point, then the
+        ``guess`` values (parameters without one take the middle of their range)."""
+        points = [dict(p) for p in self.start]
+        if any(spec.guess is not None for spec in self.parameters.values()):
+            points.append({name: spec.guess if spec.guess is not None else midpoint(spec) for name, spec in self.parameters.items()})
+        unique: list[dict[str, Any]] = []
+        for point in points:
+            if point not in unique:
+                unique.append(point)
+        return unique
+
+    @property
+    def base_dir(self) -> Path:
+        """Directory that relative data paths are resolved against."""
+        return self._base_dir
+
+    def with_base_dir(self, base_dir: Path) -> CalibrationJob:
+        """Return this job with relative paths resolved against ``base_dir``."""
+        self._base_dir = Path(base_dir)
+        return self
+
+    def to_storable(self) -> dict[str, Any]:
+        """The JSON-able form stored with a study (data paths kept as given)."""
+        return self.model_dump(mode="json")
+
+
+def check_same_model(study: str, stored_model: Any, model: str) -> None:
+    """Refuse to work on a study whose stored model is not the job file's model.
+
+    The study's job decides what every joining worker runs, so a stored model path
+    that differs from the one the job file gives is a warning sign (an edited or
+    tampered study); ``model`` is the job file's model after ``canonical_ref``.
+
+    Raises:
+        StudyMismatchError: the two differ (exit 2).
+    """
+    if stored_model is not None and stored_model != model:
+        raise StudyMismatchError(
+            f"study '{study}' runs model {stored_model!r}, but the job file gives {model!r}",
+            hint="use a new study name, or fix the job file's 'model'; check who can write to the study database",
+        )
