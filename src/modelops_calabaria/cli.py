@@ -233,8 +233,9 @@ def worker(
     if seed is not None and seed != job.seed:
         raise ConfigurationError(f"study '{study}' runs with seed {job.seed}, not --seed {seed}",
                                  hint=f"drop --seed, pass --seed {job.seed}, or join the study that uses seed {seed}")
-    # Host, pid and time: workers of one array job starting in the same second must not share a directory.
-    out = output or Path("runs") / study / f"worker-{socket.gethostname()}-{os.getpid()}-{int(time.time())}"
+    # The run directory the job implies (as `calibrate` uses): every coordinator reports the study's one best
+    # (reporting/best.py), and results files are replaced whole, so the last coordinator to end leaves them current.
+    out = output or Path("runs") / study
     result = run_calibration(job, settings, output_dir=out, concurrency=workers, handle_signals=True,
                              shutdown_grace_s=grace, joining=True)
     _print_summary(result)

@@ -169,7 +169,10 @@ class StudyBackend(Protocol):
       with id above a cursor (plus the ids asked for again) and the new cursor.
     - ``trial_columns`` reads every trial of a study at once as :class:`TrialColumns`
       (read-only; equal, field by field, to what ``study.get_trials()`` holds).
-    - ``stored_job`` / ``store_job`` read and write the job stored with a study.
+    - ``stored_job`` / ``store_job`` read and write the job stored with a study;
+      ``study_attr`` / ``set_study_attr`` any other JSON-able value stored with it
+      (``calabaria:`` keys: the fingerprint, the reported best); a value set is
+      read back whole by every coordinator, the last write standing.
     - ``ledger`` is the study's budget claims and coordinator heartbeats,
       on the same connections as the trials.
     - Methods are thread-safe; connection failures are retried by the caller
@@ -221,6 +224,12 @@ class StudyBackend(Protocol):
 
     def store_job(self, study_id: int, job_json: str) -> None:
         """Store the job JSON with the study."""
+
+    def study_attr(self, study_id: int, key: str) -> Any:
+        """The value stored with the study under ``key`` (None if none)."""
+
+    def set_study_attr(self, study_id: int, key: str, value: Any) -> None:
+        """Store a JSON-able ``value`` with the study under ``key``."""
 
     def close(self) -> None:
         """Release every connection."""

@@ -120,5 +120,11 @@ class GenericBackend:
     def store_job(self, study_id: int, job_json: str) -> None:
         self._storage.set_study_system_attr(study_id, JOB_ATTR, job_json)
 
+    def study_attr(self, study_id: int, key: str) -> Any:
+        return self._storage.get_study_system_attrs(study_id).get(key)
+
+    def set_study_attr(self, study_id: int, key: str, value: Any) -> None:
+        self._storage.set_study_system_attr(study_id, key, value)
+
     def close(self) -> None:
         self.ledger.close()

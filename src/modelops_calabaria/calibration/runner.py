@@ -58,6 +58,9 @@ from modelops_calabaria.models import canonical_ref, load_model
 from modelops_calabaria.posterior import ImisSampler, posterior_stop, write_posterior
 from modelops_calabaria.reporting.progress import Progress
 from modelops_calabaria.outcome import RunResult
+from modelops_calabaria.reporting.best import read_stored as read_stored_best
+from modelops_calabaria.reporting.best import store as store_best
+from modelops_calabaria.reporting.best import study_best
 from modelops_calabaria.reporting.results import best_trial, current_result, state_counts, write_results
 from modelops_calabaria.settings import Settings, resolve_settings
 from modelops_calabaria.simulation import (INLINE, DeferredService, InlineSimulationService, SimulationService, connect_service,
@@ -445,7 +448,7 @@ def _drive(p: Prepared, settings: Settings, service: DeferredService, study: opt
             wire = _run_rounds(p, settings, service, study, backend, asker, state, progress, parallel, loops, options)
     progress.line()
     return _collect(p, study, backend, asker.latencies(), wire.stop_reason, wire.shutdown_reason, state, parallel, loops,
-                    service.slots, time.monotonic() - started, service=None if options.joining else service,
+                    service.slots, time.monotonic() - started, service=service,
                     settings=settings)
 
 
@@ -495,7 +498,9 @@ def _collect(p: Prepared, study: optuna.Study, backend: StudyBackend, latencies:
     on its cluster if it was started, else in this process when that is cheap
     (:func:`_reevaluation_service`)."""
     trials = study.get_trials(deepcopy=False)
-    best = best_trial(study)
+    study_id = backend.study_id(study.study_name)
+    # One definition of the study's best for every coordinator and command (reporting/best.py).
+    best, stored_selection = study_best(trials, read_stored_best(backend, study_id), p.job.direction == "maximize")
     asks, tells = latencies
     result = RunResult(
         study=study.study_name,
@@ -522,13 +527,20 @@ def _collect(p: Prepared, study: optuna.Study, backend: StudyBackend, latencies:
     )
     if p.job.posterior is not None:
         result.posterior = write_posterior(p.output_dir, p.job, backend.optuna_storage, backend.study_id(study.study_name))
-    if service is not None and shutdown_reason is None and not state.failure_storm:
+    if stored_selection is not None:
+        result.selection = stored_selection  # chosen by a coordinator that ended on these same trials
+    elif (service is not None and shutdown_reason is None and not state.failure_storm
+          and not any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials)):
+        # Re-evaluate only once every trial is finished: a coordinator that ends while others still
+        # run reports the in-sample best, and the last one to end chooses for the whole study.
         reevaluation = _reevaluation_service(p, trials, service, settings)
         try:
             apply_selection(result, reevaluate_at_end(p.job, trials, reevaluation), trials)
         finally:
             if reevaluation is not service:
                 reevaluation.close()
+        if result.selection is not None:
+            store_best(backend, study_id, trials, result.selection)
     result.study_state = study_state_key(storable_job(p), p.storage.display, __version__, [t.number for t in trials],
                                          [t.state for t in trials], [t.value for t in trials])
     write_results(p.output_dir, result, trials)

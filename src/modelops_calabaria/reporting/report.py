@@ -48,6 +48,8 @@ from modelops_calabaria.posterior.records import WeightedSample
 from modelops_calabaria.posterior.summary import summarise
 from modelops_calabaria.redaction import redact, redact_value
 from modelops_calabaria.reporting import figures, style
+from modelops_calabaria.reporting.best import read_stored as read_stored_best
+from modelops_calabaria.reporting.best import rows_of, study_best
 from modelops_calabaria.reporting.timing import busy_wall, speedup
 from modelops_calabaria.reporting.results import report_state_tag
 from modelops_calabaria.storage import StorageTarget, parse_storage_url
@@ -115,8 +117,9 @@ class ReportInput:
 # -- reading ---------------------------------------------------------------------------------------
 
 
-def load_study(study_name: str, target: StorageTarget) -> tuple[TrialColumns, dict[str, Any], bool]:
-    """Read a study's trials (as columns), its stored job, and whether it minimises; creates nothing.
+def load_study(study_name: str, target: StorageTarget) -> tuple[TrialColumns, dict[str, Any], bool, Any]:
+    """Read a study's trials (as columns), its stored job, whether it minimises, and the
+    selection of its best stored with it (``reporting/best.py``; raw); creates nothing.
 
     Raises:
         StudyNotFoundError: no such study (or no such file).
@@ -135,6 +138,7 @@ def load_study(study_name: str, target: StorageTarget) -> tuple[TrialColumns, di
         raw = store.stored_job(study_name)
         minimize = store.optuna_storage.get_study_directions(study_id)[0] == optuna.study.StudyDirection.MINIMIZE
         columns = store.trial_columns(study_id)
+        stored_best = read_stored_best(store, study_id)
     except KeyError:
         raise StudyNotFoundError(f"study '{study_name}' does not exist in {target.display}",
                                  hint="check the name (`optuna studies --storage URL` lists them)") from None
@@ -146,7 +150,7 @@ def load_study(study_name: str, target: StorageTarget) -> tuple[TrialColumns, di
                                       hint="check that the database is running and the URL is right") from None
     finally:
         store.close()
-    return columns, (json.loads(raw) if raw else {}), minimize
+    return columns, (json.loads(raw) if raw else {}), minimize, stored_best
 
 
 def _epoch(times: Sequence[dt.datetime | None]) -> np.ndarray:
@@ -662,7 +666,7 @@ def read_results(run_dir: Path) -> dict[str, Any] | None:
 def build_input(src: ReportSource, *, scheduler: str | None = None, local_workers: int | None = None,
                 replicates: int | None = None, simulate: bool = True) -> ReportInput:
     """Read the study (and results.json) and re-simulate the best trial."""
-    trials, stored, minimize = load_study(src.study, src.target)
+    trials, stored, minimize, stored_best = load_study(src.study, src.target)
     job = None
     if stored:
         try:
@@ -673,10 +677,13 @@ def build_input(src: ReportSource, *, scheduler: str | None = None, local_worker
     r = ReportInput(src.study, src.target.display, job, stored, trials, table,
                     read_results(src.run_dir) if src.run_dir else None, src.run_dir,
                     generated=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+    reported = _reported_best(trials, stored_best, minimize)
+    if r.results is None and reported is not None:  # a study without a run directory: its best as every command names it
+        r.results = {"best_trial": reported, "best_loss": float(trials.value[list(trials.number).index(reported)])}
     if job is not None:
         if simulate:
             r.fits, r.fit_note = refit(job, table, trials, scheduler=scheduler, local_workers=local_workers, replicates=replicates,
-                                       reported=_reported_best(r.results))
+                                       reported=reported)
         else:
             r.fits, r.fit_note = refit(job, table, trials, scheduler=scheduler, local_workers=local_workers, replicates=0)
         if job.posterior is not None:
@@ -684,10 +691,10 @@ def build_input(src: ReportSource, *, scheduler: str | None = None, local_worker
     return r
 
 
-def _reported_best(results: dict[str, Any] | None) -> int | None:
-    """The trial results.json reports as best (None without one)."""
-    best = (results or {}).get("best_trial")
-    return best if isinstance(best, int) and not isinstance(best, bool) else None
+def _reported_best(trials: TrialColumns, stored_best: Any, minimize: bool) -> int | None:
+    """The study's best trial, as every command names it (reporting/best.py); None without one."""
+    best, _ = study_best(rows_of(trials.number, trials.state, trials.value), stored_best, maximize=not minimize)
+    return best.number if best is not None else None
 
 
 def _posterior_sample(src: ReportSource, job: CalibrationJob) -> WeightedSample:

@@ -15,7 +15,8 @@ from modelops_calabaria.backend.factory import open_store
 from modelops_calabaria.dbretry import retry_db
 from modelops_calabaria.errors import ConfigurationError, StudyNotFoundError
 from modelops_calabaria.redaction import MASK
-from modelops_calabaria.reporting.results import best_trial, state_counts
+from modelops_calabaria.reporting.best import read_stored, study_best
+from modelops_calabaria.reporting.results import state_counts
 from modelops_calabaria.storage import parse_storage_url
 
 DEFAULT_GRACE_S = 60.0  # Settings.grace_period_s's default, when the caller passes none
@@ -77,7 +78,8 @@ def _summary(study_name: str, display: str, backend: StudyBackend, grace_s: floa
                                  hint="check the name (`optuna studies --storage URL` lists them)")
     study = optuna.load_study(study_name=study_name, storage=backend.optuna_storage)
     trials = retry_db("status", lambda: study.get_trials(deepcopy=False))
-    best = best_trial(study)
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    best, selection = study_best(trials, read_stored(backend, backend.study_id(study_name)), maximize)
     now_dt = dt.datetime.now()
     cutoff = now_dt - dt.timedelta(seconds=window_s)
     recent = [t for t in trials if t.datetime_complete and t.datetime_complete >= cutoff]
@@ -98,6 +100,8 @@ def _summary(study_name: str, display: str, backend: StudyBackend, grace_s: floa
         "best_loss": float(best.value) if best and best.value is not None else None,
         "best_params": dict(best.params) if best else None,
         "best_trial": best.number if best else None,
+        # the end-of-run re-evaluation's choice for these very trials, else the in-sample best (reporting/best.py)
+        "best_chosen_by": (selection or {}).get("selected_by", "in_sample") if best else None,
         "trials_per_minute": round(len(recent) / (max(window, 1.0) / 60), 2),
         "rate_window_s": round(window, 1),
         "coordinators": coords,
