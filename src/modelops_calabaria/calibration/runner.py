@@ -180,6 +180,7 @@ def storable_job(p: Prepared) -> dict[str, Any]:
     data["execution"] = {}  # settings belong to each coordinator, and a storage URL may hold a password
     for spec, compiled in zip(data["targets"], p.targets):
         spec.update(compiled.observed.inline(spec["score"]["trials_column"]))
+        spec["columns"] = None  # the inline table carries the renamed columns already
     return data
 
 

@@ -76,6 +76,11 @@ class TargetSpec(_Spec):
     time_key: str | None = Field(default=None, description='the key matched as-of / accumulated (default: the one date key, or the key named date/day/week/time/t)')
     start_date: datetime.date | None = Field(default=None, strict=False, description='ISO date of model day 0, when the model reports day numbers and the data dates')  # an ISO 8601 string or a YAML date
     period: float | None = Field(default=None, gt=0, description='accumulate: length of each observed interval in time-key units (days for dates); default the smallest spacing of the data')
+    columns: dict[str, str] | None = Field(
+        default=None, min_length=1,
+        description="rename data columns to the output's names before anything else: {data column: output column}, "
+                    "e.g. {week_ending: date}; every other field (on, index_column, value_columns, time_key, "
+                    "trials_column) names the columns as renamed")
 
     @model_validator(mode="after")
     def _check(self) -> TargetSpec:
@@ -92,6 +97,18 @@ class TargetSpec(_Spec):
         if isinstance(value, dict) and True in value and "on" not in value:
             return {("on" if k is True else k): v for k, v in value.items()}
         return value
+
+    @model_validator(mode="after")
+    def _check_columns(self) -> TargetSpec:
+        if self.columns:
+            empty = [k for k, v in self.columns.items() if not k or not v]
+            if empty:
+                raise ValueError("'columns' maps data column names to output column names: neither may be empty")
+            targets = list(self.columns.values())
+            twice = sorted({v for v in targets if targets.count(v) > 1})
+            if twice:
+                raise ValueError(f"'columns' renames two data columns to the same name: {', '.join(twice)}")
+        return self
 
     @model_validator(mode="after")
     def _check_keys(self) -> TargetSpec:

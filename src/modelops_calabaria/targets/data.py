@@ -16,6 +16,7 @@ path and, for files, the file, row and column.
 from __future__ import annotations
 
 import csv
+import difflib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -174,6 +175,8 @@ def load_observed(target: TargetSpec, base_dir: Path, where: str) -> Observed:
         lengths = {len(v) for v in table.values()}
         if len(lengths) > 1:
             raise JobSpecError(f"{source}: columns have different lengths {sorted(lengths)}", problems=[(where, "every column needs the same number of values")])
+    if target.columns:
+        table = _renamed(table, target.columns, source, where)
     names = list(table)
     if target.on is not None:
         return _load_keyed(target, table, source, where)
@@ -301,6 +304,24 @@ def _load_keyed(target: TargetSpec, table: Mapping[str, Sequence[object]], sourc
         stored[name] = [_jsonable(c) for c in cells]
     return Observed(index=None, values=values, columns=tuple(value_cols), trials=trials, keys=tuple(keys),
                     present=present, table=stored, time_key=time_key)
+
+
+def _renamed(table: Mapping[str, Sequence[object]], mapping: Mapping[str, str], source: str,
+             where: str) -> dict[str, Sequence[object]]:
+    """``table`` with its columns renamed by ``mapping`` (a target's ``columns``), checked first."""
+    field = where.rsplit(".", 1)[0] + ".columns" if where.endswith(".data") else f"{where}.columns"
+    missing = [k for k in mapping if k not in table]
+    if missing:
+        close = difflib.get_close_matches(missing[0], list(table), n=1)
+        guess = f" (did you mean '{close[0]}'?)" if close else ""
+        raise JobSpecError(f"{source}: no column '{missing[0]}' to rename{guess}; its columns are {', '.join(map(str, table))}",
+                           problems=[(field, "name columns the data has")])
+    kept = [c for c in table if c not in mapping]
+    clash = sorted(set(kept) & set(mapping.values()))
+    if clash:
+        raise JobSpecError(f"{source}: renaming would give two columns named '{clash[0]}' (the data already has one)",
+                           problems=[(field, "rename or drop the data's own column of that name")])
+    return {mapping.get(c, c): v for c, v in table.items()}
 
 
 def _jsonable(cell: object) -> object:
