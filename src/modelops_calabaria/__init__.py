@@ -12,7 +12,7 @@ Public API::
 from typing import TYPE_CHECKING, Any
 
 from modelops_calabaria.errors import CalabariaError
-from modelops_calabaria.job import CalibrationJob, ParameterSpec, ScoreSpec, TargetSpec, load_job
+from modelops_calabaria.job import CalibrationJob, ParameterSpec, ScoreSpec, TargetSpec, job_from_dict, load_job
 from modelops_calabaria.settings import Settings, resolve_settings
 
 if TYPE_CHECKING:
@@ -30,6 +30,7 @@ __all__ = [
     "Settings",
     "TargetSpec",
     "__version__",
+    "job_from_dict",
     "load_job",
     "resolve_settings",
     "run_calibration",

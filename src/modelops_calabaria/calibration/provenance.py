@@ -27,6 +27,7 @@ import optuna
 from modelops_calabaria import __version__
 from modelops_calabaria.backend.base import StudyBackend
 from modelops_calabaria.dbretry import retry_db
+from modelops_calabaria.callables import is_session, source_digest
 from modelops_calabaria.errors import StudyMismatchError
 from modelops_calabaria.job import CalibrationJob
 from modelops_calabaria.logging import get_logger
@@ -45,6 +46,8 @@ def model_fingerprint(ref: str) -> dict[str, str]:
     """Identify the model's code: file hash, package version, or calabaria version for a built-in."""
     if ref in BUILTINS:
         return {"model": ref, "version": f"modelops-calabaria {__version__}"}
+    if is_session(ref):  # a function defined in this session: its code
+        return {"model": ref, "sha256": source_digest(ref)}
     path = model_file(ref)
     if path is not None:
         try:

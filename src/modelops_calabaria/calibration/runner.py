@@ -58,6 +58,7 @@ from modelops_calabaria.models import canonical_ref, load_model
 from modelops_calabaria.posterior import ImisSampler, posterior_stop, write_posterior
 from modelops_calabaria.reporting.progress import Progress
 from modelops_calabaria.outcome import RunResult
+from modelops_calabaria.callables import is_session
 from modelops_calabaria.reporting.best import read_stored as read_stored_best
 from modelops_calabaria.reporting.best import store as store_best
 from modelops_calabaria.reporting.best import study_best
@@ -253,6 +254,11 @@ def run_calibration(
     check_run_flags(max_trials=max_trials, extend=extend, workers=concurrency, n_replicates=job.n_replicates)
     settings = settings or resolve_settings(job.execution.model_dump())
     prepared = prepare(job, settings, Path(output_dir) if output_dir else None)
+    if is_session(prepared.model_ref) and (settings.scheduler not in (None, "", "inline") or settings.local_processes):
+        raise ConfigurationError(
+            "the model is a function defined in this session (a notebook cell or the prompt): other processes cannot run it",
+            hint="use the local cluster of threads (the default; not CALABARIA_LOCAL_PROCESSES=true) or --scheduler inline, "
+                 "or define the function at the top level of a .py file")
     options = RunOptions(max_trials, extend, concurrency, handle_signals, shutdown_grace_s, show_progress, joining,
                          accept_changes)
     existing = check_existing_study(prepared, accept_changes, options)  # before any cluster starts

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
+from modelops_calabaria.callables import reference
 from modelops_calabaria.errors import StudyMismatchError
 from modelops_calabaria.job._base import _Spec
 from modelops_calabaria.job.limits import (
@@ -42,7 +43,7 @@ class CalibrationJob(_Spec):
     """A complete calibration: model, parameters, targets, budget and search."""
 
     study: str = Field(min_length=1, max_length=MAX_STUDY_NAME, description='study name (letters, digits, _ . -); re-running with the same name resumes it')
-    model: str = Field(min_length=1, description='built-in name (sir, seir, age_seir; see `calabaria models`), package.module:object, or path/file.py:object')
+    model: str = Field(min_length=1, description='built-in name (sir, seir, age_seir; see `calabaria models`), package.module:object, or path/file.py:object (from Python also the function itself: docs/models.md)')
     parameters: dict[str, ParameterSpec] = Field(min_length=1, max_length=MAX_PARAMETERS, description='searched parameters: {name: {lower, upper, log, kind, step, choices, guess}}')
     fixed: dict[str, Any] = Field(default_factory=dict, description='parameters passed to the model unchanged')
     targets: list[TargetSpec] = Field(min_length=1, max_length=MAX_TARGETS, description='observed series the model is scored against')
@@ -72,6 +73,14 @@ class CalibrationJob(_Spec):
     start: list[dict[str, Any]] = Field(default_factory=list, description='starting points evaluated first, exactly once per study: a list of {parameter: value} giving every searched parameter')
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _callable_model(cls, value: Any) -> Any:
+        # From Python a model may be the function itself: it becomes a reference (callables.py).
+        if callable(value) and not isinstance(value, str):
+            return reference(value)
+        return value
 
     @field_validator("study")
     @classmethod

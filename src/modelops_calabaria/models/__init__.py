@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from modelops_calabaria import callables
 from modelops_calabaria.errors import JobSpecError
 from modelops_calabaria.models.compartmental import BUILTINS
 
@@ -129,6 +130,8 @@ def load_model(ref: str) -> LoadedModel:
     if ref in BUILTINS:
         fn = BUILTINS[ref]
         return LoadedModel(ref, fn, tuple(fn.outputs))  # type: ignore[attr-defined]
+    if callables.is_session(ref):
+        return _from_object(ref, _session_callable(ref))
     target, sep, attr = ref.rpartition(":")
     if not sep or not target or not attr:
         raise JobSpecError(
@@ -166,6 +169,23 @@ def load_model(ref: str) -> LoadedModel:
         obj = getattr(module, attr)
     except AttributeError as e:
         raise JobSpecError(f"model {ref!r}: {target} has no object named {attr!r}", problems=[("model", "check the name after ':'")]) from e
+    return _from_object(ref, obj)
+
+
+def _session_callable(ref: str) -> Any:
+    obj = callables.registered(ref)
+    if obj is None:
+        raise JobSpecError(
+            f"model {ref.removeprefix(callables.SESSION_PREFIX)} was defined in an interactive session "
+            "(a notebook cell, the prompt, a lambda) and exists only in the process that defined it",
+            problems=[("model", "run it on --scheduler inline or a local cluster of threads, or define it at the top "
+                                "level of a .py file so that other processes can import it")],
+        )
+    return obj
+
+
+def _from_object(ref: str, obj: Any) -> LoadedModel:
+    """The model behind ``obj``: a class is instantiated, ``simulate`` preferred, the signature checked."""
     if isinstance(obj, type):
         try:
             obj = obj()

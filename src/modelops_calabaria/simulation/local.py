@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 
+from modelops_calabaria.callables import is_session
 from modelops_calabaria.models import BUILTINS
 
 # Environment variable a local worker process finds the model in (worker_setup loads it at start).
@@ -27,7 +28,8 @@ def local_processes(model_ref: str, setting: bool | None) -> bool:
     else threads for a built-in model and processes for any other."""
     if setting is not None:
         return setting
-    return model_ref not in BUILTINS
+    # a session callable (callables.py) exists only in this process: threads here can run it
+    return model_ref not in BUILTINS and not is_session(model_ref)
 
 
 def local_cluster_shape(local_workers: int | None, processes: bool) -> tuple[int, int]:
