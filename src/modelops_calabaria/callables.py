@@ -63,6 +63,7 @@ def source_digest(ref: str) -> str:
     try:
         text = inspect.getsource(obj).encode()
     except (OSError, TypeError):
-        code = getattr(obj, "__code__", None) or getattr(getattr(obj, "__call__", None), "__code__", None)
+        call = vars(type(obj)).get("__call__")  # a callable object: its class's method
+        code = getattr(obj, "__code__", None) or getattr(call, "__code__", None)
         text = code.co_code if code is not None else repr(obj).encode()
     return hashlib.sha256(text).hexdigest()

@@ -191,7 +191,7 @@ def _from_object(ref: str, obj: Any) -> LoadedModel:
             obj = obj()
         except Exception as e:
             raise JobSpecError(
-                f"model {ref!r}: the class {attr} cannot be created with no arguments: {type(e).__name__}: {e}",
+                f"model {ref!r}: the class {obj.__name__} cannot be created with no arguments: {type(e).__name__}: {e}",
                 problems=[("model", "give the class defaults for every __init__ argument, or point at a function")],
             ) from e
     run = getattr(obj, "simulate", obj)
