@@ -143,7 +143,6 @@ def calibrate(
     check_run_flags(max_trials=max_trials, extend=extend, workers=workers)
     job = load_job(job_file)
     register_secrets_in(job.execution.storage)
-    check_run_flags(workers=workers, n_replicates=job.n_replicates)
     if seed is not None:
         job = job.model_copy(update={"seed": seed}).with_base_dir(job.base_dir)
     settings = _setup(job.execution.model_dump(), verbose=verbose, parallel_trials=parallel, storage=storage, scheduler=scheduler,
@@ -229,7 +228,6 @@ def worker(
     job = load_joined_job(study, target, wait)
     if expected_model is not None:
         check_same_model(study, job.model, expected_model)
-    check_run_flags(workers=workers, n_replicates=job.n_replicates)
     if seed is not None and seed != job.seed:
         raise ConfigurationError(f"study '{study}' runs with seed {job.seed}, not --seed {seed}",
                                  hint=f"drop --seed, pass --seed {job.seed}, or join the study that uses seed {seed}")

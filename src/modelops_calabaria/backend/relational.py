@@ -52,7 +52,7 @@ from modelops_calabaria.backend.ledger import SqlLedger
 from modelops_calabaria.storage import StorageTarget
 
 # The Optuna release this module was written against, and what it relies on in that
-# release's schema (checked by tests/test_schema_guard.py against the installed Optuna
+# release's schema (checked by tests/test_backend.py::test_optuna_schema_is_what_the_relational_backend_writes, against the installed Optuna
 # and a real database).
 WRITTEN_FOR_OPTUNA = "5.0.0"
 OPTUNA_SCHEMA_VERSION = 12
