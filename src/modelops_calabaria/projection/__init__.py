@@ -1,0 +1,1 @@
+"""Projections and scenarios from a calibrated model (docs/projections.md)."""
