@@ -31,6 +31,7 @@ __all__ = [
     "TargetSpec",
     "__version__",
     "load_job",
+    "project",
     "resolve_settings",
     "run_calibration",
 ]
@@ -47,4 +48,8 @@ def __getattr__(name: str) -> Any:
         from modelops_calabaria.reporting.results import RunResult
 
         return RunResult
+    if name == "project":  # projections and scenarios from a calibrated run (docs/projections.md)
+        from modelops_calabaria.projection import project
+
+        return project
     raise AttributeError(f"module 'modelops_calabaria' has no attribute {name!r}")
