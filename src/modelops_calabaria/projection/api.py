@@ -206,7 +206,7 @@ def write_outputs(plan: Plan, values: Any, out_dir: Path, check: dict[str, Any] 
 
 
 def calibrate_holdout(job_file: Path | str, after: dt.date, output: Path | str, *, start_date: dt.date | None = None,
-                      step_days: int = 7, **settings: Any) -> Any:
+                      step_days: int = 7, max_trials: int | None = None, **settings: Any) -> Any:
     """Calibrate ``job_file`` on its observations up to ``after`` only, into ``output`` (for a forecast check).
 
     ``start_date``: the date of model day 0 when a target counts rows (as in the scenarios file).
@@ -221,6 +221,8 @@ def calibrate_holdout(job_file: Path | str, after: dt.date, output: Path | str, 
     if start is None:
         raise JobSpecError("calibrate_holdout needs start_date for a target by row number")
     short = ho.truncate_job(job, compile_targets(job, model.outputs), after, start, step_days)
+    if max_trials is not None:
+        short = short.model_copy(update={"max_trials": max_trials}).with_base_dir(short.base_dir)
     out = Path(output)
     settings.setdefault("storage", f"sqlite:///{out / 'study.db'}")
     return run_calibration(short, Settings(**settings), output_dir=out)
