@@ -1,12 +1,13 @@
 """Kill and resume: a projection SIGKILLed mid-run and started again finishes with exactly the requested
 simulations, none recorded twice, none re-run that had finished; the result equals an uninterrupted run's.
 
-The mechanism is files (projection/store.py): one chunk file per (scenario, draw), written atomically
-(temporary file + os.replace); no study storage is involved, so there is no SQLite/PostgreSQL variant.
+The mechanism is a file (projection/store.py): an append-only journal, one line per finished (scenario, draw),
+a torn last line dropped on reopening; no study storage is involved, so there is no SQLite/PostgreSQL variant.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -52,7 +53,17 @@ def _command(run: Path, out: Path, *extra: str) -> list[str]:
 
 
 def _chunks(out: Path) -> set[tuple[str, int]]:
-    return {(p.parent.name, int(p.stem)) for p in (out / "chunks").glob("*/*.json")} if (out / "chunks").exists() else set()
+    """The (scenario, draw) pairs of the journal's whole lines; no pair twice."""
+    lines = [line for line in (out / "chunks.jsonl").read_bytes().split(b"\n")[:-1]] if (out / "chunks.jsonl").exists() else []
+    keys = []
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue  # a line torn by the kill (dropped when the journal is reopened)
+        keys.append((rec["scenario"], rec["draw"]))
+    assert len(keys) == len(set(keys)), "a chunk recorded twice"
+    return set(keys)
 
 
 @pytest.mark.slow
@@ -99,3 +110,24 @@ def test_sigkill_mid_run_then_resume_runs_each_simulation_once(run_dir, tmp_path
     r = subprocess.run(_command(run_dir, out, "--seed", "99"), capture_output=True, text=True, timeout=600)
     assert r.returncode == 2 and "another request" in r.stderr
     assert sorted((p.name, p.stat().st_mtime_ns) for p in out.rglob("*")) == stamp
+
+
+def test_a_torn_last_line_is_dropped_and_appends_follow_the_last_whole_one(tmp_path):
+    from modelops_calabaria.projection.store import JOURNAL, ChunkStore, read_journal
+
+    store = ChunkStore(tmp_path, "f")
+    store.open({})
+    store.write("a", 0, [1], [[1.0]], 0.1)
+    store.write("a", 1, [2], [[2.0]], 0.1)
+    store.close()
+    with (tmp_path / JOURNAL).open("ab") as fh:
+        fh.write(b'{"scenario": "a", "draw": 2, "se')  # a kill in the middle of a write
+    again = ChunkStore(tmp_path, "f")
+    again.open({})
+    assert again.done("a", 0) and again.done("a", 1) and not again.done("a", 2)
+    again.write("a", 2, [3], [[3.0]], 0.1)
+    again.close()
+    records, size = read_journal(tmp_path / JOURNAL)
+    assert sorted(records) == [("a", 0), ("a", 1), ("a", 2)] and size == (tmp_path / JOURNAL).stat().st_size
+    with pytest.raises(Exception, match="another request"):
+        ChunkStore(tmp_path, "other").check()

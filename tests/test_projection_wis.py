@@ -81,11 +81,13 @@ def _check_one(tmp: Path, rng: np.random.Generator, i: int, shift_sd: float = 0.
     plan = plan_projection(short, model, compile_targets(short, model.outputs), sets, ScenarioSpec(start_date=START, days_parameter=None),
                            draws=200, replicates=1, seed=i, until=START + dt.timedelta(days=7 * WEEKS - 1), reference_date=after)
     store = ChunkStore(tmp / f"d{i}", plan.fingerprint())
+    store.open({})
     service = InlineSimulationService(SimContext(plan.model_ref, {}, plan.probes), 1)
     try:
         run_plan(plan, service, store)
     finally:
         service.close()
+        store.close()
     points = holdout.held_back(plan, compile_targets(full, model.outputs), after, 7)
     assert len(points) == WEEKS - OBSERVED
     check = holdout.score(plan, collect(plan, store), points, after)

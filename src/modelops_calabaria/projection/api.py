@@ -128,9 +128,10 @@ def project(run_dir: Path | str, scenarios: Path | str | ScenarioSpec, *, until:
         done = sum(store.done(n, d) for n, _ in plan.scenarios for d in range(len(plan.draws))) * plan.replicates
         bar = Progress(total, done, progress_stream)
         busy = run_plan(plan, service, store, progress=bar.step)
+        values = collect(plan, store)
     finally:
+        store.close()
         service.close()
-    values = collect(plan, store)
     check = ho.score(plan, values, points, holdout_after) if points is not None else None
     return write_outputs(plan, values, out_dir, check, busy)
 

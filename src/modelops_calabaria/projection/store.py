@@ -1,17 +1,21 @@
-"""Finished simulations on disk, one file per (scenario, draw): what makes a projection resumable.
+"""Finished simulations on disk, in an append-only journal: what makes a projection resumable.
 
-Each (scenario, draw) is one submission of its ``R`` replicates; when it returns,
-its values are written to ``chunks/<scenario>/<draw>.json`` through a temporary
-file and ``os.replace`` (atomic on POSIX: a file either holds a whole chunk or
-does not exist). A projection killed at any instant (SIGKILL included) and run
-again with the same request reads the chunks present and submits only the
-others: every requested simulation ends up recorded exactly once; the ones in
-flight at the kill were never recorded and run again.
+Each (scenario, draw) is one submission of its ``R`` replicates; when it returns, its
+values are appended to ``chunks.jsonl`` as one line (JSON, newline-terminated) and
+flushed to the kernel. A projection killed at any instant (SIGKILL included) loses
+nothing the kernel already holds; at worst the last line is cut short, and a torn
+last line is dropped (the file is truncated after the last whole line) when the
+journal is opened again. A restart with the same request reads the lines present
+and submits only the other (scenario, draw) pairs: every requested simulation ends
+up recorded exactly once; the ones in flight at the kill were never recorded and
+run again. No fsync: it protects against a crash of the machine, not of the
+process, and cost more CPU than the simulations of a cheap model
+(docs/performance.md, "Projections").
 
 ``plan.json`` holds the request's fingerprint (scenarios, draws, seeds, points,
 days): a restart with another request into the same directory is refused rather
-than mixing two projections. No database is involved, so there is nothing to
-test on SQLite or PostgreSQL here: the output directory is the ledger.
+than mixing two projections. No database is involved, so there is nothing to test
+on SQLite or PostgreSQL here: the output directory is the ledger.
 """
 
 from __future__ import annotations
@@ -19,32 +23,45 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from modelops_calabaria.errors import ConfigurationError
 
 PLAN = "plan.json"
+JOURNAL = "chunks.jsonl"
 
 
-def _atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+def read_journal(path: Path) -> tuple[dict[tuple[str, int], dict[str, Any]], int]:
+    """The whole lines of a journal (first record per key) and the byte length they end at."""
+    records: dict[tuple[str, int], dict[str, Any]] = {}
+    good = 0
+    if not path.is_file():
+        return records, 0
+    with path.open("rb") as fh:
+        for line in fh:
+            if not line.endswith(b"\n"):
+                break  # torn by a kill mid-write
+            try:
+                rec = json.loads(line)
+                key = (str(rec["scenario"]), int(rec["draw"]))
+            except (ValueError, KeyError, TypeError):
+                break
+            records.setdefault(key, rec)
+            good += len(line)
+    return records, good
 
 
 class ChunkStore:
-    """The chunk files of one projection's output directory."""
+    """The journal of one projection's output directory."""
 
     def __init__(self, out_dir: Path, fingerprint: str) -> None:
         self.dir = out_dir
         self.fingerprint = fingerprint
+        self._records: dict[tuple[str, int], dict[str, Any]] = {}
+        self._fh: IO[bytes] | None = None
 
     def check(self) -> None:
-        """Refuse (ConfigurationError) a directory holding another projection's chunks; creates nothing."""
+        """Refuse (ConfigurationError) a directory holding another projection's journal; creates nothing."""
         plan = self.dir / PLAN
         if plan.is_file():
             try:
@@ -56,19 +73,32 @@ class ChunkStore:
                                          "draws, seed or dates)", hint="pass a new --output, or delete that directory to start afresh")
 
     def open(self, plan: dict[str, Any]) -> None:
-        """Create the directory and record the plan (once)."""
+        """Create the directory, record the plan (once), read the journal and open it for appending."""
+        self.dir.mkdir(parents=True, exist_ok=True)
         if not (self.dir / PLAN).is_file():
-            _atomic(self.dir / PLAN, json.dumps({"fingerprint": self.fingerprint, **plan}, indent=1, default=str))
+            tmp = self.dir / f".{PLAN}.tmp{os.getpid()}"
+            tmp.write_text(json.dumps({"fingerprint": self.fingerprint, **plan}, indent=1, default=str), encoding="utf-8")
+            os.replace(tmp, self.dir / PLAN)
+        path = self.dir / JOURNAL
+        self._records, good = read_journal(path)
+        self._fh = path.open("ab")
+        self._fh.truncate(good)  # drop a torn last line; appends go after the last whole one
 
-    def path(self, scenario: str, draw: int) -> Path:
-        return self.dir / "chunks" / scenario / f"{draw:05d}.json"
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
 
     def done(self, scenario: str, draw: int) -> bool:
-        return self.path(scenario, draw).is_file()
+        return (scenario, draw) in self._records
 
     def write(self, scenario: str, draw: int, seeds: list[int], values: list[list[float]], busy_s: float) -> None:
-        _atomic(self.path(scenario, draw), json.dumps({"scenario": scenario, "draw": draw, "seeds": seeds,
-                                                       "busy_s": busy_s, "values": values}))
+        """Append one finished (scenario, draw) and hand it to the kernel."""
+        assert self._fh is not None, "open() first"
+        rec = {"scenario": scenario, "draw": draw, "seeds": seeds, "busy_s": busy_s, "values": values}
+        self._fh.write((json.dumps(rec) + "\n").encode("utf-8"))
+        self._fh.flush()
+        self._records[(scenario, draw)] = rec
 
     def read(self, scenario: str, draw: int) -> dict[str, Any]:
-        return json.loads(self.path(scenario, draw).read_text(encoding="utf-8"))
+        return self._records[(scenario, draw)]
