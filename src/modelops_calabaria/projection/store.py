@@ -1,16 +1,17 @@
 """Finished simulations on disk, in an append-only journal: what makes a projection resumable.
 
 Each (scenario, draw) is one submission of its ``R`` replicates; when it returns, its
-values are appended to ``chunks.jsonl`` as one line (JSON, newline-terminated) and
-flushed to the kernel. A projection killed at any instant (SIGKILL included) loses
-nothing the kernel already holds; at worst the last line is cut short, and a torn
-last line is dropped (the file is truncated after the last whole line) when the
-journal is opened again. A restart with the same request reads the lines present
-and submits only the other (scenario, draw) pairs: every requested simulation ends
-up recorded exactly once; the ones in flight at the kill were never recorded and
-run again. No fsync: it protects against a crash of the machine, not of the
-process, and cost more CPU than the simulations of a cheap model
-(docs/performance.md, "Projections").
+values are appended to ``chunks.jsonl`` as one line (JSON, newline-terminated), handed
+to the kernel at most ``FLUSH_S`` after it was written (and at close). A projection
+killed at any instant (SIGKILL included) loses nothing the kernel already holds: at
+worst the chunks of its last ``FLUSH_S`` seconds, which run again, and a last line cut
+short, which is dropped (the file is truncated after the last whole line) when the
+journal is opened again. A restart with the same request reads the lines present and
+submits only the other (scenario, draw) pairs: every requested simulation ends up
+recorded exactly once; the ones not recorded at the kill run again. No fsync, and no
+flush per line: fsync protects against a crash of the machine, not of the process,
+and either cost more CPU than the simulations of a cheap model (docs/performance.md,
+"Projections").
 
 ``plan.json`` holds the request's fingerprint (scenarios, draws, seeds, points,
 days): a restart with another request into the same directory is refused rather
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import IO, Any
 
@@ -29,6 +31,7 @@ from modelops_calabaria.errors import ConfigurationError
 
 PLAN = "plan.json"
 JOURNAL = "chunks.jsonl"
+FLUSH_S = 1.0  # the most a kill can lose (those chunks run again)
 
 
 def read_journal(path: Path) -> tuple[dict[tuple[str, int], dict[str, Any]], int]:
@@ -59,6 +62,7 @@ class ChunkStore:
         self.fingerprint = fingerprint
         self._records: dict[tuple[str, int], dict[str, Any]] = {}
         self._fh: IO[bytes] | None = None
+        self._flushed = 0.0
 
     def check(self) -> None:
         """Refuse (ConfigurationError) a directory holding another projection's journal; creates nothing."""
@@ -93,11 +97,14 @@ class ChunkStore:
         return (scenario, draw) in self._records
 
     def write(self, scenario: str, draw: int, seeds: list[int], values: list[list[float]], busy_s: float) -> None:
-        """Append one finished (scenario, draw) and hand it to the kernel."""
+        """Append one finished (scenario, draw) (in the kernel within ``FLUSH_S``)."""
         assert self._fh is not None, "open() first"
         rec = {"scenario": scenario, "draw": draw, "seeds": seeds, "busy_s": busy_s, "values": values}
         self._fh.write((json.dumps(rec) + "\n").encode("utf-8"))
-        self._fh.flush()
+        now = time.monotonic()
+        if now - self._flushed >= FLUSH_S:
+            self._fh.flush()
+            self._flushed = now
         self._records[(scenario, draw)] = rec
 
     def read(self, scenario: str, draw: int) -> dict[str, Any]:
