@@ -102,7 +102,7 @@ def project(run_dir: Path | str, scenarios: Path | str | ScenarioSpec, *, until:
     elif truth is not None:
         raise ConfigurationError("--truth is for --holdout-after DATE", hint="pass both, or neither")
     plan = plan_projection(job, model, targets, sets, spec, draws=draws, replicates=replicates, seed=seed, horizon=horizon,
-                           until=until if until is not None or holdout_after is None else _truth_end(truth_targets, spec, job),
+                           until=_truth_end(truth_targets, spec, job) if holdout_after is not None and until is None and horizon is None else until,
                            reference_date=holdout_after, common_seeds=common_seeds)
     points = None
     if holdout_after is not None:
