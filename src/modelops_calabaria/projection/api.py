@@ -11,7 +11,7 @@ what is not yet done there, and write the outputs:
 - ``hubverse.csv``: the hub model-output file (:mod:`.hubverse`);
 - ``summary.csv`` and ``projection.json``: peaks, cumulative totals, paired differences, the
   forecast check, and the facts of the run (parameter source, draws, seeds, scenarios);
-- ``projection.html``: the self-contained page (:mod:`.html`).
+- ``projection.html``: the self-contained page (:mod:`.page`).
 """
 
 from __future__ import annotations
