@@ -116,25 +116,45 @@ def test_the_coverage_test_sees_a_wrong_posterior(tmp_path):
 
 @pytest.mark.slow
 def test_forecast_check_end_to_end_on_the_seir_demo(tmp_path):
-    """Calibrate on the weeks up to 2024-07-07 (week 8 ends), project with --holdout-after, read the check in the outputs."""
+    """`project RUN --holdout-after DATE --truth JOB` on a RUN that does not exist yet: calibrates on the weeks up to
+    2024-07-07 (week 8 ends) into RUN, projects, and the check is in the outputs; then the same through a run made
+    by calibrate_holdout; a run that saw the held-back weeks is refused."""
+    import yaml
+
     from modelops_calabaria.projection import calibrate_holdout
 
+    job = yaml.safe_load((ROOT / "examples" / "seir" / "job.yaml").read_text())
+    job.update(max_trials=20, study="holdout-e2e")
+    job["targets"][0]["data"] = str(ROOT / "examples" / "seir" / "cases.csv")
+    truth = tmp_path / "job.yaml"
+    truth.write_text(yaml.safe_dump(job))
+    scenarios = str(ROOT / "examples" / "seir" / "scenarios.yaml")
+
+    def project_cli(run: Path, out: Path, after: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "modelops_calabaria", "project", str(run), "--scenarios", scenarios,
+                               "--holdout-after", after, "--truth", str(truth), "--draws", "10", "--scheduler", "inline",
+                               "--output", str(out)], capture_output=True, text=True, timeout=600)
+
     run = tmp_path / "run"
-    job = ROOT / "examples" / "seir" / "job.yaml"
-    calibrate_holdout(job, dt.date(2024, 7, 7), run, start_date=dt.date(2024, 5, 6), max_trials=20, scheduler="inline")
-    r = subprocess.run([sys.executable, "-m", "modelops_calabaria", "project", str(run), "--scenarios",
-                        str(ROOT / "examples" / "seir" / "scenarios.yaml"), "--holdout-after", "2024-07-07", "--truth", str(job),
-                        "--draws", "10", "--scheduler", "inline", "--output", str(tmp_path / "p")],
-                       capture_output=True, text=True, timeout=600)
+    r = project_cli(run, tmp_path / "p", "2024-07-07")
     assert r.returncode == 0, r.stderr
+    assert (run / "results.json").is_file() and (run / "study.db").is_file()
     doc = json.loads((tmp_path / "p" / "projection.json").read_text())
     check = doc["forecast_check"]
     assert check["after"] == "2024-07-07" and check["points"] == 21  # weeks 9-29
     assert 0 <= check["coverage_95"] <= 1 and check["wis"] > 0
+    assert doc["facts"]["reference_date"] == "2024-07-07"
     assert "forecast check after 2024-07-07" in r.stdout
     assert 'id="forecast-check"' in (tmp_path / "p" / "projection.html").read_text()
-    # a run that saw the held-back weeks is refused
-    r = subprocess.run([sys.executable, "-m", "modelops_calabaria", "project", str(run), "--scenarios",
-                        str(ROOT / "examples" / "seir" / "scenarios.yaml"), "--holdout-after", "2024-06-30", "--truth", str(job),
-                        "--scheduler", "inline", "--output", str(tmp_path / "q")], capture_output=True, text=True, timeout=600)
+
+    other = tmp_path / "other"
+    calibrate_holdout(truth, dt.date(2024, 7, 7), other, start_date=dt.date(2024, 5, 6), max_trials=6, scheduler="inline")
+    r = project_cli(other, tmp_path / "p2", "2024-07-07")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "p2" / "projection.json").read_text())["forecast_check"]["points"] == 21
+
+    r = project_cli(run, tmp_path / "q", "2024-06-30")  # the run saw the week ending 2024-07-07
     assert r.returncode == 2 and "after the hold-out date" in r.stderr and not (tmp_path / "q").exists()
+    r = project_cli(tmp_path / "never", tmp_path / "z", "2020-01-01")  # no observation before the date: nothing calibrated
+    assert r.returncode == 2 and "no observation on or before" in r.stderr
+    assert not (tmp_path / "never").exists() and not (tmp_path / "z").exists()

@@ -78,8 +78,10 @@ def project(run_dir: Path | str, scenarios: Path | str | ScenarioSpec, *, until:
 
     ``holdout_after`` with ``truth`` (the job file holding every observation): score the
     projection against the observations after that date; the run must have been
-    calibrated on data up to it (:func:`calibrate_holdout`). ``job``/``sets``: use these
-    instead of reading them from ``run_dir`` (from Python).
+    calibrated on data up to it (:func:`calibrate_holdout`). When ``run_dir`` does not
+    exist, that calibration runs first, into it (SQLite study ``run_dir/study.db``), once
+    every input has been checked. ``job``/``sets``: use these instead of reading them
+    from ``run_dir`` (from Python).
 
     Raises:
         JobSpecError, ConfigurationError: bad input (nothing created).
@@ -88,6 +90,10 @@ def project(run_dir: Path | str, scenarios: Path | str | ScenarioSpec, *, until:
     """
     run_dir = Path(run_dir)
     spec = scenarios if isinstance(scenarios, ScenarioSpec) else load_spec(Path(scenarios))
+    if job is None and holdout_after is not None and truth is not None and not run_dir.exists():
+        _calibrate_first(run_dir, spec, holdout_after, Path(truth), Path(output) if output is not None else run_dir / "projection",
+                         dict(draws=draws, replicates=replicates, seed=seed, horizon=horizon, until=until),
+                         scheduler=scheduler, local_workers=local_workers)
     if job is None:
         job = read_run(run_dir)
     model = load_model(canonical_ref(job.model, job.base_dir))
@@ -206,6 +212,41 @@ def write_outputs(plan: Plan, values: Any, out_dir: Path, check: dict[str, Any] 
     return ProjectionResult(out_dir, files, facts, sums, check)
 
 
+def _holdout_job(job_file: Path, after: dt.date, start_date: dt.date | None, step_days: int) -> tuple[CalibrationJob, Any]:
+    """The job of ``job_file`` cut to the observations up to ``after``, and its model."""
+    job = load_job(job_file)
+    model = load_model(canonical_ref(job.model, job.base_dir))
+    start = start_date or next((t.start_date for t in job.targets if t.start_date is not None), None)
+    if start is None:
+        raise JobSpecError("a hold-out of a target by row number needs start_date (the date of model day 0)",
+                           hint="add start_date: YYYY-MM-DD to the scenarios file")
+    return ho.truncate_job(job, compile_targets(job, model.outputs), after, start, step_days), model
+
+
+def _calibrate_first(run_dir: Path, spec: ScenarioSpec, after: dt.date, truth: Path, out_dir: Path,
+                     sizes: dict[str, Any], *, scheduler: str | None, local_workers: int | None) -> None:
+    """Calibrate the truth job on its data up to ``after`` into ``run_dir``, after checking every input
+    the projection will check (the job's midpoints standing in for the parameters it will find)."""
+    import numpy as np
+
+    from modelops_calabaria.calibration.runner import run_calibration
+    from modelops_calabaria.job import midpoint
+    from modelops_calabaria.reporting.simulate import check_output_dir
+    from modelops_calabaria.settings import Settings
+
+    short, model = _holdout_job(truth, after, spec.start_date, spec.step_days)
+    stand_in = ParameterSets("best", ({n: midpoint(p) for n, p in short.parameters.items()},), np.ones(1), (None,))
+    until = sizes["until"]
+    if until is None and sizes["horizon"] is None:
+        until = _truth_end(compile_targets(load_job(truth), model.outputs), spec, short)
+    plan_projection(short, model, compile_targets(short, model.outputs), stand_in, spec, draws=sizes["draws"],
+                    replicates=sizes["replicates"], seed=sizes["seed"], horizon=sizes["horizon"], until=until, reference_date=after)
+    check_output_dir(run_dir)
+    check_output_dir(out_dir)
+    run_calibration(short, Settings(storage=f"sqlite:///{run_dir.resolve() / 'study.db'}", scheduler=scheduler,
+                                    local_workers=local_workers), output_dir=run_dir)
+
+
 def calibrate_holdout(job_file: Path | str, after: dt.date, output: Path | str, *, start_date: dt.date | None = None,
                       step_days: int = 7, max_trials: int | None = None, **settings: Any) -> Any:
     """Calibrate ``job_file`` on its observations up to ``after`` only, into ``output`` (for a forecast check).
@@ -216,12 +257,7 @@ def calibrate_holdout(job_file: Path | str, after: dt.date, output: Path | str, 
     from modelops_calabaria.calibration.runner import run_calibration
     from modelops_calabaria.settings import Settings
 
-    job = load_job(Path(job_file))
-    model = load_model(canonical_ref(job.model, job.base_dir))
-    start = start_date or next((t.start_date for t in job.targets if t.start_date is not None), None)
-    if start is None:
-        raise JobSpecError("calibrate_holdout needs start_date for a target by row number")
-    short = ho.truncate_job(job, compile_targets(job, model.outputs), after, start, step_days)
+    short, _ = _holdout_job(Path(job_file), after, start_date, step_days)
     if max_trials is not None:
         short = short.model_copy(update={"max_trials": max_trials}).with_base_dir(short.base_dir)
     out = Path(output)
