@@ -289,3 +289,20 @@ def test_a_user_model_without_schedules_is_refused(tmp_path):
     r = cli("project", str(run), "--scenarios", fine, "--output", str(tmp_path / "o"), "--scheduler", "inline", "--draws", "3",
             "--horizon", "2")
     assert r.returncode == 0, r.stderr  # a plain change needs no schedule support
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_a_run_whose_study_is_in_postgresql(pg_url, tmp_path):
+    """The run directory holds no study.db: the job is read from the study at results.json's storage URL."""
+    from conftest import unique
+
+    job = yaml.safe_load((SEIR / "job.yaml").read_text())
+    job.update(study=unique("proj-pg"), max_trials=8, report={"replicates": 0, "others": 0})
+    job["targets"][0]["data"] = str(SEIR / "cases.csv")
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    run = tmp_path / "run"
+    run_calibration(load_job(tmp_path / "job.yaml"), Settings(storage=pg_url, scheduler="inline"), output_dir=run)
+    assert not (run / "study.db").exists()
+    result = project(run, SEIR / "scenarios.yaml", draws=4, replicates=1, output=tmp_path / "p", scheduler="inline")
+    assert result.facts["study"] == job["study"] and (tmp_path / "p" / "hubverse.csv").is_file()
