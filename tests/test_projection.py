@@ -306,3 +306,28 @@ def test_a_run_whose_study_is_in_postgresql(pg_url, tmp_path):
     assert not (run / "study.db").exists()
     result = project(run, SEIR / "scenarios.yaml", draws=4, replicates=1, output=tmp_path / "p", scheduler="inline")
     assert result.facts["study"] == job["study"] and (tmp_path / "p" / "hubverse.csv").is_file()
+
+
+@pytest.mark.slow
+def test_projection_page_renders_in_headless_chromium(age_run, tmp_path):
+    import os
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail("chromium is not installed (scripts/test.sh installs Debian's chromium as root)")
+        pytest.skip("chromium is not installed")
+    out = tmp_path / "proj"
+    project(age_run, AGE / "scenarios.yaml", draws=6, replicates=1, output=out, scheduler="inline")
+    shot = tmp_path / "shot.png"
+    proc = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+         "--enable-logging=stderr", "--v=0", "--window-size=1100,2400", f"--screenshot={shot}", (out / "projection.html").as_uri()],
+        capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0 and shot.exists(), proc.stderr[-2000:]
+    assert [ln for ln in proc.stderr.splitlines() if ":CONSOLE" in ln] == []
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
+    assert pixels.std() > 10  # figures and tables drawn, not a blank page
