@@ -19,6 +19,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("posterior", {"posterior"}),
     ("reporting", {"reporting"}),
     ("calibration", {"calibration"}),
+    ("projection", {"projection"}),
     ("entry points", {"cli", "__main__", "__init__"}),
 ]
 RANK = {top: rank for rank, (_, tops) in enumerate(LAYERS) for top in tops}

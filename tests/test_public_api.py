@@ -11,7 +11,7 @@ import modelops_calabaria
 def test_exported_members():
     assert sorted(modelops_calabaria.__all__) == sorted([
         "CalabariaError", "CalibrationJob", "ParameterSpec", "RunResult", "ScoreSpec", "Settings", "TargetSpec",
-        "__version__", "job_from_dict", "load_job", "resolve_settings", "run_calibration",
+        "__version__", "job_from_dict", "load_job", "project", "resolve_settings", "run_calibration",
     ])
     for name in modelops_calabaria.__all__:
         assert getattr(modelops_calabaria, name) is not None

@@ -32,6 +32,7 @@ __all__ = [
     "__version__",
     "job_from_dict",
     "load_job",
+    "project",
     "resolve_settings",
     "run_calibration",
 ]
@@ -48,4 +49,8 @@ def __getattr__(name: str) -> Any:
         from modelops_calabaria.reporting.results import RunResult
 
         return RunResult
+    if name == "project":  # projections and scenarios from a calibrated run (docs/projections.md)
+        from modelops_calabaria.projection import project
+
+        return project
     raise AttributeError(f"module 'modelops_calabaria' has no attribute {name!r}")

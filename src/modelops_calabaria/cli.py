@@ -317,6 +317,51 @@ def report(
     _echo(f"dashboard: optuna-dashboard '{src.target.display}'")
 
 
+def _date_option(value: str | None, flag: str) -> Any:
+    """A YYYY-MM-DD flag value as a date (ConfigurationError otherwise)."""
+    import datetime as dt
+
+    if value is None:
+        return None
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise ConfigurationError(f"{flag} {value!r}: expected a date YYYY-MM-DD") from None
+
+
+@app.command()
+@handle_errors
+def project(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory of a calibration (e.g. runs/seir-demo).", show_default=False)],
+    scenarios: Annotated[Path, typer.Option("--scenarios", help="Scenarios file (YAML: start_date, baseline, scenarios; docs/projections.md).")],
+    until: Annotated[str | None, typer.Option("--until", help="Project up to this date (YYYY-MM-DD).")] = None,
+    horizon: Annotated[int | None, typer.Option("--horizon", help="Periods (weeks for weekly data) past the last observation; default 8.")] = None,
+    draws: Annotated[int, typer.Option("--draws", help="Parameter sets drawn (posterior, else re-evaluated top trials, else the best).")] = 200,
+    replicates: Annotated[int, typer.Option("--replicates", "-r", help="Replicates per parameter set and scenario (the same seeds in every scenario).")] = 2,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Output directory (default RUN_DIR/projection); a run interrupted into it resumes.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", min=0, max=MAX_SEED, help="Seed of the draws and simulations (default: the job's).")] = None,
+    scheduler: Scheduler = None,
+    local_workers: LocalWorkers = None,
+    holdout_after: Annotated[str | None, typer.Option("--holdout-after", help="Forecast check: score against the observations after this date (the run must be calibrated on data up to it).")] = None,
+    truth: Annotated[Path | None, typer.Option("--truth", help="With --holdout-after: the job file whose data hold the observations after the date.")] = None,
+) -> None:
+    """Project the calibrated model under each scenario: projections.parquet, quantiles.csv, hubverse.csv, projection.html."""
+    from modelops_calabaria.projection import project as run_projection
+
+    settings = resolve_settings(None, scheduler=scheduler, local_workers=local_workers)
+    configure_logging("console", stream=sys.stderr)
+    result = run_projection(run_dir, scenarios, until=_date_option(until, "--until"), horizon=horizon, draws=draws,
+                            replicates=replicates, output=output, seed=seed, scheduler=settings.scheduler,
+                            local_workers=settings.local_workers, holdout_after=_date_option(holdout_after, "--holdout-after"),
+                            truth=truth)
+    for path in result.files:
+        _echo(str(path))
+    if result.forecast_check:
+        c = result.forecast_check
+        _echo(f"forecast check after {c['after']}: {c['points']} observations, WIS {c.get('wis', float('nan')):.4g}, "
+              f"coverage 50 % {c.get('coverage_50', float('nan')):.0%}, 95 % {c.get('coverage_95', float('nan')):.0%}")
+
+
 @app.command()
 @handle_errors
 def validate(

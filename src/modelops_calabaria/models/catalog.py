@@ -40,13 +40,14 @@ class ModelDoc:
     summary: str
     parameters: tuple[ParamDoc, ...]
     outputs: tuple[OutputDoc, ...]
+    schedulable: tuple[str, ...] = ("beta", "reporting_rate")  # parameters that accept a per-day schedule
 
 
 _COMMON = (
     ParamDoc("population", "total population", "people", 100_000),
     ParamDoc("initial_infected", "infectious people on day 0", "people", 10),
     ParamDoc("n_days", "days simulated (weekly outputs use whole weeks)", "days", 182),
-    ParamDoc("reporting_rate", "probability that an infection is reported (binomial thinning)", "probability", 1.0),
+    ParamDoc("reporting_rate", "probability that an infection is reported (binomial thinning; or a per-day schedule)", "probability", 1.0),
 )
 _WEEKLY_KEYS = "row = week number from 0 (on: [week]); week w sums days 7w..7w+6"
 _DAILY_KEYS = "row = day number from 0 (on: [day], or on: [date] with start_date)"
@@ -60,24 +61,24 @@ _OUTPUTS = (
 CATALOG: dict[str, ModelDoc] = {
     "sir": ModelDoc(
         "sir", "stochastic chain-binomial SIR, daily steps split into sub-steps of at most 0.1 events per person",
-        (ParamDoc("beta", "transmission rate", "per day"), ParamDoc("gamma", "recovery rate (1 / infectious period)", "per day"), *_COMMON),
+        (ParamDoc("beta", "transmission rate (or a per-day schedule)", "per day"), ParamDoc("gamma", "recovery rate (1 / infectious period)", "per day"), *_COMMON),
         _OUTPUTS,
     ),
     "seir": ModelDoc(
         "seir", "stochastic chain-binomial SEIR: SIR with a latent class",
-        (ParamDoc("beta", "transmission rate", "per day"), ParamDoc("sigma", "rate of becoming infectious (1 / latent period)", "per day"),
+        (ParamDoc("beta", "transmission rate (or a per-day schedule)", "per day"), ParamDoc("sigma", "rate of becoming infectious (1 / latent period)", "per day"),
          ParamDoc("gamma", "recovery rate (1 / infectious period)", "per day"), *_COMMON),
         _OUTPUTS,
     ),
     "age_seir": ModelDoc(
         "age_seir", f"age-structured stochastic SEIR with a contact matrix (default groups {', '.join(DEFAULT_AGE_GROUPS)})",
-        (ParamDoc("beta", "transmission probability per contact", "per contact per day"),
+        (ParamDoc("beta", "transmission probability per contact (or a per-day schedule)", "per contact per day"),
          ParamDoc("sigma", "rate of becoming infectious", "per day"), ParamDoc("gamma", "recovery rate", "per day"),
          ParamDoc("contacts", "G x G daily contacts of a person in row group with column group", "contacts per day", "3x3 POLYMOD-like"),
          ParamDoc("age_population", "people per age group", "people", "22000, 60000, 18000"),
          ParamDoc("initial_infected", "infectious people on day 0, in the middle group", "people", 10),
          ParamDoc("n_days", "days simulated", "days", 182),
-         ParamDoc("reporting_rate", "probability that an infection is reported", "probability", 1.0),
+         ParamDoc("reporting_rate", "probability that an infection is reported (or a per-day schedule)", "probability", 1.0),
          ParamDoc("susceptibility_65", "relative susceptibility of the last age group", "ratio", 1.0)),
         (OutputDoc("incidence_by_age", "onsets per week and age group", "(n_days // 7, G)", _WEEKLY_KEYS + "; column = age group"),
          OutputDoc("cases_by_age", "reported onsets per week and age group", "(n_days // 7, G)", _WEEKLY_KEYS + "; column = age group"),
@@ -94,6 +95,8 @@ def describe(name: str) -> str:
     for p in doc.parameters:
         default = "required" if p.default is None else f"default {p.default}"
         lines.append(f"    {p.name:<18} {p.meaning} [{p.unit}] ({default})")
+    if doc.schedulable:
+        lines.append(f"  schedules (per-day arrays, docs/projections.md): {', '.join(doc.schedulable)}")
     lines.append("  outputs:")
     for o in doc.outputs:
         lines.append(f"    {o.name:<18} {o.meaning}; shape {o.shape}; {o.keys}")

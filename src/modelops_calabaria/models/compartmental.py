@@ -7,6 +7,13 @@ faster epidemics cost more sub-steps, as in real models, whose run time depends
 on their parameters.
 
 Weekly outputs sum days ``7w .. 7w+6``; ``n_days`` is rounded down to whole weeks.
+
+Schedules (projections, docs/projections.md): the parameters a model names in its
+``schedulable`` attribute may be given as a per-day array instead of a number:
+element ``d`` is the value on model day ``d`` (at least ``n_days`` elements). A
+scalar runs exactly as before (the same random draws). Here ``beta`` and
+``reporting_rate`` accept schedules; a scheduled reporting rate thins each day's
+onsets with that day's rate (a scalar one thins the weekly sums, as always).
 """
 
 from __future__ import annotations
@@ -44,6 +51,30 @@ def _require(params: Mapping[str, Any], name: str, *, positive: bool = True) -> 
     return value
 
 
+def _series(params: Mapping[str, Any], name: str, n_days: int, default: float | None = None) -> np.ndarray | float:
+    """A parameter as a number, or as a per-day schedule (array of ``n_days`` values) when given one."""
+    raw = params.get(name, default) if default is not None else params.get(name)
+    if raw is None:
+        return _require(params, name)
+    if np.ndim(raw) == 0:
+        return _require(params, name) if default is None else float(raw)
+    arr = np.asarray(raw, dtype=float).reshape(-1)
+    if arr.shape[0] < n_days:
+        raise SimulationError(f"model parameter '{name}': a schedule needs one value per day ({n_days}), got {arr.shape[0]}")
+    arr = arr[:n_days]
+    if not np.isfinite(arr).all() or (arr < 0).any():
+        raise SimulationError(f"model parameter '{name}': a schedule must hold finite non-negative numbers")
+    return arr
+
+
+def _thin(rng: np.random.Generator, onsets: np.ndarray, rho: np.ndarray | float) -> np.ndarray:
+    """Reported weekly counts: the weekly sums thinned by a scalar rate, or each day thinned by its own."""
+    if np.ndim(rho) == 0:
+        return rng.binomial(_weekly(onsets), rho)
+    rates = np.asarray(rho).reshape((-1,) + (1,) * (onsets.ndim - 1))
+    return _weekly(rng.binomial(onsets, np.broadcast_to(rates, onsets.shape)))
+
+
 def _weekly(daily: np.ndarray) -> np.ndarray:
     weeks = daily.shape[0] // 7
     return daily[: weeks * 7].reshape(weeks, 7, *daily.shape[1:]).sum(axis=1)
@@ -51,18 +82,19 @@ def _weekly(daily: np.ndarray) -> np.ndarray:
 
 def _seir_core(params: Mapping[str, Any], seed: int, *, latent: bool) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    beta = _require(params, "beta")
+    n_days = int(params.get("n_days", 182))
+    beta = _series(params, "beta", n_days)
     gamma = _require(params, "gamma")
     sigma = _require(params, "sigma") if latent else math.inf
     population = int(params.get("population", 100_000))
     seeded = int(params.get("initial_infected", 10))
-    n_days = int(params.get("n_days", 182))
-    rho = float(params.get("reporting_rate", 1.0))
-    if population <= 0 or not 0 < seeded <= population or n_days < 7 or not 0 < rho <= 1:
+    rho = _series(params, "reporting_rate", n_days, 1.0)
+    if population <= 0 or not 0 < seeded <= population or n_days < 7 or not (np.all(0 < np.asarray(rho)) and np.all(np.asarray(rho) <= 1)):
         raise SimulationError(
             "need population > 0, 0 < initial_infected <= population, n_days >= 7 and 0 < reporting_rate <= 1"
         )
-    k = _substeps(beta, gamma, sigma if latent else 0.0)
+    daily_beta = np.broadcast_to(np.asarray(beta, dtype=float), (n_days,))
+    k = _substeps(float(daily_beta.max()), gamma, sigma if latent else 0.0)
     dt = 1.0 / k
     s, e, i = population - seeded, 0, seeded
     onsets = np.zeros(n_days, dtype=np.int64)
@@ -71,10 +103,11 @@ def _seir_core(params: Mapping[str, Any], seed: int, *, latent: bool) -> dict[st
     p_ir = _prob(gamma, dt)
     for day in range(n_days):
         new_onsets = 0
+        beta_today = float(daily_beta[day])
         for _ in range(k):
             if i == 0 and e == 0:
                 break
-            n_se = rng.binomial(s, _prob(beta * i / population, dt))
+            n_se = rng.binomial(s, _prob(beta_today * i / population, dt))
             n_ei = rng.binomial(e, p_ei) if latent else n_se
             n_ir = rng.binomial(i, p_ir)
             s -= n_se
@@ -86,7 +119,7 @@ def _seir_core(params: Mapping[str, Any], seed: int, *, latent: bool) -> dict[st
     weekly = _weekly(onsets)
     return {
         "incidence": weekly.astype(float),
-        "cases": rng.binomial(weekly, rho).astype(float),
+        "cases": _thin(rng, onsets, rho).astype(float),
         "prevalence": prevalence.astype(float),
         "attack_rate": np.array([onsets.sum() / population]),
     }
@@ -124,7 +157,8 @@ def age_seir(params: Mapping[str, Any], seed: int) -> dict[str, np.ndarray]:
     ``incidence`` (weekly total), ``prevalence`` (daily total).
     """
     rng = np.random.default_rng(seed)
-    beta = _require(params, "beta")
+    n_days = int(params.get("n_days", 182))
+    beta = _series(params, "beta", n_days)
     sigma = _require(params, "sigma")
     gamma = _require(params, "gamma")
     contacts = np.asarray(params.get("contacts", DEFAULT_CONTACTS), dtype=float)
@@ -134,24 +168,25 @@ def age_seir(params: Mapping[str, Any], seed: int) -> dict[str, np.ndarray]:
         raise SimulationError(f"'contacts' must be a non-negative {groups}x{groups} matrix matching 'age_population'")
     susceptibility = np.ones(groups)
     susceptibility[-1] = float(params.get("susceptibility_65", 1.0))
-    n_days = int(params.get("n_days", 182))
-    rho = float(params.get("reporting_rate", 1.0))
+    rho = _series(params, "reporting_rate", n_days, 1.0)
     seeded = int(params.get("initial_infected", 10))
+    daily_beta = np.broadcast_to(np.asarray(beta, dtype=float), (n_days,))
     s = pop.copy()
     e = np.zeros(groups, dtype=np.int64)
     i = np.zeros(groups, dtype=np.int64)
     i[groups // 2] = seeded
     s[groups // 2] -= seeded
-    k = _substeps(beta * float(contacts.sum(axis=1).max()), sigma, gamma)
+    k = _substeps(float(daily_beta.max()) * float(contacts.sum(axis=1).max()), sigma, gamma)
     dt = 1.0 / k
     p_ei, p_ir = _prob(sigma, dt), _prob(gamma, dt)
     onsets = np.zeros((n_days, groups), dtype=np.int64)
     prevalence = np.zeros(n_days, dtype=np.int64)
     for day in range(n_days):
+        beta_today = float(daily_beta[day])
         for _ in range(k):
             if not (i.any() or e.any()):
                 break
-            force = beta * susceptibility * (contacts @ (i / pop))
+            force = beta_today * susceptibility * (contacts @ (i / pop))
             n_se = rng.binomial(s, _prob(force, dt))
             n_ei = rng.binomial(e, p_ei)
             n_ir = rng.binomial(i, p_ir)
@@ -163,7 +198,7 @@ def age_seir(params: Mapping[str, Any], seed: int) -> dict[str, np.ndarray]:
     weekly = _weekly(onsets)
     return {
         "incidence_by_age": weekly.astype(float),
-        "cases_by_age": rng.binomial(weekly, rho).astype(float),
+        "cases_by_age": _thin(rng, onsets, rho).astype(float),
         "incidence": weekly.sum(axis=1).astype(float),
         "prevalence": prevalence.astype(float),
     }
@@ -172,6 +207,9 @@ def age_seir(params: Mapping[str, Any], seed: int) -> dict[str, np.ndarray]:
 sir.outputs = ("incidence", "cases", "prevalence", "attack_rate")  # type: ignore[attr-defined]
 seir.outputs = ("incidence", "cases", "prevalence", "attack_rate")  # type: ignore[attr-defined]
 age_seir.outputs = ("incidence_by_age", "cases_by_age", "incidence", "prevalence")  # type: ignore[attr-defined]
+# Parameters that accept a per-day schedule (an array, element d = the value on model day d).
+for _model in (sir, seir, age_seir):
+    _model.schedulable = ("beta", "reporting_rate")  # type: ignore[attr-defined]
 
 BUILTINS: dict[str, Callable[[Mapping[str, Any], int], dict[str, np.ndarray]]] = {
     "sir": sir,
