@@ -177,6 +177,8 @@ def storable_job(p: Prepared) -> dict[str, Any]:
     data["execution"] = {}  # settings belong to each coordinator, and a storage URL may hold a password
     for spec, compiled in zip(data["targets"], p.targets):
         spec.update(compiled.observed.inline(spec["score"]["trials_column"]))
+        if compiled.score.function is not None:  # a custom score's file, absolute (targets/custom.py)
+            spec["score"]["function"] = compiled.score.function
     return data
 
 
