@@ -36,6 +36,7 @@ from modelops_calabaria.job.options import (
     StopSpec,
 )
 from modelops_calabaria.job.parameters import ParameterSpec, midpoint
+from modelops_calabaria.job.sweep import SweepSpec
 from modelops_calabaria.job.targets import TargetSpec
 
 class CalibrationJob(_Spec):
@@ -45,7 +46,7 @@ class CalibrationJob(_Spec):
     model: str = Field(min_length=1, description='built-in name (sir, seir, age_seir; see `calabaria models`), package.module:object, or path/file.py:object')
     parameters: dict[str, ParameterSpec] = Field(min_length=1, max_length=MAX_PARAMETERS, description='searched parameters: {name: {lower, upper, log, kind, step, choices, guess}}')
     fixed: dict[str, Any] = Field(default_factory=dict, description='parameters passed to the model unchanged')
-    targets: list[TargetSpec] = Field(min_length=1, max_length=MAX_TARGETS, description='observed series the model is scored against')
+    targets: list[TargetSpec] = Field(default_factory=list, max_length=MAX_TARGETS, description='observed series the model is scored against (at least one, except for a sweep)')
     n_replicates: int = Field(default=4, ge=1, le=MAX_REPLICATES, description="simulations per trial (seeds from 'seed' and the replicate index)")
     max_trials: int = Field(default=100, ge=1, le=MAX_TRIALS, description='trial budget of the study')
     concurrency: int | None = Field(
@@ -70,6 +71,7 @@ class CalibrationJob(_Spec):
     report: ReportSpec = Field(default_factory=ReportSpec, description='report.html options: {replicates, others}')
     execution: ExecutionSpec = Field(default_factory=ExecutionSpec, description='defaults for the settings: mode, storage, scheduler, replicates per task')
     start: list[dict[str, Any]] = Field(default_factory=list, description='starting points evaluated first, exactly once per study: a list of {parameter: value} giving every searched parameter')
+    sweep: SweepSpec | None = Field(default=None, description='`calabaria sweep`: run a fixed design and keep output summaries for sensitivity indices: {design, points, replicates, summaries, ...} (docs/sensitivity.md)')
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
 
@@ -133,6 +135,21 @@ class CalibrationJob(_Spec):
                 shown = " x ".join(f"{n} {k}" for k, n in sizes.items())
                 raise ValueError(f"the grid has {math.prod(sizes.values()):,} cells ({shown}), more than {MAX_GRID_CELLS:,}: "
                                  "lower sampler.options.points or search fewer parameters")
+        return self
+
+    @model_validator(mode="after")
+    def _check_sweep(self) -> CalibrationJob:
+        if self.sweep is None:
+            if not self.targets:
+                raise ValueError("a job needs at least one target (only a sweep runs without data)")
+            return self
+        categorical = [n for n, p in self.parameters.items() if p.kind == "categorical"]
+        if categorical:
+            raise ValueError(f"a sweep varies numeric parameters; {', '.join(categorical)} is categorical: move it to 'fixed'")
+        if self.pruning is not None or self.posterior is not None:
+            raise ValueError(f"a sweep runs every point in full: remove '{'pruning' if self.pruning is not None else 'posterior'}'")
+        if self.sweep.size(len(self.parameters)) > MAX_GRID_CELLS:
+            raise ValueError(f"the sweep's design has {self.sweep.size(len(self.parameters)):,} points, more than {MAX_GRID_CELLS:,}: lower sweep.points")
         return self
 
     @model_validator(mode="after")
