@@ -81,9 +81,12 @@ def indices(design: str, problem: Mapping[str, Any], x: np.ndarray, values: np.n
     ``grid``, or a point with no value at all) only the first three and ``reason``.
     """
     values = np.asarray(values, dtype=float)
-    mean = np.nanmean(np.where(np.isfinite(values), values, np.nan), axis=1) if values.size else np.array([])
+    finite = np.isfinite(values)
+    counts = finite.sum(axis=1) if values.size else np.array([])
+    sums = np.where(finite, values, 0.0).sum(axis=1) if values.size else np.array([])
+    mean = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)  # a point without any value stays NaN
     missing = int((~np.isfinite(mean)).sum())
-    out: dict[str, Any] = {"noise_share": noise_share(values[np.isfinite(values).all(axis=1)]),
+    out: dict[str, Any] = {"noise_share": noise_share(values[finite.all(axis=1)] if values.size else values),
                            "points": int(len(values)), "missing": missing}
     if design in NO_INDICES:
         out["reason"] = f"a {design} design has no indices"
