@@ -118,37 +118,51 @@ def run_sweep(job: CalibrationJob, settings: Settings | None = None, *, output_d
                                  hint="use the run directory's SQLite file (the default), a journal file or PostgreSQL")
     design = design_points(sj)
     stopped = False
+    last_waiting: set[int] | None = None
     for _ in range(MAX_ROUNDS):
         # The budget is every trial that carries a row (re-enqueued ones included), at least the design:
         # the same answer for a first run, a resumed one and a top-up round.
-        budget = max(len(design), _trials_with_rows(p.storage, sj))
+        budget = max(len(design), _trials_with_rows(p.storage, sj, leaked=last_waiting is not None))
         result = run_calibration(sj, settings, output_dir=out, concurrency=concurrency, handle_signals=handle_signals,
                                  shutdown_grace_s=shutdown_grace_s, show_progress=show_progress, max_trials=budget)
         if result.stop_reason not in (None, "budget spent"):
             stopped = True  # a signal or a stop rule: keep what there is, top nothing up
             break
-        if not _settle(p.storage, sj, settings, design, poll_s):
-            break
+        rerun, waiting = _settle(p.storage, sj, settings, design, poll_s)
+        if not rerun and (not waiting or waiting == last_waiting):
+            break  # done, or rows left waiting that another round would not take either (reported missing)
+        last_waiting = waiting
     return collect(sj, p.storage, out, partial=stopped)
 
 
-def _trials_with_rows(target: Any, job: CalibrationJob) -> int:
+def _trials_with_rows(target: Any, job: CalibrationJob, leaked: bool = False) -> int:
+    """Trials that carry a row, any state; with ``leaked`` (a later round, nothing running) plus the
+    claims that never became a trial (a coordinator killed between claim and ask)."""
     try:
         backend = open_store(target, 1, read_only=True)
     except StudyNotFoundError:
         return 0
     try:
         study = optuna.load_study(study_name=job.study, storage=backend.optuna_storage)
-        return sum(1 for t in study.get_trials(deepcopy=False) if POINT_ATTR in t.user_attrs)
+        trials = study.get_trials(deepcopy=False)
+        rows = sum(1 for t in trials if POINT_ATTR in t.user_attrs)
+        if leaked:
+            claimed, _ = backend.ledger.budget(job.study)
+            rows += max(0, claimed - sum(1 for t in trials if t.state != TrialState.WAITING))
+        return rows
     except KeyError:  # no such study yet
         return 0
     finally:
         backend.close()
 
 
-def _settle(target: Any, job: CalibrationJob, settings: Settings, design: list[dict[str, Any]], poll_s: float) -> list[int]:
+def _settle(target: Any, job: CalibrationJob, settings: Settings, design: list[dict[str, Any]],
+            poll_s: float) -> tuple[list[int], set[int]]:
     """Wait for rows running elsewhere (failing those of silent coordinators); enqueue the lost ones again.
-    Returns the rows enqueued."""
+
+    Returns the rows enqueued, and the rows still waiting: enqueued rows a run left when the
+    budget ran out first (a claim lost with a killed coordinator, given back by the ledger
+    when nobody else works on the study): the next round runs them."""
     backend = open_store(target, 1)
     try:
         study = optuna.load_study(study_name=job.study, storage=backend.optuna_storage)
@@ -166,7 +180,7 @@ def _settle(target: Any, job: CalibrationJob, settings: Settings, design: list[d
                 retry_db("enqueue design", lambda i=i: study.enqueue_trial(design[i], user_attrs={POINT_ATTR: i}))
         if rerun:
             log.info("sweep rows lost with a coordinator enqueued again", rows=len(rerun))
-        return rerun
+        return rerun, set(state.waiting)
     finally:
         backend.close()
 
