@@ -226,6 +226,7 @@ def test_a_killed_sweep_coordinator_restarts_and_every_row_runs_once(pg_url, tmp
     assert all(len(t.user_attrs[SUMMARIES_ATTR]["cases_peak"]) == 2 for t in complete)
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     lost = [t for t in trials if t.state == TrialState.FAIL]
+    assert lost, "the kill left no trial lost: the top-up went untested"
     assert all("coordinator lost" in t.user_attrs.get("fail_reason", "") for t in lost)
     assert len(trials) == rows + len(lost)  # nothing but the design's rows, and the lost ones asked again
     backend = open_store(parse_storage_url(pg_url), 1, read_only=True)
