@@ -149,7 +149,7 @@ def test_a_sweep_with_targets_keeps_their_losses(tmp_path):
     assert result["outputs"]["cases_peak"]["noise_share"] > 0  # a stochastic model: replicates differ
 
 
-@pytest.mark.parametrize("case", ["no-sweep-block", "memory-storage", "bad-summary"])
+@pytest.mark.parametrize("case", ["no-sweep-block", "memory-storage", "bad-summary", "unknown-output"])
 def test_bad_sweep_inputs_are_one_line_and_create_nothing(tmp_path, case):
     path = ishigami_job(tmp_path)
     args = []
@@ -162,11 +162,13 @@ def test_bad_sweep_inputs_are_one_line_and_create_nothing(tmp_path, case):
         args = ["--storage", "memory"]
     else:
         data = yaml.safe_load(path.read_text())
-        data["sweep"]["summaries"] = [{"output": "y", "stat": "at"}]
+        data["sweep"]["summaries"] = [{"output": "y", "stat": "at"}] if case == "bad-summary" else [{"output": "deaths"}]
         path.write_text(yaml.safe_dump(data))
     proc = cli("sweep", str(path), *args, "--scheduler", "inline", cwd=tmp_path)
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) <= 3
+    assert {"no-sweep-block": "sweep", "memory-storage": "storage", "bad-summary": "needs 'at'",
+            "unknown-output": "no output 'deaths'"}[case] in proc.stderr
     assert not (tmp_path / "runs").exists()
 
 

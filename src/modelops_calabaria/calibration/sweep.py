@@ -41,6 +41,7 @@ from modelops_calabaria.errors import ConfigurationError, JobSpecError, StudyNot
 from modelops_calabaria.job import CalibrationJob, ReevaluateSpec, ReportSpec, SamplerSpec
 from modelops_calabaria.job.sweep import POINT_ATTR, SUMMARIES_ATTR
 from modelops_calabaria.logging import get_logger
+from modelops_calabaria.models import load_model
 from modelops_calabaria.sensitivity.analysis import indices
 from modelops_calabaria.sensitivity.design import design_points, problem, scaled_design
 from modelops_calabaria.sensitivity.html import write_page
@@ -113,6 +114,7 @@ def run_sweep(job: CalibrationJob, settings: Settings | None = None, *, output_d
     settings = settings or resolve_settings(job.execution.model_dump())
     out = Path(output_dir) if output_dir else Path("runs") / job.study
     p = prepare(sj, settings, out)
+    _check_outputs(sj, p.model_ref)
     if p.storage.kind == "memory":
         raise ConfigurationError("a sweep keeps its outputs in the study: it needs a storage that outlives the run",
                                  hint="use the run directory's SQLite file (the default), a journal file or PostgreSQL")
@@ -133,6 +135,16 @@ def run_sweep(job: CalibrationJob, settings: Settings | None = None, *, output_d
             break  # done, or rows left waiting that another round would not take either (reported missing)
         last_waiting = waiting
     return collect(sj, p.storage, out, partial=stopped)
+
+
+def _check_outputs(job: CalibrationJob, model_ref: str) -> None:
+    """A summary of an output the model does not declare would fail every replicate: refuse it first."""
+    declared = load_model(model_ref).outputs
+    assert job.sweep is not None
+    for i, spec in enumerate(job.sweep.summaries):
+        if declared is not None and spec.output not in declared:
+            raise JobSpecError(f"summary '{spec.label}': model '{job.model}' has no output '{spec.output}'",
+                               problems=[(f"sweep.summaries[{i}].output", f"expected one of: {', '.join(declared)}")])
 
 
 def _trials_with_rows(target: Any, job: CalibrationJob, leaked: bool = False) -> int:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, PrivateAttr, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from modelops_calabaria.errors import StudyMismatchError
 from modelops_calabaria.job._base import _Spec
@@ -141,15 +142,15 @@ class CalibrationJob(_Spec):
     def _check_sweep(self) -> CalibrationJob:
         if self.sweep is None:
             if not self.targets:
-                raise ValueError("a job needs at least one target (only a sweep runs without data)")
+                raise _at("targets", "a job needs at least one target (only a sweep runs without data)")
             return self
         categorical = [n for n, p in self.parameters.items() if p.kind == "categorical"]
         if categorical:
-            raise ValueError(f"a sweep varies numeric parameters; {', '.join(categorical)} is categorical: move it to 'fixed'")
+            raise _at("sweep", f"a sweep varies numeric parameters; {', '.join(categorical)} is categorical: move it to 'fixed'")
         if self.pruning is not None or self.posterior is not None:
-            raise ValueError(f"a sweep runs every point in full: remove '{'pruning' if self.pruning is not None else 'posterior'}'")
+            raise _at("sweep", f"a sweep runs every point in full: remove '{'pruning' if self.pruning is not None else 'posterior'}'")
         if self.sweep.size(len(self.parameters)) > MAX_GRID_CELLS:
-            raise ValueError(f"the sweep's design has {self.sweep.size(len(self.parameters)):,} points, more than {MAX_GRID_CELLS:,}: lower sweep.points")
+            raise _at("sweep.points", f"the sweep's design has {self.sweep.size(len(self.parameters)):,} points, more than {MAX_GRID_CELLS:,}: lower sweep.points")
         return self
 
     @model_validator(mode="after")
@@ -217,6 +218,11 @@ class CalibrationJob(_Spec):
     def to_storable(self) -> dict[str, Any]:
         """The JSON-able form stored with a study (data paths kept as given)."""
         return self.model_dump(mode="json")
+
+
+def _at(field: str, message: str) -> PydanticCustomError:
+    """A job-level error reported at ``field`` (see validation_problems)."""
+    return PydanticCustomError("parameter_spec", message, {"field": field})
 
 
 def check_same_model(study: str, stored_model: Any, model: str) -> None:
