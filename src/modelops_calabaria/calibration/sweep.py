@@ -148,8 +148,9 @@ def _check_outputs(job: CalibrationJob, model_ref: str) -> None:
 
 
 def _trials_with_rows(target: Any, job: CalibrationJob, leaked: bool = False) -> int:
-    """Trials that carry a row, any state; with ``leaked`` (a later round, nothing running) plus the
-    claims that never became a trial (a coordinator killed between claim and ask)."""
+    """Trials that carry a row, any state. With ``leaked`` (a later round: nothing running) the claims
+    spent so far plus the rows waiting instead: a claim can be spent without a row (a coordinator
+    killed between claim and ask, or one declared lost while alive asking past the design)."""
     try:
         backend = open_store(target, 1, read_only=True)
     except StudyNotFoundError:
@@ -157,11 +158,10 @@ def _trials_with_rows(target: Any, job: CalibrationJob, leaked: bool = False) ->
     try:
         study = optuna.load_study(study_name=job.study, storage=backend.optuna_storage)
         trials = study.get_trials(deepcopy=False)
-        rows = sum(1 for t in trials if POINT_ATTR in t.user_attrs)
         if leaked:
             claimed, _ = backend.ledger.budget(job.study)
-            rows += max(0, claimed - sum(1 for t in trials if t.state != TrialState.WAITING))
-        return rows
+            return claimed + sum(1 for t in trials if t.state == TrialState.WAITING)
+        return sum(1 for t in trials if POINT_ATTR in t.user_attrs)
     except KeyError:  # no such study yet
         return 0
     finally:
