@@ -9,6 +9,7 @@ the analytic indices at least as often as their 95 % level says (binomial test).
 from __future__ import annotations
 
 import datetime
+import os
 import math
 import sys
 
@@ -187,3 +188,44 @@ def test_sweep_spec_errors(extra, says):
 def test_a_sweep_needs_no_target_and_keeps_their_losses_when_given():
     job = job_from_dict({**BASE, "sweep": {}})
     assert job.targets == [] and job.sweep.design == "sobol" and job.sweep.replicates == 2
+
+
+def test_the_page_renders_in_headless_chromium(tmp_path):
+    """sensitivity.html with a Sobol' output, a Morris one and one without indices: figures drawn, no console error."""
+    import io
+    import shutil
+    import subprocess
+
+    from matplotlib.image import imread
+
+    from modelops_calabaria.sensitivity.html import write_page
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail("chromium is not installed (scripts/test.sh installs Debian's chromium as root)")
+        pytest.skip("chromium is not installed")
+    job = sweep_job(points=64)
+    x = scaled_design(job)
+    y = np.array([ishigami.value(*row) for row in natural_rows(job, x)])
+    mjob = sweep_job(design="morris", points=10)
+    mx = scaled_design(mjob)
+    my = np.array([ishigami.value(*row) for row in natural_rows(mjob, mx)])
+    result = {"study": "ishigami", "design": "sobol", "points": len(x), "replicates": 1, "parameters": ["x1", "x2", "x3"],
+              "complete_points": len(x), "failed_points": 0, "partial": False, "confidence": 0.95, "first_failure": None,
+              "outputs": {"y": indices("sobol", problem(job), x, y[:, None]),
+                          "y_morris": indices("morris", problem(mjob), mx, my[:, None]),
+                          "flat": indices("sobol", problem(job), x, np.ones((len(x), 1)))}}
+    page = write_page(tmp_path / "sensitivity.html", result)
+    text = page.read_text()
+    assert text.count("data:image/png;base64,") == 2 and "does not vary" in text and "<script" not in text
+    shot = tmp_path / "shot.png"
+    proc = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
+         "--window-size=1100,2400", f"--screenshot={shot}", page.as_uri()],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and shot.exists(), proc.stderr[-2000:]
+    assert not [ln for ln in proc.stderr.splitlines() if ":CONSOLE" in ln]
+    pixels = imread(io.BytesIO(shot.read_bytes()))
+    assert pixels.std() > 0.05  # figures and text, not a blank page
