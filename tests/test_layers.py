@@ -18,6 +18,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("backend", {"backend"}),
     ("posterior", {"posterior"}),
     ("reporting", {"reporting"}),
+    ("sensitivity", {"sensitivity"}),
     ("calibration", {"calibration"}),
     ("projection", {"projection"}),
     ("entry points", {"cli", "__main__", "__init__"}),

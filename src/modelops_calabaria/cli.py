@@ -155,6 +155,40 @@ def calibrate(
     _print_summary(result)  # the command's last line: scripts read it
 
 
+@app.command()
+@handle_errors
+def sweep(
+    job_file: JobFile,
+    output: Output = None,
+    storage: Storage = None,
+    scheduler: Scheduler = None,
+    workers: Workers = None,
+    parallel: Mode = None,
+    local_workers: LocalWorkers = None,
+    log_format: LogFormat = None,
+    grace: Grace = 30.0,
+    verbose: Verbose = False,
+) -> None:
+    """Run (or resume) the job's sweep: every design point, its summaries kept; write sweep.parquet,
+    sensitivity.json, sensitivity.csv and sensitivity.html (docs/sensitivity.md). Other coordinators
+    join with `calabaria worker --study NAME --storage URL`."""
+    from modelops_calabaria.calibration.sweep import run_sweep
+    from modelops_calabaria.job import load_job
+
+    check_run_flags(workers=workers)
+    job = load_job(job_file)
+    if job.sweep is None:
+        raise JobSpecError(f"{job_file} has no 'sweep' block",
+                           problems=[("sweep", "add sweep: {design: sobol, points: 64, replicates: 2, summaries: [...]}")])
+    register_secrets_in(job.execution.storage)
+    check_run_flags(workers=workers, n_replicates=job.sweep.replicates)
+    settings = _setup(job.execution.model_dump(), verbose=verbose, parallel_trials=parallel, storage=storage, scheduler=scheduler,
+                      log_format=log_format, local_workers=local_workers)
+    result = run_sweep(job, settings, output_dir=output, concurrency=workers, handle_signals=True, shutdown_grace_s=grace)
+    _echo(json.dumps({"points": result["points"], "complete": result["complete_points"], "failed": result["failed_points"],
+                      "outputs": list(result["outputs"]), "output": str(output or Path("runs") / job.study)}))
+
+
 def _report_current(result: Any) -> bool:
     """Whether the run directory's report.html was made from this very result (nothing ran)."""
     from modelops_calabaria.reporting.results import report_is_current

@@ -62,6 +62,7 @@ from modelops_calabaria.backend.plain_ask import ask_plain
 from modelops_calabaria.calibration.mirror import AddTrial, Event, FinishTrial, Key, Mirror
 from modelops_calabaria.calibration.sampling import HybridSampler, InlineSampler, SamplerFront
 from modelops_calabaria.dbretry import retry_db
+from modelops_calabaria.job.sweep import SUMMARIES_ATTR
 from modelops_calabaria.logging import get_logger
 
 _FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
@@ -97,8 +98,9 @@ class Asker(Protocol):
         """Create a RUNNING trial owned by this coordinator (after a budget slot was claimed)."""
 
     def tell_complete(self, trial: AskedTrial, loss: float, per_target: Mapping[str, float], busy_s: float,
-                      replicate_losses: Sequence[float] | None = None) -> None:
-        """Finish ``trial`` COMPLETE."""
+                      replicate_losses: Sequence[float] | None = None,
+                      summaries: Mapping[str, Sequence[float]] | None = None) -> None:
+        """Finish ``trial`` COMPLETE (with a sweep's ``summaries`` per replicate)."""
 
     def tell_fail(self, trial: AskedTrial, reason: str, busy_s: float = 0.0) -> None:
         """Finish ``trial`` FAIL with ``reason``."""
@@ -190,9 +192,11 @@ class _AskerBase:
         return None
 
     def tell_complete(self, trial: AskedTrial, loss: float, per_target: Mapping[str, float], busy_s: float,
-                      replicate_losses: Sequence[float] | None = None) -> None:
+                      replicate_losses: Sequence[float] | None = None,
+                      summaries: Mapping[str, Sequence[float]] | None = None) -> None:
         """Finish ``trial`` COMPLETE with its per-target values (written asynchronously);
-        ``replicate_losses`` (pruning on) are stored too, for other coordinators' pruning."""
+        ``replicate_losses`` (pruning on) are stored too, for other coordinators' pruning;
+        a sweep's ``summaries`` as ``SUMMARIES_ATTR`` (job/sweep.py)."""
         self._on_tell(trial, TrialState.COMPLETE, loss)
         targets = {k: float(v) for k, v in per_target.items()}
         attrs: dict[str, Any] = {TARGETS_ATTR: targets, BUSY_ATTR: round(float(busy_s), 6)}
@@ -200,6 +204,8 @@ class _AskerBase:
         if replicate_losses is not None:
             attrs[REPLICATES_ATTR] = len(replicate_losses)
             attrs[REPLICATE_LOSSES_ATTR] = [float(v) for v in replicate_losses]
+        if summaries is not None:
+            attrs[SUMMARIES_ATTR] = {k: [float(v) for v in vs] for k, vs in summaries.items()}
         self._writer.submit(trial.trial_id, TrialState.COMPLETE, float(loss), attrs)
 
     def tell_pruned(self, trial: AskedTrial, partial_loss: float, replicate_losses: Sequence[float], busy_s: float,

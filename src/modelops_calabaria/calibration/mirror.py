@@ -35,6 +35,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from modelops_calabaria.backend.generic import GenericBackend
 from modelops_calabaria.backend.ledger import MemoryLedger
+from modelops_calabaria.calibration.scales import LogitSearch, search_space, to_natural, to_search
 
 Key = Any
 
@@ -73,10 +74,13 @@ class Mirror:
             # A second mirror of the same study (the sampler process taking over from the
             # coordinator's) must not replay the first one's random stream point for point.
             sampler.reseed_rng()
-        self._sampler = sampler
+        # transform: logit — the wrapped sampler works on the logit scale, the events and points
+        # are natural values (scales.py)
+        self._logit = sampler.specs if isinstance(sampler, LogitSearch) else {}
+        self._sampler = sampler.inner if isinstance(sampler, LogitSearch) else sampler
         self._prefix = prefix
         self._directions = list(directions)
-        self._space = dict(space)
+        self._space = search_space(space, self._logit)
         self._window, self._keep_best = window, keep_best
         self._number: dict[Key, int] = {}  # key -> trial number in the current in-memory study
         self._samples = 0
@@ -113,6 +117,8 @@ class Mirror:
 
     def _add(self, params: Mapping[str, Any], dists: Mapping[str, BaseDistribution], state: TrialState,
              value: float | None) -> int:
+        if self._logit:
+            params, dists = to_search(params, self._logit), search_space(dists, self._logit)
         if state == TrialState.RUNNING:
             return self._add_running(params, dists)
         self._study.add_trial(optuna.trial.create_trial(
@@ -142,7 +148,7 @@ class Mirror:
         self._samples += 1
         self._number[key] = trial.number
         self._tid[trial.number] = self._store.trial_id_of(self._sid, trial.number)
-        return key, dict(trial.params)
+        return key, to_natural(trial.params, self._logit)
 
     def step(self, events: Iterable[Event], n: int) -> list[tuple[Key, dict[str, Any]]]:
         """Apply ``events``, then sample ``n`` points."""

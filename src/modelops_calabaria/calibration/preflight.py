@@ -98,12 +98,28 @@ def dry_run(job: CalibrationJob, model_ref: str, targets: tuple[CompiledTarget, 
                 raise JobSpecError(str(e), problems=[(f"targets[{i}].output", "return this output from the model")]) from e
             log.warning("dry run: a target cannot be scored at the midpoint parameters", target=t.name, error=str(e))
             continue
-        value = t.loss(sim)
+        if t.score.kind == "custom":  # the user's function: finite and the same twice on the same inputs
+            value = _custom_twice(t, sim, i)
+        else:
+            value = t.loss(sim)
         if strict and not math.isfinite(value):
             raise JobSpecError(f"target '{t.name}': score {t.score.kind} is {value} at the midpoint parameters",
                                problems=[(f"targets[{i}].score", "check the output's scale against the data (counts vs rates)")])
         scores[t.name] = value
     return scores
+
+
+def _custom_twice(t: CompiledTarget, sim: Any, i: int) -> float:
+    """A custom score at the midpoint, called twice: a failure, a non-number or two answers is exit 2."""
+    where = f"targets[{i}].score.function"
+    try:
+        first, second = t.loss(sim), t.loss(sim)
+    except SimulationError as e:
+        raise JobSpecError(str(e), problems=[(where, "return a finite float from fn(observed, simulated, keys)")]) from e
+    if first != second:
+        raise JobSpecError(f"target '{t.name}': custom score {t.score.function} gave {first!r} and then {second!r} "
+                           "for the same inputs", problems=[(where, "make the score a function of its inputs only")])
+    return first
 
 
 def _raised(job: CalibrationJob, e: BaseException) -> JobSpecError:

@@ -80,6 +80,8 @@ def stored_form(job: CalibrationJob, model_ref: str, targets: Sequence[CompiledT
     for spec, compiled in zip(data["targets"], targets):
         spec.update(compiled.observed.inline(spec["score"]["trials_column"]))
         spec["columns"] = None  # the inline table carries the renamed columns already
+        if compiled.score.function is not None:  # a custom score's file, absolute (targets/custom.py)
+            spec["score"]["function"] = compiled.score.function
     return data
 
 
@@ -116,7 +118,8 @@ def simulation_service(p: Prepared, settings: Settings) -> DeferredService:
     """The run's simulation service, not yet started: a local cluster (threads or worker
     processes: ``simulation/local.py``) knows its slots before it exists."""
     job = p.job
-    context = SimContext(p.model_ref, dict(job.fixed), p.targets, job.timeout_s, job.replicate_retries)
+    context = SimContext(p.model_ref, dict(job.fixed), p.targets, job.timeout_s, job.replicate_retries,
+                         summaries=tuple(job.sweep.summaries) if job.sweep is not None else None)  # a sweep keeps them
     processes = local_processes(p.model_ref, settings.local_processes)
     slots = None  # a remote cluster's size is asked of it once connected
     if not settings.scheduler:

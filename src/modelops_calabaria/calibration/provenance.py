@@ -135,12 +135,24 @@ def accept_changes(backend: StudyBackend, study_name: str, stored_job: Mapping[s
     _record_fingerprint(backend, study_id, stored_job)
 
 
+def _enqueue_design(study: optuna.Study, job: CalibrationJob) -> None:
+    from modelops_calabaria.sensitivity.design import POINT_ATTR, design_points
+
+    points = design_points(job)
+    for i, point in enumerate(points):
+        retry_db("enqueue design", lambda p=point, i=i: study.enqueue_trial(p, user_attrs={POINT_ATTR: i}))
+    log.info("sweep design enqueued", study=job.study, points=len(points))
+
+
 def on_study_created(study: optuna.Study, backend: StudyBackend, job: CalibrationJob,
                      stored_job: Mapping[str, Any]) -> None:
     """Called once, by the creator of the study, under the schema lock: record the
     fingerprint and enqueue the starting points (both ask paths take them first, once:
     ``StudyBackend.pop_waiting``)."""
     _record_fingerprint(backend, retry_db("study lookup", lambda: backend.study_id(study.study_name)), stored_job)
+    if job.sweep is not None:  # a sweep's trials are its design, row i carrying i (sensitivity/design.py)
+        _enqueue_design(study, job)
+        return
     points = job.starting_points()
     for point in points:
         retry_db("enqueue start", lambda p=point: study.enqueue_trial(p, skip_if_exists=True))

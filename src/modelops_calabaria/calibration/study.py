@@ -37,9 +37,11 @@ from modelops_calabaria.backend.base import (  # noqa: F401  (re-exported: the n
     StudyBackend,
 )
 from modelops_calabaria.calibration.provenance import on_study_created
+from modelops_calabaria.calibration.scales import with_scales
 from modelops_calabaria.dbretry import retry_db
 from modelops_calabaria.errors import JobSpecError, StudyMismatchError
 from modelops_calabaria.job import CalibrationJob, ParameterSpec
+from modelops_calabaria.job.parameters import natural_to_logit
 from modelops_calabaria.logging import get_logger
 from modelops_calabaria.posterior import build_posterior_sampler
 
@@ -73,10 +75,15 @@ def _grid(job: CalibrationJob, options: dict[str, Any]) -> dict[str, list[Any]]:
         elif spec.kind == "int":
             values = np.unique(np.round(np.linspace(spec.lower, spec.upper, points)).astype(int))  # type: ignore[arg-type]
             space[name] = [int(v) for v in values]
+        elif spec.logit:  # the wrapped grid sampler sees the logit scale (scales.py)
+            space[name] = [float(v) for v in np.linspace(natural_to_logit(spec, spec.lower), natural_to_logit(spec, spec.upper), points)]  # type: ignore[arg-type]
         else:
             lo, hi = float(spec.lower), float(spec.upper)  # type: ignore[arg-type]
             grid = np.geomspace(lo, hi, points) if spec.log else np.linspace(lo, hi, points)
             space[name] = [float(v) for v in grid]
+    for name in explicit:
+        if job.parameters[name].logit:
+            space[name] = [natural_to_logit(job.parameters[name], float(v)) for v in space[name]]
     return space
 
 
@@ -93,13 +100,18 @@ def tpe_startup_trials(concurrency: int) -> int:
 
 def build_sampler(job: CalibrationJob, concurrency: int | None = None) -> optuna.samplers.BaseSampler:
     """The job's sampler, seeded with the job seed, for ``concurrency`` trials at once
-    (default: the job's ``concurrency``, else 1).
+    (default: the job's ``concurrency``, else 1); wrapped in ``scales.LogitSearch`` when a
+    parameter has ``transform: logit`` (a posterior's IMIS has its own scale: prior.py).
 
     Raises:
         JobSpecError: an unknown option, or a sampler whose extra dependency is missing.
     """
     if job.posterior is not None:  # a posterior run: IMIS, whatever 'sampler' says (docs/posterior.md)
         return build_posterior_sampler(job)
+    return with_scales(job, _build_sampler(job, concurrency))
+
+
+def _build_sampler(job: CalibrationJob, concurrency: int | None) -> optuna.samplers.BaseSampler:
     name = job.sampler.name
     options = dict(job.sampler.options)
     seed = job.seed

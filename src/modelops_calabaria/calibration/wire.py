@@ -533,7 +533,7 @@ class Wire:
         params = dict(trial.params)
         if ev.error is None and ev.loss is not None:
             if self.board is None:
-                self.asker.tell_complete(trial, ev.loss, ev.per_target, ev.busy_s)
+                self.asker.tell_complete(trial, ev.loss, ev.per_target, ev.busy_s, summaries=ev.summaries)
             else:
                 losses = pruning.replicate_losses(ev.replicate_scores, self._weights)
                 self.asker.tell_complete(trial, ev.loss, ev.per_target, ev.busy_s, losses)

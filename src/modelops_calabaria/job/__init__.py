@@ -16,7 +16,7 @@ documented in docs/reliability.md ("Limits"). Every field carries its descriptio
 in ``Field(description=...)``, which is what ``calabaria schema`` prints.
 
 Modules: ``limits`` (bounds and the checks that apply them), ``parameters``,
-``targets``, ``options`` (the option blocks), ``calibration`` (the job as a whole),
+``targets``, ``options`` (the option blocks), ``sweep`` (a sweep's design and summaries), ``calibration`` (the job as a whole),
 ``problems`` (validation errors as field paths), ``loading`` (YAML/JSON),
 ``schema``.
 """
@@ -67,6 +67,7 @@ from modelops_calabaria.job.options import (
 from modelops_calabaria.job.parameters import ParameterSpec, PriorSpec, midpoint
 from modelops_calabaria.job.problems import format_loc, validation_problems
 from modelops_calabaria.job.schema import job_schema
+from modelops_calabaria.job.sweep import SummarySpec, SweepSpec
 from modelops_calabaria.job.targets import ScoreSpec, TargetSpec
 
 __all__ = [
@@ -75,6 +76,6 @@ __all__ = [
     "MAX_REPLICATES", "MAX_REPLICATES_IN_FLIGHT", "MAX_SEED", "MAX_STUDY_NAME", "MAX_TARGETS", "MAX_TRIALS",
     "STUDY_NAME_PATTERN", "Aggregation", "CalibrationJob", "ExecutionSpec", "Match", "ParameterSpec", "PosteriorSpec",
     "PriorSpec", "PruningSpec", "RampSpec", "ReevaluateSpec", "ReportSpec", "SamplerName", "SamplerSpec", "ScoreKind",
-    "ScoreSpec", "StopSpec", "TargetSpec", "check_in_flight", "check_run_flags", "check_same_model", "check_study_name",
+    "ScoreSpec", "StopSpec", "SummarySpec", "SweepSpec", "TargetSpec", "check_in_flight", "check_run_flags", "check_same_model", "check_study_name",
     "count_values", "format_loc", "job_from_dict", "job_schema", "load_job", "midpoint", "validation_problems",
 ]

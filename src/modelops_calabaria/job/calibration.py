@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, PrivateAttr, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from modelops_calabaria.callables import reference
 from modelops_calabaria.errors import StudyMismatchError
@@ -37,6 +38,7 @@ from modelops_calabaria.job.options import (
     StopSpec,
 )
 from modelops_calabaria.job.parameters import ParameterSpec, midpoint
+from modelops_calabaria.job.sweep import SweepSpec
 from modelops_calabaria.job.targets import TargetSpec
 
 class CalibrationJob(_Spec):
@@ -46,7 +48,7 @@ class CalibrationJob(_Spec):
     model: str = Field(min_length=1, description='built-in name (sir, seir, age_seir; see `calabaria models`), package.module:object, or path/file.py:object (from Python also the function itself: docs/models.md)')
     parameters: dict[str, ParameterSpec] = Field(min_length=1, max_length=MAX_PARAMETERS, description='searched parameters: {name: {lower, upper, log, kind, step, choices, guess}}')
     fixed: dict[str, Any] = Field(default_factory=dict, description='parameters passed to the model unchanged')
-    targets: list[TargetSpec] = Field(min_length=1, max_length=MAX_TARGETS, description='observed series the model is scored against')
+    targets: list[TargetSpec] = Field(default_factory=list, max_length=MAX_TARGETS, description='observed series the model is scored against (at least one, except for a sweep)')
     n_replicates: int = Field(default=4, ge=1, le=MAX_REPLICATES, description="simulations per trial (seeds from 'seed' and the replicate index)")
     max_trials: int = Field(default=100, ge=1, le=MAX_TRIALS, description='trial budget of the study')
     concurrency: int | None = Field(
@@ -71,6 +73,7 @@ class CalibrationJob(_Spec):
     report: ReportSpec = Field(default_factory=ReportSpec, description='report.html options: {replicates, others}')
     execution: ExecutionSpec = Field(default_factory=ExecutionSpec, description='defaults for the settings: mode, storage, scheduler, replicates per task')
     start: list[dict[str, Any]] = Field(default_factory=list, description='starting points evaluated first, exactly once per study: a list of {parameter: value} giving every searched parameter')
+    sweep: SweepSpec | None = Field(default=None, description='`calabaria sweep`: run a fixed design and keep output summaries for sensitivity indices: {design, points, replicates, summaries, ...} (docs/sensitivity.md)')
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
 
@@ -145,6 +148,21 @@ class CalibrationJob(_Spec):
         return self
 
     @model_validator(mode="after")
+    def _check_sweep(self) -> CalibrationJob:
+        if self.sweep is None:
+            if not self.targets:
+                raise _at("targets", "a job needs at least one target (only a sweep runs without data)")
+            return self
+        categorical = [n for n, p in self.parameters.items() if p.kind == "categorical"]
+        if categorical:
+            raise _at("sweep", f"a sweep varies numeric parameters; {', '.join(categorical)} is categorical: move it to 'fixed'")
+        if self.pruning is not None or self.posterior is not None:
+            raise _at("sweep", f"a sweep runs every point in full: remove '{'pruning' if self.pruning is not None else 'posterior'}'")
+        if self.sweep.size(len(self.parameters)) > MAX_GRID_CELLS:
+            raise _at("sweep.points", f"the sweep's design has {self.sweep.size(len(self.parameters)):,} points, more than {MAX_GRID_CELLS:,}: lower sweep.points")
+        return self
+
+    @model_validator(mode="after")
     def _check_start(self) -> CalibrationJob:
         for i, point in enumerate(self.start):
             unknown = sorted(set(point) - set(self.parameters))
@@ -209,6 +227,11 @@ class CalibrationJob(_Spec):
     def to_storable(self) -> dict[str, Any]:
         """The JSON-able form stored with a study (data paths kept as given)."""
         return self.model_dump(mode="json")
+
+
+def _at(field: str, message: str) -> PydanticCustomError:
+    """A job-level error reported at ``field`` (see validation_problems)."""
+    return PydanticCustomError("parameter_spec", message, {"field": field})
 
 
 def check_same_model(study: str, stored_model: Any, model: str) -> None:

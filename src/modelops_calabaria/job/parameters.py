@@ -52,6 +52,9 @@ class ParameterSpec(_Spec):
     choices: list[str | int | float | bool] | None = Field(default=None, max_length=MAX_CHOICES, description='the values of a categorical parameter')
     prior: PriorSpec | None = Field(default=None, description='explicit prior for a posterior run: {dist: normal|beta|gamma, ...}; default uniform (log-uniform with log: true)')
     guess: float | int | str | bool | None = Field(default=None, description='a starting guess: evaluated first (other parameters at their midpoint), exactly once per study')
+    transform: Literal["none", "log", "logit"] | None = Field(
+        default=None, description="float: the scale the sampler searches on: none | log (the same as log: true) | "
+        "logit (a probability: needs 0 < lower < upper < 1); the model, outputs and reports see natural values")
 
     @model_validator(mode="after")
     def _check_guess(self) -> ParameterSpec:
@@ -69,6 +72,29 @@ class ParameterSpec(_Spec):
         if self.kind == "int" and value != int(value):
             return False
         return self.lower <= value <= self.upper
+
+    @model_validator(mode="after")
+    def _check_transform(self) -> ParameterSpec:
+        t = self.transform
+        if t is None or t == "none" and not self.log:
+            return self
+        if self.kind != "float":
+            raise _field_error("transform", f"'transform' is for float parameters (this one is {self.kind})")
+        if t == "none" or (t == "logit" and self.log):
+            raise _field_error("transform", f"transform: {t} contradicts log: true; keep one of them")
+        if self.step is not None:
+            raise _field_error("transform", "a transformed parameter cannot have a 'step'")
+        if t == "logit" and not (self.lower is not None and self.upper is not None and 0 < self.lower and self.upper < 1):
+            raise _field_error("lower" if self.lower is None or self.lower <= 0 else "upper",
+                               f"transform: logit needs 0 < lower < upper < 1 (got [{self.lower}, {self.upper}])")
+        if t == "log" and not self.log:
+            object.__setattr__(self, "log", True)  # transform: log is log: true (one scale, one mechanism)
+        return self
+
+    @property
+    def logit(self) -> bool:
+        """Whether the sampler searches this parameter on the logit scale."""
+        return self.transform == "logit"
 
     @model_validator(mode="after")
     def _check(self) -> ParameterSpec:
@@ -114,5 +140,19 @@ def midpoint(spec: ParameterSpec) -> Any:
     if spec.kind == "categorical":
         return (spec.choices or [None])[0]
     lo, hi = float(spec.lower), float(spec.upper)  # type: ignore[arg-type]
+    if spec.logit:
+        return logit_to_natural(spec, (natural_to_logit(spec, lo) + natural_to_logit(spec, hi)) / 2)
     mid = math.sqrt(lo * hi) if spec.log else (lo + hi) / 2
     return int(round(mid)) if spec.kind == "int" else mid
+
+
+def natural_to_logit(spec: ParameterSpec, x: float) -> float:
+    """A logit parameter's value on the scale its sampler searches: ``log(x / (1 - x))``."""
+    return math.log(x) - math.log1p(-x)
+
+
+def logit_to_natural(spec: ParameterSpec, z: float) -> float:
+    """The natural value of a point the sampler drew on the logit scale, kept within the bounds
+    (a float round trip may step just past one)."""
+    x = 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
+    return min(max(x, float(spec.lower)), float(spec.upper))  # type: ignore[arg-type]

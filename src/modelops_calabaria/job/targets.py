@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -23,9 +23,13 @@ class ScoreSpec(_Spec):
     the ``trials_column`` denominators. ``dispersion_output`` names a model
     output holding the beta-binomial overdispersion of each simulation (one
     positive number), instead of the constant ``dispersion``.
+    ``custom`` calls the user's ``function`` (``module:fn`` or ``path/file.py:fn``) as
+    ``fn(observed, simulated, keys) -> float`` (targets/custom.py, docs/sensitivity.md).
     """
 
-    kind: ScoreKind = Field(description='sse | mse | rmse | poisson_nll | negbin_nll | normal_nll | binomial_nll | betabinomial_nll')
+    kind: ScoreKind | Literal["custom"] = Field(description='sse | mse | rmse | poisson_nll | negbin_nll | normal_nll | binomial_nll | betabinomial_nll | custom')
+    function: str | None = Field(default=None, min_length=3, description="custom: the score function, module:fn or path/file.py:fn (relative to the job file), called as fn(observed, simulated, keys) -> float, lower is better")
+    log_likelihood: bool = Field(default=False, description="custom: the function returns a negative log-likelihood (a posterior run accepts only such a custom score)")
     dispersion: float | None = Field(default=None, gt=0, description='negative-binomial size or beta-binomial overdispersion (> 0)')
     dispersion_output: str | None = Field(default=None, min_length=1, description='betabinomial_nll: a model output holding one positive number per simulation, used as its dispersion')
     sigma: float | None = Field(default=None, gt=0, description='standard deviation of normal_nll (> 0)')
@@ -36,6 +40,20 @@ class ScoreSpec(_Spec):
     @classmethod
     def _from_name(cls, value: Any) -> Any:
         return {"kind": value} if isinstance(value, str) else value
+
+    @property
+    def is_likelihood(self) -> bool:
+        """Whether the score is a negative log-likelihood (a built-in one, or a custom one that says so)."""
+        return self.kind in LIKELIHOOD_SCORES or (self.kind == "custom" and self.log_likelihood)
+
+    @model_validator(mode="after")
+    def _check_custom(self) -> ScoreSpec:
+        if self.kind == "custom":
+            if self.function is None or ":" not in self.function:
+                raise ValueError("kind: custom needs 'function': module:fn or path/file.py:fn")
+        elif self.function is not None or self.log_likelihood:
+            raise ValueError(f"'{'function' if self.function is not None else 'log_likelihood'}' is for kind: custom, not {self.kind}")
+        return self
 
     @model_validator(mode="after")
     def _check(self) -> ScoreSpec:
@@ -84,7 +102,7 @@ class TargetSpec(_Spec):
 
     @model_validator(mode="after")
     def _check(self) -> TargetSpec:
-        if self.aggregation == "logmeanexp" and self.score.kind not in LIKELIHOOD_SCORES:
+        if self.aggregation == "logmeanexp" and not self.score.is_likelihood:
             raise ValueError(f"aggregation 'logmeanexp' needs a likelihood score, not {self.score.kind}")
         if self.score.dispersion_output is not None and self.aggregation == "score_of_mean":
             raise ValueError("'dispersion_output' is per simulation: use aggregation mean_of_scores or logmeanexp, not score_of_mean")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from modelops_calabaria.errors import JobSpecError
-from modelops_calabaria.job import LIKELIHOOD_SCORES, CalibrationJob
+from modelops_calabaria.job import CalibrationJob
 from modelops_calabaria.posterior.prior import prior_of
 
 SYNTHETIC = "synthetic_likelihood"
@@ -36,11 +36,12 @@ def check_posterior_job(job: CalibrationJob) -> None:
                 raise JobSpecError(f"target '{t.name}': synthetic_likelihood needs n_replicates >= 3 (got {job.n_replicates})",
                                    problems=[("n_replicates", "use 10 or more replicates for a stable covariance")])
             continue
-        if t.score.kind not in LIKELIHOOD_SCORES:
+        if not t.score.is_likelihood:  # a custom score only with log_likelihood: true
             raise JobSpecError(
                 f"target '{t.name}': a posterior needs a likelihood score, and {t.score.kind} is not one",
                 problems=[(f"{where}.score", "use poisson_nll or negbin_nll (counts), binomial_nll or betabinomial_nll "
-                           "(proportions), normal_nll (continuous), or aggregation: synthetic_likelihood")])
+                           "(proportions), normal_nll (continuous), aggregation: synthetic_likelihood, or a custom score "
+                           "that returns a negative log-likelihood with log_likelihood: true")])
         if t.aggregation == "mean_of_scores" and job.n_replicates > 1:
             raise JobSpecError(
                 f"target '{t.name}': aggregation mean_of_scores is not a likelihood over {job.n_replicates} replicates "

@@ -2,13 +2,15 @@
 
 Every parameter is a float with bounds ``[lower, upper]``. IMIS fits Gaussian
 components in an unconstrained space ``u``: ``t = (z - a) / (b - a)`` with
-``z = x`` (or ``log x`` for ``log: true``) and ``[a, b]`` the bounds of ``z``,
+``z = x`` (or ``log x`` for ``log: true``, ``logit x`` for ``transform: logit``) and ``[a, b]`` the bounds of ``z``,
 then ``u = logit(t)``. A Gaussian in ``u`` never proposes a point outside the
 bounds, so no proposal needs truncating. Densities in ``u`` carry the Jacobian:
 ``log p_u(u) = log p_x(x) + log |dx/du|``.
 
-Prior of ``x``: uniform on the bounds, log-uniform with ``log: true``, or an
-explicit normal / beta / gamma truncated to the bounds.
+Prior of ``x``: uniform on the bounds, log-uniform with ``log: true``, uniform on the
+logit scale with ``transform: logit`` (the default prior is uniform on the scale the
+parameter is searched on: density ``1 / (b - a) × |dz/dx|`` in ``x``), or an explicit
+normal / beta / gamma truncated to the bounds, always stated for the natural ``x``.
 """
 
 from __future__ import annotations
@@ -35,14 +37,27 @@ class ParameterPrior:
     log: bool = False
     dist: str = "uniform"  # uniform | normal | beta | gamma
     args: tuple[float, ...] = ()
+    logit: bool = False  # transform: logit (z = log(x / (1 - x)))
+
+    def _z(self, x: np.ndarray) -> np.ndarray:
+        return np.log(x) - np.log1p(-x) if self.logit else np.log(x) if self.log else x
+
+    def _x(self, z: np.ndarray) -> np.ndarray:
+        return expit(z) if self.logit else np.exp(z) if self.log else z
+
+    def _log_dx_dz(self, x: np.ndarray) -> np.ndarray:
+        """``log |dx/dz|`` at ``x`` (0 on the natural scale)."""
+        if self.logit:
+            return np.log(x) + np.log1p(-x)
+        return np.log(x) if self.log else np.zeros_like(x)
 
     @property
     def _a(self) -> float:
-        return math.log(self.lower) if self.log else self.lower
+        return float(self._z(np.float64(self.lower)))
 
     @property
     def _b(self) -> float:
-        return math.log(self.upper) if self.log else self.upper
+        return float(self._z(np.float64(self.upper)))
 
     def _frozen(self):  # type: ignore[no-untyped-def]
         from scipy import stats  # imported only for explicit priors: it costs the CLI a second at start
@@ -56,33 +71,29 @@ class ParameterPrior:
         raise ValueError(f"no frozen distribution for {self.dist}")
 
     def to_u(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, dtype=float)
-        z = np.log(x) if self.log else x
+        x = np.clip(np.asarray(x, dtype=float), self.lower, self.upper)
+        z = self._z(x)
         t = np.clip((z - self._a) / (self._b - self._a), _EDGE, 1 - _EDGE)
         return logit(t)
 
     def from_u(self, u: np.ndarray) -> np.ndarray:
         t = expit(np.asarray(u, dtype=float))
         z = self._a + (self._b - self._a) * t
-        x = np.exp(z) if self.log else z
-        return np.clip(x, self.lower, self.upper)
+        return np.clip(self._x(z), self.lower, self.upper)
 
     def log_jacobian(self, u: np.ndarray) -> np.ndarray:
         """``log |dx/du|`` at ``u``."""
         u = np.asarray(u, dtype=float)
         log_t, log_1mt = -np.logaddexp(0.0, -u), -np.logaddexp(0.0, u)
-        out = math.log(self._b - self._a) + log_t + log_1mt
-        if self.log:
-            out = out + np.log(self.from_u(u))
-        return out
+        return math.log(self._b - self._a) + log_t + log_1mt + self._log_dx_dz(self.from_u(u))
 
     def log_pdf_x(self, x: np.ndarray) -> np.ndarray:
         """Log prior density of ``x`` (``-inf`` outside the bounds)."""
         x = np.asarray(x, dtype=float)
         inside = (x >= self.lower) & (x <= self.upper)
         if self.dist == "uniform":
-            if self.log:
-                dens = -np.log(np.where(inside, x, 1.0)) - math.log(self._b - self._a)
+            if self.log or self.logit:  # uniform in z: 1 / (b - a) × |dz/dx|
+                dens = -self._log_dx_dz(np.where(inside, x, self.lower)) - math.log(self._b - self._a)
             else:
                 dens = np.full(x.shape, -math.log(self.upper - self.lower))
         else:
@@ -112,9 +123,9 @@ def prior_of(name: str, spec: ParameterSpec) -> ParameterPrior:
     lower, upper = float(spec.lower), float(spec.upper)  # type: ignore[arg-type]
     p = spec.prior
     if p is None:
-        return ParameterPrior(name, lower, upper, spec.log)
+        return ParameterPrior(name, lower, upper, spec.log, logit=spec.logit)
     args = {"normal": (p.mean, p.sd), "beta": (p.a, p.b), "gamma": (p.shape, p.rate)}[p.dist]
-    return ParameterPrior(name, lower, upper, spec.log, p.dist, tuple(float(a) for a in args))  # type: ignore[arg-type]
+    return ParameterPrior(name, lower, upper, spec.log, p.dist, tuple(float(a) for a in args), logit=spec.logit)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)

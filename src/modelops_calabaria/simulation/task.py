@@ -18,7 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from modelops_calabaria.job import SummarySpec
 from modelops_calabaria.models import load_model
+from modelops_calabaria.simulation.summaries import summarize
 from modelops_calabaria.targets.evaluate import CompiledTarget, aggregate_trial, evaluate_replicate
 
 
@@ -31,6 +33,7 @@ class SimContext:
     targets: tuple[CompiledTarget, ...]
     timeout_s: float | None = None
     retries: int = 0
+    summaries: tuple[SummarySpec, ...] | None = None  # a sweep's (simulation/summaries.py); None: a calibration keeps none
 
 
 @dataclass
@@ -44,6 +47,7 @@ class ReplicateResult:
     duration_s: float = 0.0
     error: str | None = None
     abandoned_on: str | None = None  # where a timed-out model thread still runs (see module docstring)
+    summaries: dict[str, float] = field(default_factory=dict)  # a sweep's, by name
 
 
 @dataclass
@@ -60,6 +64,7 @@ class TrialEvaluation:
     error: str | None = None
     replicate_scores: list[dict[str, float]] = field(default_factory=list)
     abandoned_on: tuple[str, ...] = ()
+    summaries: dict[str, list[float]] | None = None  # a sweep's: {name: value per replicate}, targets as loss:<name>
 
 
 THIS_PROCESS = "this process"  # abandoned_on outside a Dask worker (inline service)
@@ -115,6 +120,8 @@ def run_replicate(ctx: SimContext, params: Mapping[str, Any], seed: int, index: 
             if not isinstance(outputs, Mapping):
                 raise TypeError(f"model returned {type(outputs).__name__}, expected a mapping of output name to array")
             result.scores, result.kept = evaluate_replicate(ctx.targets, outputs)
+            if ctx.summaries is not None:
+                result.summaries = summarize(ctx.summaries, outputs)
             result.error = None
             break
         except _Timeout as e:
@@ -159,4 +166,14 @@ def reduce_trial(ctx: SimContext, results: Sequence[ReplicateResult | Sequence[R
     if not np.isfinite(loss):
         bad = [k for k, v in per_target.items() if not np.isfinite(v)]
         return TrialEvaluation(per_target, None, busy, error=f"non-finite loss {loss} (targets: {', '.join(bad)})", replicate_scores=reps)
-    return TrialEvaluation(per_target, loss, busy, replicate_scores=reps)
+    return TrialEvaluation(per_target, loss, busy, replicate_scores=reps, summaries=_kept(ctx, results))
+
+
+def _kept(ctx: SimContext, results: Sequence[ReplicateResult]) -> dict[str, list[float]] | None:
+    """A sweep's summaries and target losses per replicate, in replicate order (None in a calibration)."""
+    if ctx.summaries is None:
+        return None
+    ordered = sorted(results, key=lambda r: r.index)
+    kept = {s.label: [r.summaries[s.label] for r in ordered] for s in ctx.summaries}
+    kept.update({f"loss:{t.name}": [r.scores[t.name] for r in ordered] for t in ctx.targets})
+    return kept

@@ -26,6 +26,7 @@ from modelops_calabaria.errors import JobSpecError, SimulationError
 from modelops_calabaria.job import CalibrationJob, ScoreSpec, TargetSpec
 from modelops_calabaria.logging import get_logger
 from modelops_calabaria.targets.align import Aligner, date_days
+from modelops_calabaria.targets.custom import custom_score, resolved
 from modelops_calabaria.targets.data import Observed, load_observed
 from modelops_calabaria.targets.scores import dispersion_of, log_mean_exp_loss, score, synthetic_nll
 
@@ -85,6 +86,8 @@ class CompiledTarget:
         """Score an aligned simulated array against the observations (gaps left out;
         ``outputs``: the replicate's, for a score whose dispersion is a model output)."""
         label = f"target '{self.name}' (output '{self.output}')"
+        if self.score.kind == "custom":  # the user's function sees every cell, gaps as NaN (custom.py)
+            return custom_score(self.score, self.observed, sim, label)
         dispersion = dispersion_of(self.score, outputs or {}, label) if self.score.dispersion_output else None
         obs = self.observed
         if obs.present is None:
@@ -115,7 +118,8 @@ def compile_targets(job: CalibrationJob, declared_outputs: Sequence[str] | None 
                 problems=[(f"targets[{i}].score.dispersion_output", f"expected one of: {', '.join(declared_outputs)}")],
             )
         observed = load_observed(t, job.base_dir, f"targets[{i}].data")
-        compiled.append(CompiledTarget(t.name, t.output, observed, t.score, t.aggregation, t.weight, _aligner(t, observed)))
+        spec = resolved(t.score, job.base_dir)  # a custom score's file, absolute for the workers
+        compiled.append(CompiledTarget(t.name, t.output, observed, spec, t.aggregation, t.weight, _aligner(t, observed)))
         if observed.gap_rows:
             unit = f"{observed.time_key or t.index_column or 'row'}s" if t.keyed or t.index_column else "rows"
             log.warning(f"target {t.name}: {observed.gap_rows} of {len(observed.values)} {unit} have no data",
