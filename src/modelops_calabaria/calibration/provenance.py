@@ -138,9 +138,11 @@ def on_study_created(study: optuna.Study, backend: StudyBackend, job: Calibratio
     fingerprint and enqueue the starting points (both ask paths take them first, once:
     ``StudyBackend.pop_waiting``)."""
     _record_fingerprint(backend, retry_db("study lookup", lambda: backend.study_id(study.study_name)), stored_job)
-    points = job.starting_points()
+    points = job.starting_points()  # unique, and at most max_trials (the job refuses more)
     for point in points:
-        retry_db("enqueue start", lambda p=point: study.enqueue_trial(p, skip_if_exists=True))
+        # The study was just created by this process under the schema lock, so no point is in
+        # it yet: skip_if_exists would read every trial per point (quadratic in the points).
+        retry_db("enqueue start", lambda p=point: study.enqueue_trial(p, skip_if_exists=False))
     if points:
         log.info("starting points enqueued", study=job.study, points=len(points))
 

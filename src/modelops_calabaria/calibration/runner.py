@@ -32,6 +32,7 @@ from optuna.trial import FrozenTrial, TrialState
 from modelops_calabaria import __version__
 from modelops_calabaria.backend.base import BUSY_ATTR, StudyBackend
 from modelops_calabaria.backend.factory import open_store, register
+from modelops_calabaria.backend.probe import check_writable
 from modelops_calabaria.backend.ledger import Ledger
 from modelops_calabaria.backend.relational import schema_lock
 from modelops_calabaria.calibration.asktell import Asker, DirectAsker, MirroredAsker
@@ -63,7 +64,9 @@ from modelops_calabaria.settings import Settings, resolve_settings
 from modelops_calabaria.simulation import (INLINE, DeferredService, InlineSimulationService, SimulationService, connect_service,
                                            few_runs_inline, local_cluster_shape, local_processes, per_run_seconds)
 from modelops_calabaria.simulation.task import SimContext
-from modelops_calabaria.storage import StorageTarget, check_creatable, parse_storage_url
+from modelops_calabaria.models.catalog import range_problems
+from modelops_calabaria.outputs import check_output_dir
+from modelops_calabaria.storage import StorageTarget, parse_storage_url
 from modelops_calabaria.targets.evaluate import CompiledTarget, compile_targets
 from modelops_calabaria.targets.scores import biased_aggregations
 
@@ -101,6 +104,9 @@ class RunOptions:
 def prepare(job: CalibrationJob, settings: Settings, output_dir: Path | None = None) -> Prepared:
     """Check everything that needs no server. Raises JobSpecError / ConfigurationError."""
     model_ref = canonical_ref(job.model, job.base_dir)
+    bounds = {n: (p.lower, p.upper) for n, p in job.parameters.items() if p.kind != "categorical"}
+    if problems := range_problems(job.model, job.fixed, bounds):  # a built-in's parameters, before anything runs
+        raise JobSpecError(f"job values outside what model {job.model} accepts:", problems=problems)
     model = load_model(model_ref)
     targets = compile_targets(job, model.outputs)
     try:
@@ -109,9 +115,7 @@ def prepare(job: CalibrationJob, settings: Settings, output_dir: Path | None = N
         raise JobSpecError(f"sampler {job.sampler.name!r} rejected its options: {e}",
                            problems=[("sampler.options", f"see Optuna's {job.sampler.name} sampler for valid options")]) from None
     out = Path(output_dir) if output_dir else Path("runs") / job.study
-    if out.exists() and not out.is_dir():
-        raise ConfigurationError(f"run directory {out} is a file", hint="pass --output with a directory path")
-    check_creatable(out.resolve(), "run directory")
+    check_output_dir(out, "run directory")  # never over a file or device
     storage = parse_storage_url(settings.storage, out / "study.db")
     return Prepared(job, model_ref, targets, storage, out, sampler)
 
@@ -142,6 +146,7 @@ def check_existing_study(p: Prepared, accept_changes: bool = False, options: Run
     if p.storage.kind == "memory":
         _check_extended(fresh_budget, extend)
         return ExistingStudy()
+    check_writable(p.storage)  # a read-only PostgreSQL session is refused before anything is created
     try:
         backend = open_store(p.storage, 1, read_only=True)  # creates nothing
     except StudyNotFoundError:

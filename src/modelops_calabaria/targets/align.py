@@ -164,16 +164,22 @@ def output_table(raw: Any, time_key: str | None, value_columns: Sequence[str], w
 
 
 def _codes(obs: Sequence[np.ndarray], model: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """One int64 code per row over several key columns, comparable between the two sides."""
+    """One int64 code per row over several key columns, comparable between the two sides.
+
+    Equal codes mean equal keys in every column. After each column the combined codes are
+    re-ranked densely (0 .. rows - 1), so a code never exceeds (n + m)^2 whatever the
+    number of key columns or of distinct values per column: multiplying raw ranks would
+    overflow int64 (5 keys of 65,536 values) and silently match the wrong row.
+    """
     n = len(obs[0]) if obs else 0
     m = len(model[0]) if model else 0
-    code_o = np.zeros(n, dtype=np.int64)
-    code_m = np.zeros(m, dtype=np.int64)
+    code = np.zeros(n + m, dtype=np.int64)
     for o, mm in zip(obs, model):
         uniq, inverse = np.unique(np.concatenate([o, mm]), return_inverse=True)
-        code_o = code_o * len(uniq) + inverse[:n]
-        code_m = code_m * len(uniq) + inverse[n:]
-    return code_o, code_m
+        combined = code * np.int64(len(uniq)) + inverse.astype(np.int64)  # both < n + m: no overflow
+        _, code = np.unique(combined, return_inverse=True)
+        code = code.astype(np.int64).reshape(-1)
+    return code[:n], code[n:]
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> bool:
