@@ -55,6 +55,8 @@ class ParameterSpec(_Spec):
 
     @model_validator(mode="after")
     def _check_guess(self) -> ParameterSpec:
+        if self.kind != "categorical" and (self.lower is None or self.upper is None):
+            return self  # the range check reports the missing bound
         if self.guess is not None and not self.admits(self.guess):
             off_step = (self.kind != "categorical" and isinstance(self.guess, (int, float)) and not isinstance(self.guess, bool)
                         and self.lower is not None and self.upper is not None and self.lower <= self.guess <= self.upper
