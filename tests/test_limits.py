@@ -19,6 +19,7 @@ import time
 from io import StringIO
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from modelops_calabaria.errors import ConfigurationError, JobSpecError, ResultsWriteError
@@ -338,3 +339,28 @@ def test_full_disk_through_the_cli_exits_1_with_one_line(tmp_path):
         assert "No space left on device" in errors[0]
         assert not [p.name for p in (fs / "run").iterdir() if p.name in ("best.yaml", "results.json", "trials.csv")
                     or ".tmp" in p.name]
+
+
+# ---------------------------------------------------------------- exact matching at the limits of key packing
+
+
+@pytest.mark.parametrize("n_keys, distinct", [(5, 65_536), (3, 2_000_000), (8, 300)])
+def test_exact_matching_on_many_keys_of_many_values_picks_the_right_row(n_keys, distinct):
+    """Packing the keys of a row into one int64 overflowed at 5 keys of 65,536 values each
+    (the first key ignored, the wrong row matched, no error): codes are re-ranked per key."""
+    from modelops_calabaria.targets.align import Aligner, KeyColumn
+
+    rng = np.random.default_rng(7)
+    rows = distinct + 2
+    model = {f"k{i}": np.concatenate([np.arange(distinct, dtype=float), [7.0, 7.0]]) for i in range(n_keys)}
+    model["k0"][-2:] = [0.0, 1.0]  # the last two rows differ only in the first key
+    model["v"] = rng.normal(size=rows)
+    order = rng.permutation(rows)
+    model = {k: v[order] for k, v in model.items()}
+    observed = [np.array([1.0, 0.0, 5.0])] + [np.array([7.0, 7.0, 5.0]) for _ in range(n_keys - 1)]
+    aligner = Aligner("t", "o", tuple(KeyColumn(f"k{i}", "number", observed[i]) for i in range(n_keys)), "exact",
+                      None, None, None, ("v",))
+    sim = aligner.simulated(model)[:, 0]
+    position = {tuple(model[f"k{i}"][r] for i in range(n_keys)): r for r in range(rows)}
+    expected = [model["v"][position[tuple(observed[i][j] for i in range(n_keys))]] for j in range(3)]
+    assert sim.tolist() == expected
