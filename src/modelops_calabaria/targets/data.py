@@ -139,14 +139,17 @@ def _read_parquet(path: Path, where: str, name: str) -> dict[str, list[object]]:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = pq.read_table(pa.BufferReader(raw))
+        parquet = pq.ParquetFile(pa.BufferReader(raw))
+        names = [str(c) for c in parquet.schema_arrow.names]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:  # checked before reading: pyarrow refuses to read them, or the last would win
+            raise JobSpecError(f"target '{name}': {path} has repeated column name(s) {', '.join(excerpt(n) for n in repeated)}",
+                               problems=[(where, "give every column a unique name")])
+        table = parquet.read()
+    except JobSpecError:
+        raise
     except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a damaged file
         raise JobSpecError(f"target '{name}': {path} cannot be read as Parquet: {excerpt(str(e))} ({where})") from None
-    names = [str(c) for c in table.column_names]
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        raise JobSpecError(f"target '{name}': {path} has repeated column name(s) {', '.join(excerpt(n) for n in repeated)}",
-                           problems=[(where, "give every column a unique name")])
     try:
         return {str(c): table.column(i).to_pylist() for i, c in enumerate(table.column_names)}
     except (OverflowError, ValueError, pa.ArrowException) as e:  # a timestamp beyond year 9999, ...
