@@ -364,3 +364,20 @@ def test_exact_matching_on_many_keys_of_many_values_picks_the_right_row(n_keys, 
     position = {tuple(model[f"k{i}"][r] for i in range(n_keys)): r for r in range(rows)}
     expected = [model["v"][position[tuple(observed[i][j] for i in range(n_keys))]] for j in range(3)]
     assert sim.tolist() == expected
+
+
+@pytest.mark.parametrize("cells", [["2025.01.01", "2025.01.08"], ["2025/01/01", "2025/01/08"], ["2025-01-01", "2025.01.08"]])
+def test_year_first_dates_with_dots_or_slashes_are_dates(cells):
+    """starsim writes its dates as 2025.01.01: year first, so unambiguous."""
+    from modelops_calabaria.targets.align import date_days, parse_key
+
+    key = parse_key("date", cells)
+    assert key.kind == "date" and key.values.tolist() == [20089.0, 20096.0]
+    assert date_days(np.array(cells, dtype=object)).tolist() == [20089.0, 20096.0]
+
+
+def test_day_first_dates_stay_refused():
+    from modelops_calabaria.targets.align import parse_key
+
+    with pytest.raises(ValueError, match="'01.02.2025' is not a date"):
+        parse_key("date", ["2025-01-01", "01.02.2025"])

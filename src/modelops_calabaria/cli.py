@@ -6,6 +6,7 @@ A user mistake prints one clear message on stderr, never a traceback.
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
@@ -404,6 +405,16 @@ def main() -> None:
     except CalabariaError as e:  # raised outside a command (never expected)
         _echo(f"error: {e}", err=True)
         code = e.exit_code
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO):
+            _echo("".join(traceback.format_exception(e)).rstrip(), err=True)
+            _echo(f"error: internal error {type(e).__name__}: {e}", err=True)
+            code = 1
+        else:  # a full or read-only disk under a study or output file: the service's state, one line
+            where = f" writing {e.filename}" if e.filename else ""
+            _echo(f"error: {e.strerror or e}{where}\n  hint: free space (or fix the file system) and run the command again: "
+                  "a study resumes where it stopped", err=True)
+            code = 1
     except Exception as e:  # a bug: keep the traceback for the report, but redacted
         _echo("".join(traceback.format_exception(e)).rstrip(), err=True)
         _echo(f"error: internal error {type(e).__name__}: {e}", err=True)

@@ -43,7 +43,16 @@ from modelops_calabaria.errors import SimulationError
 
 EPOCH = np.datetime64("1970-01-01", "D")
 TIME_NAMES = frozenset({"date", "day", "days", "week", "weeks", "time", "t", "step", "month", "year"})
-_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}")
+_ISO_DATE = re.compile(r"^\d{4}[-./]\d{2}[-./]\d{2}")
+# Year-first dates with '.' or '/' (starsim writes 2025.01.01): unambiguous, read as ISO 8601.
+_YEAR_FIRST = re.compile(r"^(\d{4})([./])(\d{2})\2(\d{2})(?=$|[T ])")
+
+
+def iso_date(value: Any) -> Any:
+    """``2025.01.01`` or ``2025/01/01`` as ``2025-01-01`` (other values unchanged)."""
+    if isinstance(value, str):
+        return _YEAR_FIRST.sub(r"\1-\3-\4", value.strip(), count=1)
+    return value
 
 
 class AlignmentError(SimulationError):
@@ -83,12 +92,12 @@ def date_days(values: Sequence[Any] | np.ndarray) -> np.ndarray:
                 except (TypeError, ValueError):
                     continue
         if parsed is None:
-            items = arr.tolist()
+            items = [iso_date(v) for v in arr.tolist()]
             for v in items:
                 try:
                     np.datetime64(v)
                 except (TypeError, ValueError):
-                    raise ValueError(f"{v!r} is not an ISO 8601 date (YYYY-MM-DD)") from None
+                    raise ValueError(f"{str(v)[:40]!r} is not a date (YYYY-MM-DD, or YYYY.MM.DD / YYYY/MM/DD)") from None
             parsed = np.array([np.datetime64(v) for v in items])
         arr = parsed
     return (arr.astype("datetime64[D]") - EPOCH).astype(np.int64).astype(float)
@@ -112,10 +121,10 @@ def parse_key(name: str, cells: Sequence[Any]) -> KeyColumn:
     if any(isinstance(c, (datetime.date, np.datetime64)) or _ISO_DATE.match(str(c)) for c in cells):
         for row, cell in enumerate(cells):
             try:
-                np.datetime64(cell if isinstance(cell, (datetime.date, np.datetime64)) else str(cell))
+                np.datetime64(cell if isinstance(cell, (datetime.date, np.datetime64)) else iso_date(str(cell)))
             except (TypeError, ValueError):
-                raise ValueError(f"data row {row + 1}: {cell!r} is not an ISO 8601 date (YYYY-MM-DD)") from None
-        return KeyColumn(name, "date", date_days([c if isinstance(c, (datetime.date, np.datetime64)) else str(c) for c in cells]))
+                raise ValueError(f"data row {row + 1}: {str(cell)[:40]!r} is not a date (YYYY-MM-DD, or YYYY.MM.DD / YYYY/MM/DD)") from None
+        return KeyColumn(name, "date", date_days([c if isinstance(c, (datetime.date, np.datetime64)) else iso_date(str(c)) for c in cells]))
     return KeyColumn(name, "label", np.array([str(c) for c in cells], dtype=object))
 
 
