@@ -150,6 +150,9 @@ def calibrate(
     job = load_job(job_file)
     register_secrets_in(job.execution.storage)
     check_run_flags(workers=workers, n_replicates=job.n_replicates)
+    if max_trials is not None and (points := len(job.starting_points())) > max_trials:
+        raise ConfigurationError(f"--max-trials {max_trials:,} is below the job's {points:,} starting points ('start' and guesses)",
+                                 hint="every starting point is a trial of the budget: raise --max-trials")
     if seed is not None:
         job = job.model_copy(update={"seed": seed}).with_base_dir(job.base_dir)
     settings = _setup(job.execution.model_dump(), verbose=verbose, parallel_trials=parallel, storage=storage, scheduler=scheduler,

@@ -139,10 +139,12 @@ def on_study_created(study: optuna.Study, backend: StudyBackend, job: Calibratio
     ``StudyBackend.pop_waiting``)."""
     _record_fingerprint(backend, retry_db("study lookup", lambda: backend.study_id(study.study_name)), stored_job)
     points = job.starting_points()  # unique, and at most max_trials (the job refuses more)
-    for point in points:
-        # The study was just created by this process under the schema lock, so no point is in
-        # it yet: skip_if_exists would read every trial per point (quadratic in the points).
-        retry_db("enqueue start", lambda p=point: study.enqueue_trial(p, skip_if_exists=False))
+    if points:
+        # The study was just created by this process under the schema lock, so none is in it
+        # yet: all at once (Study.enqueue_trial with skip_if_exists read every trial per point,
+        # and committed once per point: 10,000 points took many minutes).
+        study_id = retry_db("study lookup", lambda: backend.study_id(study.study_name))
+        retry_db("enqueue start", lambda: backend.enqueue(study_id, points))
     if points:
         log.info("starting points enqueued", study=job.study, points=len(points))
 
