@@ -237,3 +237,16 @@ def test_through_the_command(tmp_path, path, raw):
     else:
         assert raw == "auto", proc.stdout  # the documented form is accepted
     assert _files(tmp_path) == before
+
+
+@pytest.mark.parametrize("field, value", [("concurrency", "auto"), ("ramp", "off"), ("ramp", False), ("sampler", "grid"),
+                                          ("concurrency", 8)])
+def test_the_schema_accepts_the_documented_short_forms(field, value):
+    """An editor validating a job file against `calabaria schema` accepts what the loader accepts."""
+    import jsonschema
+
+    job = _set(BASE, (field,), value)
+    jsonschema.validate(job, job_schema())
+    jsonschema.validate(_set(BASE, ("targets", 0, "score"), "sse"), job_schema())
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(_set(BASE, (field,), "sometimes"), job_schema())

@@ -19,6 +19,8 @@ _HINT = "pass a directory path (new or existing) with --output"
 
 
 def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
     if stat.S_ISCHR(mode):
         return "a character device"
     if stat.S_ISBLK(mode):
@@ -40,7 +42,8 @@ def _creatable_parent(path: Path, what: str) -> None:
     while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
-        raise ConfigurationError(f"{what} {path} cannot be created: {ancestor} is not a directory", hint=_HINT)
+        raise ConfigurationError(f"{what} {path} cannot be created: {ancestor} is {_kind(os.lstat(ancestor).st_mode)}, "
+                                 "not a directory", hint=_HINT)
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise ConfigurationError(f"{what} {path} cannot be created: {ancestor} is not writable",
                                  hint="choose a path in a writable directory")
@@ -57,7 +60,7 @@ def check_output_dir(path: Path, what: str = "output") -> None:
     path = Path(os.path.abspath(path))
     try:
         mode = os.lstat(path).st_mode
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # NotADirectoryError: an ancestor is a file
         _creatable_parent(path, what)
         return
     except OSError as e:
@@ -82,7 +85,7 @@ def check_output_file(path: Path, what: str, suffix: str) -> Path:
     path = Path(os.path.abspath(path))
     try:
         mode: int | None = os.lstat(path).st_mode
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         mode = None
     except OSError as e:
         raise ConfigurationError(f"{what} {path} cannot be used: {e.strerror or e}", hint=_HINT) from None

@@ -81,10 +81,10 @@ class Observed:
 EXCERPT = 40  # characters of a cell or column name quoted in an error message
 
 
-def excerpt(value: object) -> str:
+def excerpt(value: object, *, quote: bool = False) -> str:
     """A cell or name as a message shows it (text as is, other values as their repr), cut to
-    EXCERPT characters: messages quote data, never much of it (every printed line is also redacted)."""
-    text = value if isinstance(value, str) else repr(value)
+    EXCERPT characters (``quote``: always the repr): messages quote data, never much of it (every printed line is also redacted)."""
+    text = value if isinstance(value, str) and not quote else repr(value)
     return text if len(text) <= EXCERPT else f"{text[:EXCERPT]}... ({len(text):,} characters)"
 
 
@@ -205,7 +205,7 @@ def _numeric(values: Sequence[object], column: str, source: str, where: str, *, 
             x = float(cell) if cell not in (None, "") else math.nan  # type: ignore[arg-type]
         except (TypeError, ValueError):
             raise JobSpecError(
-                f"{source}: column {excerpt(column)}, data row {row + 1}: {excerpt(cell)} is not a number",
+                f"{source}: column '{excerpt(column)}', data row {row + 1}: {excerpt(cell, quote=True)} is not a number",
                 problems=[(where, "every observed cell must be numeric")],
             ) from None
         if gaps and math.isnan(x):
