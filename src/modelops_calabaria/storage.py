@@ -73,7 +73,7 @@ def check_study_file(kind: StorageKind, path: Path) -> None:
     """
     try:
         info = os.stat(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # a new file (check_creatable looks at its directory)
         return
     except OSError as e:
         raise ConfigurationError(f"storage path {path} cannot be read: {e.strerror or e}") from None
