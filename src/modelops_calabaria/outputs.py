@@ -15,7 +15,7 @@ from pathlib import Path
 
 from modelops_calabaria.errors import ConfigurationError
 
-_HINT = "pass a directory path (new or existing) with --output"
+_FIX = "pass a directory path (new or existing)"
 
 
 def _kind(mode: int) -> str:
@@ -43,10 +43,9 @@ def _creatable_parent(path: Path, what: str) -> None:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
         raise ConfigurationError(f"{what} {path} cannot be created: {ancestor} is {_kind(os.lstat(ancestor).st_mode)}, "
-                                 "not a directory", hint=_HINT)
+                                 f"not a directory: {_FIX}")
     if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise ConfigurationError(f"{what} {path} cannot be created: {ancestor} is not writable",
-                                 hint="choose a path in a writable directory")
+        raise ConfigurationError(f"{what} {path} cannot be created: {ancestor} is not writable: choose a writable directory")
 
 
 def check_output_dir(path: Path, what: str = "output") -> None:
@@ -64,13 +63,13 @@ def check_output_dir(path: Path, what: str = "output") -> None:
         _creatable_parent(path, what)
         return
     except OSError as e:
-        raise ConfigurationError(f"{what} {path} cannot be used: {e.strerror or e}", hint=_HINT) from None
+        raise ConfigurationError(f"{what} {path} cannot be used: {e.strerror or e}: {_FIX}") from None
     if stat.S_ISLNK(mode) and os.path.isdir(path):
         return  # a link to a directory (e.g. runs -> /data/runs) writes into that directory
     if not stat.S_ISDIR(mode):
-        raise ConfigurationError(f"{what} {path} is {_kind(mode)}, not a directory: nothing is written over it", hint=_HINT)
+        raise ConfigurationError(f"{what} {path} is {_kind(mode)}, not a directory: nothing is written over it; {_FIX}")
     if not os.access(path, os.W_OK | os.X_OK):
-        raise ConfigurationError(f"{what} {path} is not writable", hint="choose a writable directory")
+        raise ConfigurationError(f"{what} {path} is not writable: choose a writable directory")
 
 
 def check_output_file(path: Path, what: str, suffix: str) -> Path:
@@ -88,13 +87,12 @@ def check_output_file(path: Path, what: str, suffix: str) -> Path:
     except (FileNotFoundError, NotADirectoryError):
         mode = None
     except OSError as e:
-        raise ConfigurationError(f"{what} {path} cannot be used: {e.strerror or e}", hint=_HINT) from None
+        raise ConfigurationError(f"{what} {path} cannot be used: {e.strerror or e}: {_FIX}") from None
     if mode is not None and not stat.S_ISREG(mode):
-        raise ConfigurationError(f"{what} {path} is {_kind(mode)}: nothing is written over it",
-                                 hint=f"pass a directory, or a new file name ending in {suffix}")
+        raise ConfigurationError(f"{what} {path} is {_kind(mode)}: nothing is written over it; "
+                                 f"pass a directory, or a new file name ending in {suffix}")
     if path.suffix.lower() != suffix:
-        raise ConfigurationError(f"{what} {path} is {'a file' if mode is not None else 'a name'} not ending in {suffix}: "
-                                 "nothing is written over it" if mode is not None else f"{what} {path} does not end in {suffix}",
-                                 hint=f"pass a directory, or a file name ending in {suffix}")
+        problem = f"is a file not ending in {suffix}: nothing is written over it" if mode is not None else f"does not end in {suffix}"
+        raise ConfigurationError(f"{what} {path} {problem}; pass a directory, or a file name ending in {suffix}")
     check_output_dir(path.parent, what)
     return path
