@@ -175,7 +175,8 @@ THROUGH_THE_COMMAND = [
     "yaml_alias_bomb_fixed", "duplicate_key_max_trials", "max_trials_too_large", "int_fractional_step",
     "scheduler_unreachable", "storage_unreachable_postgres", "redact_raw_at_and_space_in_env",
     "worker_study_with_slash", "model_module_raises", "csv_not_utf8", "malformed_yaml", "status_study_with_space",
-    "study_data_changed",
+    "study_data_changed", "data_fifo", "yaml_octal_max_trials", "report_output_device", "sampler_tpe_gamma_number",
+    "fixed_nan", "pg_read_only_session", "redact_sslpassword_parameter",
 ]
 
 
@@ -197,6 +198,22 @@ def test_bad_input_through_the_command(case: str, tmp_path: Path, request: pytes
     _check_case(case, tmp_path, request, _run)
 
 
+def _make(case_dir: Path, entries: list[dict[str, Any]]) -> None:
+    """Files a case cannot keep in git, made in its copy: ``{fifo: NAME}`` a FIFO, ``{sparse: NAME,
+    bytes: N}`` a sparse file of N bytes, ``{file: NAME, head, repeat, count, tail}`` a large text file."""
+    for entry in entries:
+        if "fifo" in entry:
+            target = case_dir / entry["fifo"]
+            target.unlink(missing_ok=True)
+            os.mkfifo(target)
+        elif "sparse" in entry:
+            with open(case_dir / entry["sparse"], "wb") as fh:
+                fh.truncate(int(entry["bytes"]))
+        else:
+            text = entry.get("head", "") + entry["repeat"] * int(entry["count"]) + entry.get("tail", "")
+            (case_dir / entry["file"]).write_text(text)
+
+
 def _check_case(case: str, tmp_path: Path, request: pytest.FixtureRequest, run_command: Any) -> None:
     source = CORPUS / case
     raw = (source / "expect.yaml").read_text()
@@ -204,6 +221,7 @@ def _check_case(case: str, tmp_path: Path, request: pytest.FixtureRequest, run_c
     expect = _fill(yaml.safe_load(raw), tmp_path, pg)
     case_dir = tmp_path / "case"
     shutil.copytree(source, case_dir)
+    _make(case_dir, expect.get("make", []))
     output = tmp_path / "run"
     timeout = max(DEFAULT_TIMEOUT_S, 2 * expect.get("max_seconds", 0))
     env = expect.get("env")

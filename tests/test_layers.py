@@ -13,7 +13,7 @@ ARCHITECTURE = Path(__file__).resolve().parents[1] / "docs" / "architecture.md"
 
 # Lowest first; a module may import from its own layer or any layer below it.
 LAYERS: list[tuple[str, set[str]]] = [
-    ("foundation", {"errors", "redaction", "logging", "settings", "dbretry", "storage", "addresses", "outcome", "job", "callables"}),
+    ("foundation", {"errors", "redaction", "logging", "settings", "dbretry", "storage", "addresses", "outcome", "outputs", "job", "callables"}),
     ("domain", {"models", "targets", "simulation"}),
     ("backend", {"backend"}),
     ("posterior", {"posterior"}),

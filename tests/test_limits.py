@@ -19,6 +19,7 @@ import time
 from io import StringIO
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from modelops_calabaria.errors import ConfigurationError, JobSpecError, ResultsWriteError
@@ -338,3 +339,79 @@ def test_full_disk_through_the_cli_exits_1_with_one_line(tmp_path):
         assert "No space left on device" in errors[0]
         assert not [p.name for p in (fs / "run").iterdir() if p.name in ("best.yaml", "results.json", "trials.csv")
                     or ".tmp" in p.name]
+
+
+# ---------------------------------------------------------------- exact matching at the limits of key packing
+
+
+@pytest.mark.parametrize("n_keys, distinct", [(5, 65_536), (3, 2_000_000), (8, 300)])
+def test_exact_matching_on_many_keys_of_many_values_picks_the_right_row(n_keys, distinct):
+    """Packing the keys of a row into one int64 overflowed at 5 keys of 65,536 values each
+    (the first key ignored, the wrong row matched, no error): codes are re-ranked per key."""
+    from modelops_calabaria.targets.align import Aligner, KeyColumn
+
+    rng = np.random.default_rng(7)
+    rows = distinct + 2
+    model = {f"k{i}": np.concatenate([np.arange(distinct, dtype=float), [7.0, 7.0]]) for i in range(n_keys)}
+    model["k0"][-2:] = [0.0, 1.0]  # the last two rows differ only in the first key
+    model["v"] = rng.normal(size=rows)
+    order = rng.permutation(rows)
+    model = {k: v[order] for k, v in model.items()}
+    observed = [np.array([1.0, 0.0, 5.0])] + [np.array([7.0, 7.0, 5.0]) for _ in range(n_keys - 1)]
+    aligner = Aligner("t", "o", tuple(KeyColumn(f"k{i}", "number", observed[i]) for i in range(n_keys)), "exact",
+                      None, None, None, ("v",))
+    sim = aligner.simulated(model)[:, 0]
+    position = {tuple(model[f"k{i}"][r] for i in range(n_keys)): r for r in range(rows)}
+    expected = [model["v"][position[tuple(observed[i][j] for i in range(n_keys))]] for j in range(3)]
+    assert sim.tolist() == expected
+
+
+@pytest.mark.parametrize("cells", [["2025.01.01", "2025.01.08"], ["2025/01/01", "2025/01/08"], ["2025-01-01", "2025.01.08"]])
+def test_year_first_dates_with_dots_or_slashes_are_dates(cells):
+    """starsim writes its dates as 2025.01.01: year first, so unambiguous."""
+    from modelops_calabaria.targets.align import date_days, parse_key
+
+    key = parse_key("date", cells)
+    assert key.kind == "date" and key.values.tolist() == [20089.0, 20096.0]
+    assert date_days(np.array(cells, dtype=object)).tolist() == [20089.0, 20096.0]
+
+
+def test_day_first_dates_stay_refused():
+    from modelops_calabaria.targets.align import parse_key
+
+    with pytest.raises(ValueError, match="'01.02.2025' is not a date"):
+        parse_key("date", ["2025-01-01", "01.02.2025"])
+
+
+# ---------------------------------------------------------------- starting points enqueued at once
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal", "postgresql"])
+def test_starting_points_are_enqueued_at_once_in_order(kind, tmp_path, request):
+    """10,000 start points were enqueued one commit (and one read of every trial) each:
+    747 after 6.5 minutes. Now one transaction; every point WAITING, in order, popped once."""
+    import uuid
+
+    import optuna
+
+    from modelops_calabaria.backend.factory import open_store
+    from modelops_calabaria.storage import parse_storage_url
+
+    url = {"sqlite": f"sqlite:///{tmp_path}/s.db", "journal": f"journal:///{tmp_path}/s.log"}.get(kind)
+    url = url or request.getfixturevalue("pg_url")
+    backend = open_store(parse_storage_url(url))
+    name = f"enqueue-{uuid.uuid4().hex[:8]}"
+    try:
+        optuna.create_study(study_name=name, storage=backend.optuna_storage)
+        study_id = backend.study_id(name)
+        points = [{"a": i / 1000, "k": i % 7} for i in range(2000 if kind != "journal" else 300)]
+        backend.enqueue(study_id, points)
+        cols = backend.trial_columns(study_id)
+        assert list(cols.number) == list(range(len(points)))
+        assert set(cols.state) == {optuna.trial.TrialState.WAITING}
+        popped = [backend.pop_waiting(study_id, {"calabaria:coordinator": "c"}) for _ in range(3)]
+        assert [p.fixed_params for p in popped] == points[:3]
+    finally:
+        if kind == "postgresql":
+            optuna.delete_study(study_name=name, storage=backend.optuna_storage)
+        backend.close()

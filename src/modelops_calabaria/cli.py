@@ -6,12 +6,11 @@ A user mistake prints one clear message on stderr, never a traceback.
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
-import socket
 import sys
-import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +25,8 @@ except ImportError:  # pragma: no cover - older typer on the real click
 
 from modelops_calabaria import __version__
 from modelops_calabaria.errors import CalabariaError, ConfigurationError, JobSpecError
-from modelops_calabaria.job import MAX_CONCURRENCY, MAX_SEED, check_run_flags, check_study_name
+from modelops_calabaria.job import MAX_CONCURRENCY, MAX_REPLICATES, MAX_SEED, check_run_flags, check_study_name
+from modelops_calabaria.job.limits import MAX_FLAG_SECONDS, check_seconds
 from modelops_calabaria.logging import configure_logging
 from modelops_calabaria.redaction import redact, register_secrets_in
 from modelops_calabaria.settings import resolve_settings
@@ -48,7 +48,10 @@ def _echo(text: str, *, err: bool = False) -> None:
 
 
 def _fail(message: str, code: int) -> None:
-    _echo(f"error: {message}", err=True)
+    from modelops_calabaria.logging import MAX_LOGGED_CHARS, bound
+
+    # Each line of an error bounded: a 1 MB value quoted by a message is cut, after redaction.
+    typer.echo("\n".join(bound(line, MAX_LOGGED_CHARS) for line in redact(f"error: {message}").split("\n")), err=True)
     raise typer.Exit(code)
 
 
@@ -85,7 +88,7 @@ Mode = Annotated[bool | None, typer.Option("--parallel/--batched", help="Executi
 LogFormat = Annotated[str | None, typer.Option("--log-format", help="json, console or auto.")]
 LocalWorkers = Annotated[int | None, typer.Option("--local-workers", min=1, max=MAX_CONCURRENCY, help="Processes of the local Dask cluster.")]
 Output = Annotated[Path | None, typer.Option("--output", "-o", help="Run directory (default runs/<study>).")]
-Grace = Annotated[float, typer.Option("--grace", min=0, help="After SIGTERM/SIGINT, seconds in-flight trials may finish.")]
+Grace = Annotated[float, typer.Option("--grace", min=0, max=MAX_FLAG_SECONDS, help="After SIGTERM/SIGINT, seconds in-flight trials may finish (at most a week).")]
 
 
 def _show_version(value: bool) -> None:
@@ -141,8 +144,12 @@ def calibrate(
     from modelops_calabaria.job import load_job
 
     check_run_flags(max_trials=max_trials, extend=extend, workers=workers)
+    check_seconds("--grace", grace)
     job = load_job(job_file)
     register_secrets_in(job.execution.storage)
+    if max_trials is not None and (points := len(job.starting_points())) > max_trials:
+        raise ConfigurationError(f"--max-trials {max_trials:,} is below the job's {points:,} starting points ('start' and guesses)",
+                                 hint="every starting point is a trial of the budget: raise --max-trials")
     if seed is not None:
         job = job.model_copy(update={"seed": seed}).with_base_dir(job.base_dir)
     settings = _setup(job.execution.model_dump(), verbose=verbose, parallel_trials=parallel, storage=storage, scheduler=scheduler,
@@ -229,7 +236,7 @@ def worker(
     workers: Workers = None,
     parallel: Mode = None,
     output: Output = None,
-    wait: Annotated[float, typer.Option("--wait", min=0, help="Seconds to wait for the study to be created.")] = 120.0,
+    wait: Annotated[float, typer.Option("--wait", min=0, max=MAX_FLAG_SECONDS, help="Seconds to wait for the study to be created (at most a week).")] = 120.0,
     local_workers: LocalWorkers = None,
     log_format: LogFormat = None,
     grace: Grace = 30.0,
@@ -249,6 +256,8 @@ def worker(
 
     study = _study_option(study)
     check_run_flags(workers=workers)
+    check_seconds("--wait", wait)
+    check_seconds("--grace", grace)
     expected_model = None
     if job_file is not None:
         file_job = load_job(job_file)
@@ -313,7 +322,7 @@ def simulate(
     param: Annotated[list[str] | None, typer.Option("--param", "-p", help="NAME=VALUE (repeatable); overrides --params/--best; others take the middle of their range.")] = None,
     params: Annotated[Path | None, typer.Option("--params", help="YAML of parameters: a run's best.yaml, or NAME: VALUE lines.")] = None,
     best: Annotated[Path | None, typer.Option("--best", help="Run directory: simulate its best parameters (its best.yaml).")] = None,
-    replicates: Annotated[int, typer.Option("--replicates", "-r", min=1, help="Runs with distinct seeds.")] = 1,
+    replicates: Annotated[int, typer.Option("--replicates", "-r", min=1, max=MAX_REPLICATES, help="Runs with distinct seeds (1 to 10,000).")] = 1,
     seed: Annotated[int | None, typer.Option("--seed", min=0, max=MAX_SEED, help="Seed of the first run (then seed+1, ...); default: derived from the job seed, distinct from every trial's.")] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Directory for one CSV per output.")] = Path("simulation"),
     plot: Annotated[bool, typer.Option("--plot", help="Also draw the fit figure of each target (fit-<target>.png).")] = False,
@@ -332,10 +341,10 @@ def report(
     run_dir: Annotated[Path | None, typer.Argument(help="Run directory of a calibration (e.g. runs/seir-demo).", show_default=False)] = None,
     study: Annotated[str | None, typer.Option("--study", help="Study name (default: the run directory's).")] = None,
     storage: Annotated[str | None, typer.Option("--storage", help="Storage URL of the study (default: the run directory's study.db, else env CALABARIA_STORAGE).")] = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Report file (default RUN_DIR/report.html or runs/<study>/report.html).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Report directory (report.html in it) or a .html file name; never over a device or another file (default RUN_DIR/report.html or runs/<study>/report.html).")] = None,
     scheduler: Scheduler = None,
     local_workers: LocalWorkers = None,
-    replicates: Annotated[int | None, typer.Option("--replicates", min=0, help="Fresh replicates of the best trial (default: the job's report.replicates, 20; 0: none).")] = None,
+    replicates: Annotated[int | None, typer.Option("--replicates", min=0, max=MAX_REPLICATES, help="Fresh replicates of the best trial, 0 to 10,000 (default: the job's report.replicates, 20; 0: none).")] = None,
 ) -> None:
     """Write report.html (one self-contained file) and its figures as PNG, for a run directory or a study."""
     from modelops_calabaria.reporting.report import build_input, resolve_source, write_report
@@ -401,13 +410,14 @@ def project(
 def validate(
     job_file: JobFile,
     no_run: Annotated[bool, typer.Option("--no-run", help="Skip the dry run of the model.")] = False,
-    timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds the dry run may take.")] = 120.0,
+    timeout: Annotated[float, typer.Option("--timeout", min=0.1, max=MAX_FLAG_SECONDS, help="Seconds the dry run may take (at most a week).")] = 120.0,
 ) -> None:
     """Check a job file, its model and observed data, and run the model once (midpoint parameters, the job's seed)."""
     from modelops_calabaria.calibration.preflight import dry_run
     from modelops_calabaria.calibration.runner import prepare
     from modelops_calabaria.job import load_job
 
+    check_seconds("--timeout", timeout)
     configure_logging("console", stream=sys.stderr)
     job = load_job(job_file)
     settings = resolve_settings(job.execution.model_dump())
@@ -474,6 +484,16 @@ def main() -> None:
     except CalabariaError as e:  # raised outside a command (never expected)
         _echo(f"error: {e}", err=True)
         code = e.exit_code
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO):
+            _echo("".join(traceback.format_exception(e)).rstrip(), err=True)
+            _echo(f"error: internal error {type(e).__name__}: {e}", err=True)
+            code = 1
+        else:  # a full or read-only disk under a study or output file: the service's state, one line
+            where = f" writing {e.filename}" if e.filename else ""
+            _echo(f"error: {e.strerror or e}{where}\n  hint: free space (or fix the file system) and run the command again: "
+                  "a study resumes where it stopped", err=True)
+            code = 1
     except Exception as e:  # a bug: keep the traceback for the report, but redacted
         _echo("".join(traceback.format_exception(e)).rstrip(), err=True)
         _echo(f"error: internal error {type(e).__name__}: {e}", err=True)

@@ -5,7 +5,8 @@ terminal. Every event passes through :func:`redact_secrets`, and every record of
 the standard-library loggers the service's libraries use (Optuna, distributed,
 SQLAlchemy, warnings) through a :class:`_Redact` filter: both call
 :func:`modelops_calabaria.redaction.redact`, the one redaction point, so a
-storage URL with a password logged by any module is masked.
+storage URL with a password logged by any module is masked. Every logged value is
+bounded to MAX_LOGGED_CHARS characters after redaction.
 """
 
 from __future__ import annotations
@@ -16,12 +17,34 @@ from typing import Any
 
 import structlog
 
-from modelops_calabaria.redaction import redact, redact_value
+from modelops_calabaria.redaction import redact
+
+
+MAX_LOGGED_CHARS = 4000  # characters of one logged value (an event field, a library record, an error line)
+
+
+def bound(text: str, limit: int = MAX_LOGGED_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, saying how long it was (call after :func:`redact`,
+    so that a cut never splits a secret away from the context that masks it)."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... [{len(text) - limit:,} more characters]"
+
+
+def _bounded(value: Any) -> Any:
+    if isinstance(value, str):
+        return bound(redact(value))
+    if isinstance(value, dict):
+        return {k: _bounded(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_bounded(v) for v in value)
+    return value
 
 
 def redact_secrets(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
-    """structlog processor masking passwords in every string of the event."""
-    return {k: redact_value(v) for k, v in event_dict.items()}
+    """structlog processor masking passwords in every string of the event, each string
+    bounded to MAX_LOGGED_CHARS (a 1 MB model error or categorical value is cut, not printed)."""
+    return {k: _bounded(v) for k, v in event_dict.items()}
 
 
 def configure_logging(fmt: str = "auto", *, level: int = logging.INFO, stream: Any = None) -> None:
@@ -90,10 +113,10 @@ class _Redact(logging.Filter):
     """Mask passwords in a standard-library record (message and traceback text)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = redact(record.getMessage())
+        record.msg = bound(redact(record.getMessage()))
         record.args = None
         if record.exc_info:
-            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+            record.exc_text = bound(redact(logging.Formatter().formatException(record.exc_info)))
             record.exc_info = None
         return True
 
@@ -102,7 +125,7 @@ class _OneLine(logging.Filter):
     """Drop a record's traceback and keep only the first line of its message."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = redact_value(str(record.getMessage()).strip().splitlines()[0] if record.getMessage().strip() else "")
+        record.msg = bound(redact(str(record.getMessage()).strip().splitlines()[0] if record.getMessage().strip() else ""))
         record.args = None
         record.exc_info = None
         record.exc_text = None

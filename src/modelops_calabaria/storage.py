@@ -19,6 +19,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -59,12 +60,50 @@ def check_creatable(path: Path, what: str) -> None:
                                  hint="choose a path in a writable directory (check --storage / --output)")
 
 
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def check_study_file(kind: StorageKind, path: Path) -> None:
+    """An existing study file must be a regular file of its kind: SQLite files start with
+    SQLite's 16-byte header, journal files with a JSON object. Reads at most 4 KiB;
+    opens nothing that could block (a FIFO) or never end (a device).
+
+    Raises:
+        ConfigurationError: a FIFO, device, socket, or a file of another kind (exit 2).
+    """
+    try:
+        info = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):  # a new file (check_creatable looks at its directory)
+        return
+    except OSError as e:
+        raise ConfigurationError(f"storage path {path} cannot be read: {e.strerror or e}") from None
+    if stat.S_ISDIR(info.st_mode):
+        example = path / ("study.db" if kind == "sqlite" else "study.log")
+        raise ConfigurationError(f"storage path {path} is a directory", hint=f"name a file in it, e.g. {kind}:///{example}")
+    if not stat.S_ISREG(info.st_mode):
+        what = ("a FIFO" if stat.S_ISFIFO(info.st_mode) else "a device" if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode)
+                else "a socket" if stat.S_ISSOCK(info.st_mode) else "not a regular file")
+        raise ConfigurationError(f"storage path {path} is {what}, not a study file",
+                                 hint="name a new or existing study file (e.g. runs/STUDY/study.db)")
+    if info.st_size == 0:
+        return  # an empty file: SQLite and the journal both start one
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(4096)
+    except OSError as e:
+        raise ConfigurationError(f"storage path {path} cannot be read: {e.strerror or e}") from None
+    if kind == "sqlite" and not head.startswith(_SQLITE_MAGIC):
+        raise ConfigurationError(f"storage path {path} is not an SQLite database (it lacks SQLite's header)",
+                                 hint="name the run's study.db, or a new file; a journal file takes journal:///PATH")
+    if kind == "journal" and not head.lstrip()[:1] == b"{":
+        raise ConfigurationError(f"storage path {path} is not an Optuna journal file (it does not start with a JSON record)",
+                                 hint="name the run's journal file, or a new file; an SQLite file takes sqlite:///PATH")
+
+
 def _file_target(kind: StorageKind, path: Path) -> StorageTarget:
     """A SQLite or journal target, checked (without creating anything) to be a usable file path."""
     path = path.resolve()
-    if path.is_dir():
-        example = path / ("study.db" if kind == "sqlite" else "study.log")
-        raise ConfigurationError(f"storage path {path} is a directory", hint=f"name a file in it, e.g. {kind}:///{example}")
+    check_study_file(kind, path)
     check_creatable(path, "storage path")
     scheme = "sqlite" if kind == "sqlite" else "journal"
     return StorageTarget(kind, f"{scheme}:///{path}", path)
@@ -133,6 +172,19 @@ _LIBPQ_OPTIONS = frozenset("""
     sslcert sslkey sslcertmode sslpassword sslrootcert sslcrl sslcrldir sslsni requirepeer ssl_min_protocol_version
     ssl_max_protocol_version krbsrvname gsslib gssdelegation service target_session_attrs load_balance_hosts
 """.split())
+# libpq options with a fixed set of values, and those that take a whole number.
+_PG_ENUMS = {
+    "sslmode": ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
+    "gssencmode": ("disable", "prefer", "require"),
+    "channel_binding": ("disable", "prefer", "require"),
+    "target_session_attrs": ("any", "read-write", "read-only", "primary", "standby", "prefer-standby"),
+    "load_balance_hosts": ("disable", "random"),
+    "sslnegotiation": ("postgres", "direct"),
+    "sslcertmode": ("disable", "allow", "require"),
+    "replication": ("true", "false", "database", "on", "off", "yes", "no", "1", "0"),
+}
+_PG_INTS = frozenset({"connect_timeout", "keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count",
+                      "tcp_user_timeout"})
 _HOST_NAME = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_\-]{0,62})(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_\-]{0,62}))*\.?$")
 _PG_URL_HINT = ("postgresql://USER:PASSWORD@HOST:5432/DB; percent-encode '@', ':', '/', '?', '#', '%' and spaces "
                 "in the user or password (e.g. '@' as %40)")
@@ -163,6 +215,14 @@ def _check_pg_url(url: str, rest: str) -> None:
             guess = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigurationError(f"storage URL {shown!r}: unknown connection option {key!r}{guess}",
                                      hint="use libpq's connection parameters (sslmode, connect_timeout, application_name, ...)")
+    for key, value in query.items():
+        allowed = _PG_ENUMS.get(key)
+        if allowed is not None and value not in allowed:
+            raise ConfigurationError(f"storage URL {shown!r}: {key}={value[:40]!r} is not one of {', '.join(allowed)}",
+                                     hint=f"use one of libpq's values for {key}")
+        if key in _PG_INTS and not re.fullmatch(r"-?[0-9]{1,9}", value):
+            raise ConfigurationError(f"storage URL {shown!r}: {key}={value[:40]!r} is not a whole number",
+                                     hint=f"{key} takes whole seconds (or a count), e.g. {key}=10")
     if "port" in query and not all(p.isdigit() and 1 <= int(p) <= 65535 for p in query["port"].split(",")):
         raise ConfigurationError(f"storage URL {shown!r}: option port={query['port']!r} is not a port (1 to 65535)", hint=_PG_URL_HINT)
     host = parsed.host

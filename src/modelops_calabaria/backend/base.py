@@ -12,7 +12,7 @@ in-memory: Optuna's public storage API only). Open one with
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -202,6 +202,10 @@ class StudyBackend(Protocol):
     def pop_waiting(self, study_id: int, owner_attrs: Mapping[str, Any]) -> PoppedTrial | None:
         """Take the oldest WAITING trial (exactly once across coordinators), set RUNNING with
         the system attributes ``owner_attrs``; None if none is waiting."""
+
+    def enqueue(self, study_id: int, points: Sequence[Mapping[str, Any]]) -> None:
+        """Add one WAITING trial per point (Optuna's ``fixed_params``, as ``Study.enqueue_trial``
+        writes them), all at once: one transaction on a relational storage."""
 
     def trials_owned(self, study_id: int, owner: str) -> int:
         """How many of the study's trials ``owner`` asked (its ``calabaria:coordinator`` attr)."""

@@ -11,7 +11,7 @@ stands".
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import optuna
@@ -46,6 +46,14 @@ class GenericBackend:
         )
         trial_id = self._storage.create_new_trial(study_id, template_trial=template)
         return self._storage.get_trial_number_from_id(trial_id), trial_id
+
+    def enqueue(self, study_id: int, points: Sequence[Mapping[str, Any]]) -> None:
+        for point in points:
+            template = FrozenTrial(
+                number=-1, state=TrialState.WAITING, value=None, datetime_start=None, datetime_complete=None, params={},
+                distributions={}, user_attrs={}, system_attrs={"fixed_params": dict(point)}, intermediate_values={}, trial_id=-1,
+            )
+            self._storage.create_new_trial(study_id, template_trial=template)
 
     def finish_trial(self, trial_id: int, state: TrialState, value: float | None, user_attrs: Mapping[str, Any]) -> bool:
         try:

@@ -24,7 +24,6 @@ Not thread-safe: one owner calls it at a time.
 
 from __future__ import annotations
 
-import datetime
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Union

@@ -20,14 +20,16 @@ import optuna
 
 from modelops_calabaria.calibration.elastic import loop_cap, target_loops
 from modelops_calabaria.calibration.study import build_sampler
-from modelops_calabaria.errors import ConfigurationError, JobSpecError
+from modelops_calabaria.errors import JobSpecError
 from modelops_calabaria.job import CalibrationJob
 from modelops_calabaria.models import canonical_ref, load_model
+from modelops_calabaria.models.catalog import range_problems
+from modelops_calabaria.outputs import check_output_dir
 from modelops_calabaria.settings import Settings
 from modelops_calabaria.simulation import (INLINE, DeferredService, SimulationService, connect_service, local_cluster_shape,
                                            local_processes)
 from modelops_calabaria.simulation.task import SimContext
-from modelops_calabaria.storage import StorageTarget, check_creatable, parse_storage_url
+from modelops_calabaria.storage import StorageTarget, parse_storage_url
 from modelops_calabaria.targets.evaluate import CompiledTarget, compile_targets
 
 
@@ -61,13 +63,14 @@ class RunOptions:
 def prepare(job: CalibrationJob, settings: Settings, output_dir: Path | None = None) -> Prepared:
     """Check everything that needs no server. Raises JobSpecError / ConfigurationError."""
     model_ref = canonical_ref(job.model, job.base_dir)
+    bounds = {n: (p.lower, p.upper) for n, p in job.parameters.items() if p.kind != "categorical"}
+    if problems := range_problems(job.model, job.fixed, bounds):  # a built-in's parameters, before anything runs
+        raise JobSpecError(f"job values outside what model {job.model} accepts:", problems=problems)
     model = load_model(model_ref)
     targets = compile_targets(job, model.outputs)
     check_sampler(job)
     out = Path(output_dir) if output_dir else Path("runs") / job.study
-    if out.exists() and not out.is_dir():
-        raise ConfigurationError(f"run directory {out} is a file", hint="pass --output with a directory path")
-    check_creatable(out.resolve(), "run directory")
+    check_output_dir(out, "run directory")  # never over a file or device
     storage = parse_storage_url(settings.storage, out / "study.db")
     return Prepared(job, model_ref, targets, storage, out, stored_form(job, model_ref, targets))
 

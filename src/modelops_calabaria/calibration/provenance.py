@@ -153,9 +153,13 @@ def on_study_created(study: optuna.Study, backend: StudyBackend, job: Calibratio
     if job.sweep is not None:  # a sweep's trials are its design, row i carrying i (sensitivity/design.py)
         _enqueue_design(study, job)
         return
-    points = job.starting_points()
-    for point in points:
-        retry_db("enqueue start", lambda p=point: study.enqueue_trial(p, skip_if_exists=True))
+    points = job.starting_points()  # unique, and at most max_trials (the job refuses more)
+    if points:
+        # The study was just created by this process under the schema lock, so none is in it
+        # yet: all at once (Study.enqueue_trial with skip_if_exists read every trial per point,
+        # and committed once per point: 10,000 points took many minutes).
+        study_id = retry_db("study lookup", lambda: backend.study_id(study.study_name))
+        retry_db("enqueue start", lambda: backend.enqueue(study_id, points))
     if points:
         log.info("starting points enqueued", study=job.study, points=len(points))
 

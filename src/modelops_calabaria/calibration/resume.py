@@ -17,6 +17,7 @@ from optuna.trial import FrozenTrial, TrialState
 from modelops_calabaria import __version__
 from modelops_calabaria.backend.base import StudyBackend
 from modelops_calabaria.backend.factory import open_store
+from modelops_calabaria.backend.probe import check_writable
 from modelops_calabaria.backend.ledger import Ledger
 from modelops_calabaria.calibration import provenance
 from modelops_calabaria.calibration.prepare import Prepared, RunOptions
@@ -57,6 +58,7 @@ def check_existing_study(p: Prepared, accept_changes: bool = False, options: Run
     if p.storage.kind == "memory":
         _check_extended(fresh_budget, extend)
         return ExistingStudy()
+    check_writable(p.storage)  # a read-only PostgreSQL session is refused before anything is created
     try:
         backend = open_store(p.storage, 1, read_only=True)  # creates nothing
     except StudyNotFoundError:

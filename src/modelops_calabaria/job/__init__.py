@@ -34,6 +34,8 @@ from modelops_calabaria.job.limits import (
     MAX_ABS_BOUND,
     MAX_CHOICES,
     MAX_CONCURRENCY,
+    MAX_DATA_CELL,
+    MAX_DATA_FILE_BYTES,
     MAX_FIXED_VALUES,
     MAX_GRID_CELLS,
     MAX_GRID_POINTS,
@@ -44,6 +46,7 @@ from modelops_calabaria.job.limits import (
     MAX_REPLICATES,
     MAX_REPLICATES_IN_FLIGHT,
     MAX_SEED,
+    MAX_START_POINTS,
     MAX_STUDY_NAME,
     MAX_TARGETS,
     MAX_TRIALS,
@@ -71,9 +74,9 @@ from modelops_calabaria.job.sweep import SummarySpec, SweepSpec
 from modelops_calabaria.job.targets import ScoreSpec, TargetSpec
 
 __all__ = [
-    "COUNT_SCORES", "LIKELIHOOD_SCORES", "MAX_ABS_BOUND", "MAX_CHOICES", "MAX_CONCURRENCY", "MAX_FIXED_VALUES",
+    "COUNT_SCORES", "LIKELIHOOD_SCORES", "MAX_ABS_BOUND", "MAX_CHOICES", "MAX_CONCURRENCY", "MAX_DATA_CELL", "MAX_DATA_FILE_BYTES", "MAX_FIXED_VALUES",
     "MAX_GRID_CELLS", "MAX_GRID_POINTS", "MAX_JOB_FILE_BYTES", "MAX_JOB_VALUES", "MAX_NESTING", "MAX_PARAMETERS",
-    "MAX_REPLICATES", "MAX_REPLICATES_IN_FLIGHT", "MAX_SEED", "MAX_STUDY_NAME", "MAX_TARGETS", "MAX_TRIALS",
+    "MAX_REPLICATES", "MAX_REPLICATES_IN_FLIGHT", "MAX_SEED", "MAX_START_POINTS", "MAX_STUDY_NAME", "MAX_TARGETS", "MAX_TRIALS",
     "STUDY_NAME_PATTERN", "Aggregation", "CalibrationJob", "ExecutionSpec", "Match", "ParameterSpec", "PosteriorSpec",
     "PriorSpec", "PruningSpec", "RampSpec", "ReevaluateSpec", "ReportSpec", "SamplerName", "SamplerSpec", "ScoreKind",
     "ScoreSpec", "StopSpec", "SummarySpec", "SweepSpec", "TargetSpec", "check_in_flight", "check_run_flags", "check_same_model", "check_study_name",

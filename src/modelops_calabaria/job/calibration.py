@@ -12,17 +12,23 @@ from pydantic_core import PydanticCustomError
 
 from modelops_calabaria.callables import reference
 from modelops_calabaria.errors import StudyMismatchError
-from modelops_calabaria.job._base import _Spec
+from modelops_calabaria.job._base import SamplerName, _Spec, also_accepts, names_of
 from modelops_calabaria.job.limits import (
     MAX_CONCURRENCY,
     MAX_FIXED_VALUES,
     MAX_GRID_CELLS,
+    MAX_NAME,
     MAX_PARAMETERS,
     MAX_REPLICATES,
     MAX_SEED,
+    MAX_START_POINTS,
     MAX_STUDY_NAME,
     MAX_TARGETS,
+    MAX_TIMEOUT_S,
     MAX_TRIALS,
+    MIN_TIMEOUT_S,
+    MAX_REPLICATES_IN_FLIGHT,
+    check_fixed_values,
     check_in_flight,
     check_study_name,
     count_values,
@@ -53,16 +59,19 @@ class CalibrationJob(_Spec):
     max_trials: int = Field(default=100, ge=1, le=MAX_TRIALS, description='trial budget of the study')
     concurrency: int | None = Field(
         default=None, ge=1, le=MAX_CONCURRENCY,
-        description="trials at once: loops (parallel) or batch size (batched); auto (None): follow the cluster's live size",
+        description="trials at once: loops (parallel) or batch size (batched); auto (or empty): follow the cluster's live size",
+        json_schema_extra=also_accepts({"const": "auto"}),
     )
     ramp: RampSpec | None = Field(
-        default=None, description="concurrency ramp: {per, floor}, on, or off; absent: on for tpe, off otherwise")
-    sampler: SamplerSpec = Field(default_factory=SamplerSpec, description='Optuna sampler: tpe (constant liar) | gp | cmaes | random | qmc | grid | nsga2, or {name, options}')
+        default=None, description="concurrency ramp: {per, floor}, on, or off; absent: on for tpe, off otherwise",
+        json_schema_extra=also_accepts({"type": "boolean"}, {"enum": ["on", "off"]}))
+    sampler: SamplerSpec = Field(default_factory=SamplerSpec, description='Optuna sampler: tpe (constant liar) | gp | cmaes | random | qmc | grid | nsga2, or {name, options}',
+                                 json_schema_extra=also_accepts(names_of(SamplerName)))
     seed: int = Field(default=0, ge=0, le=MAX_SEED, description='seed of the sampler and of the replicate seeds (`calibrate --seed` overrides it)')
     replicate_seeds: Literal["common", "independent", "staged"] = Field(default="common", description='common: the same replicate seeds for every trial; independent: also depend on the trial number')
     reevaluate: ReevaluateSpec = Field(default_factory=ReevaluateSpec, description='re-evaluate the best trials on fresh seeds at the end: {top_k, replicates} (docs/quality.md)')
     direction: Literal["minimize", "maximize"] = Field(default="minimize", description='minimize (losses, negative log-likelihoods) or maximize')
-    timeout_s: float | None = Field(default=None, gt=0, description="per simulation")
+    timeout_s: float | None = Field(default=None, ge=MIN_TIMEOUT_S, le=MAX_TIMEOUT_S, description="seconds a simulation may take (0.001 to 604,800)")
     replicate_retries: int = Field(default=0, ge=0, le=10, description='times a replicate that raised is run again before its trial fails (0-10)')
     retry_lost_trials: bool = Field(
         default=False, description="ask the parameters of trials lost with their coordinator again (uses budget)"
@@ -72,7 +81,7 @@ class CalibrationJob(_Spec):
     pruning: PruningSpec | None = Field(default=None, description='stop trials early whose first replicates show they will not beat the k-th best: {after, against, error_rate}; off when absent')
     report: ReportSpec = Field(default_factory=ReportSpec, description='report.html options: {replicates, others}')
     execution: ExecutionSpec = Field(default_factory=ExecutionSpec, description='defaults for the settings: mode, storage, scheduler, replicates per task')
-    start: list[dict[str, Any]] = Field(default_factory=list, description='starting points evaluated first, exactly once per study: a list of {parameter: value} giving every searched parameter')
+    start: list[dict[str, Any]] = Field(default_factory=list, description='starting points evaluated first, exactly once per study: a list of {parameter: value} giving every searched parameter; at most max_trials points (and 10,000)')
     sweep: SweepSpec | None = Field(default=None, description='`calabaria sweep`: run a fixed design and keep output summaries for sensitivity indices: {design, points, replicates, summaries, ...} (docs/sensitivity.md)')
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
@@ -118,7 +127,17 @@ class CalibrationJob(_Spec):
         if count_values(fixed, MAX_FIXED_VALUES) > MAX_FIXED_VALUES:
             raise ValueError(f"more than {MAX_FIXED_VALUES:,} values (YAML aliases expanded): "
                              "every simulation receives 'fixed'; load large inputs inside the model instead")
+        check_fixed_values(fixed)
         return fixed
+
+    @field_validator("parameters", "fixed")
+    @classmethod
+    def _name_lengths(cls, values: dict[str, Any]) -> dict[str, Any]:
+        for name in values:
+            if not name or len(name) > MAX_NAME or name != name.strip():
+                raise ValueError(f"parameter name {name[:40]!r}{'...' if len(name) > 40 else ''} must be 1 to {MAX_NAME} "
+                                 "characters without leading or trailing spaces (it is stored as a key)")
+        return values
 
     @field_validator("targets")
     @classmethod
@@ -136,6 +155,11 @@ class CalibrationJob(_Spec):
             raise ValueError(f"parameters also listed in 'fixed': {', '.join(both)}")
         if self.concurrency is not None:
             check_in_flight(self.concurrency, self.n_replicates, "concurrency")
+        reruns = self.reevaluate.top_k * (self.reevaluate.replicates or 2 * self.n_replicates)
+        if reruns > MAX_REPLICATES_IN_FLIGHT:
+            raise ValueError(f"reevaluate: top_k {self.reevaluate.top_k} x {self.reevaluate.replicates or 2 * self.n_replicates} "
+                             f"replicates = {reruns:,} simulations at the end of the run, more than {MAX_REPLICATES_IN_FLIGHT:,}: "
+                             "lower reevaluate.top_k or reevaluate.replicates")
         if self.sampler.name == "grid":
             unknown = sorted(set(self.sampler.options.get("grid") or {}) - set(self.parameters))
             if unknown:
@@ -164,6 +188,13 @@ class CalibrationJob(_Spec):
 
     @model_validator(mode="after")
     def _check_start(self) -> CalibrationJob:
+        if len(self.start) > MAX_START_POINTS:
+            raise ValueError(f"'start' holds {len(self.start):,} points, more than {MAX_START_POINTS:,} "
+                             "(a limit of the service: see 'Limits' in docs/reliability.md)")
+        n_points = len(self.starting_points())
+        if n_points > self.max_trials:
+            raise ValueError(f"{n_points:,} starting points ('start' and guesses) but max_trials is {self.max_trials:,}: "
+                             "every starting point is a trial of the budget; raise max_trials or give fewer points")
         for i, point in enumerate(self.start):
             unknown = sorted(set(point) - set(self.parameters))
             if unknown:
@@ -172,8 +203,27 @@ class CalibrationJob(_Spec):
             if missing:
                 raise ValueError(f"start[{i}] lacks {', '.join(missing)}: a starting point gives every searched parameter")
             for name, value in point.items():
-                if not self.parameters[name].admits(value):
-                    raise ValueError(f"start[{i}].{name} = {value!r} is outside the parameter's space")
+                spec = self.parameters[name]
+                if not spec.admits(value):
+                    between = (spec.kind != "categorical" and spec.step is not None and isinstance(value, (int, float))
+                               and not isinstance(value, bool) and spec.lower <= value <= spec.upper)  # type: ignore[operator]
+                    raise ValueError(f"start[{i}].{name} = {value!r} is " + (
+                        f"between steps: {name} takes {spec.lower:g} + k x {spec.step:g} (the search would silently move it)"
+                        if between else "outside the parameter's space"))
+        return self
+
+    @model_validator(mode="after")
+    def _check_sampler(self) -> CalibrationJob:
+        if self.posterior is not None and "sampler" in self.model_fields_set:
+            raise ValueError(f"a posterior run draws its trials by {self.posterior.method.upper()}, so 'sampler' "
+                             f"({self.sampler.name}) would be ignored: remove 'sampler' or 'posterior'")
+        x0 = self.sampler.options.get("x0") if self.sampler.name == "cmaes" else None
+        if isinstance(x0, dict):
+            for name, value in x0.items():
+                spec = self.parameters.get(name)
+                if spec is None or not spec.admits(value):
+                    raise ValueError(f"sampler.options.x0.{name}: " + ("not a searched parameter" if spec is None
+                                     else f"{value!r} is outside the parameter's space"))
         return self
 
     @model_validator(mode="after")

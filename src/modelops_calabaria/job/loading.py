@@ -47,11 +47,24 @@ class _DuplicateKey(Exception):
 
 
 class _JobYamlLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
-    """YAML's safe loader, refusing a key given twice in one mapping.
+    """YAML's safe loader with YAML 1.2 core-schema scalars, refusing a key given twice in
+    one mapping and the YAML 1.1 forms whose meaning differs between the two versions.
+
+    Plain scalars resolve as YAML 1.2's core schema (and JSON) read them: ``true``/``false``
+    are booleans, ``null``/``~``/empty are null, ``[-+]?[0-9]+``, ``0o17`` and ``0x10`` are
+    integers, decimal and exponent forms (``1e-3``, ``.inf``, ``.nan``) are floats;
+    everything else is a string, so ``on``, ``off``, ``yes`` and ``no`` are text.
+    Refused with their line, because YAML 1.1 (PyYAML's default, and other tools reading
+    the same file) gives them another meaning: a whole number with a leading zero (``017``:
+    octal 15 in YAML 1.1), a base-60 number (``1:30``: 90 in YAML 1.1), digits grouped
+    with ``_`` (``1_000``), a binary ``0b101``. An integer of more than MAX_INT_DIGITS
+    digits is refused too (Python's int parser raises on a few thousand).
 
     (Aliases are not expanded here: the constructor shares one object per anchor,
     and :func:`count_values` bounds the expanded size before anything walks it.)
     """
+
+    yaml_implicit_resolvers: dict[str, list[tuple[str, re.Pattern[str]]]] = {}
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, int] = {}
@@ -67,11 +80,67 @@ class _JobYamlLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ig
                 continue
         return super().construct_mapping(node, deep=deep)
 
+    def construct_core_int(self, node: yaml.ScalarNode) -> int:
+        text = str(self.construct_scalar(node))
+        sign, digits = (-1, text[1:]) if text[:1] == "-" else (1, text.lstrip("+"))
+        if len(digits) > MAX_INT_DIGITS:
+            raise _Ambiguous(node, f"a whole number of {len(digits):,} digits (at most {MAX_INT_DIGITS} are accepted)",
+                             "every number the job takes is far smaller: see 'Limits' in docs/reliability.md")
+        if digits[:2] in ("0x", "0X"):
+            return sign * int(digits[2:], 16)
+        if digits[:2] in ("0o", "0O"):
+            return sign * int(digits[2:], 8)
+        return sign * int(digits)
 
-# YAML 1.1 reads 1e-3 and 1e308 (no dot) as strings; read them as numbers, as YAML 1.2 and
-# JSON do, now that a string is not accepted where a number is expected.
-_JobYamlLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+    def construct_ambiguous(self, node: yaml.ScalarNode) -> Any:
+        text = str(self.construct_scalar(node))
+        plain = text.replace("_", "")
+        if ":" in text:
+            raise _Ambiguous(node, f"{text!r} is a base-60 number in YAML 1.1 and text in YAML 1.2",
+                             "write the number in plain digits (e.g. seconds: 90), or quote it if you mean text")
+        if "_" in text:
+            raise _Ambiguous(node, f"{text!r} groups digits with '_': {plain} in YAML 1.1, text in YAML 1.2",
+                             f"write {plain}, or quote it if you mean text")
+        if text.lstrip("+-")[:2] in ("0b", "0B"):
+            raise _Ambiguous(node, f"{text!r} is a binary number in YAML 1.1 and text in YAML 1.2",
+                             "write the number in decimal, or quote it if you mean text")
+        digits = text.lstrip("+-")
+        octal = f"octal {int(digits, 8)}" if set(digits) <= set("01234567") and len(digits) <= MAX_INT_DIGITS else "text"
+        raise _Ambiguous(node, f"{text!r} has a leading zero: {octal} in YAML 1.1, decimal {digits.lstrip('0') or '0'} in YAML 1.2",
+                         f"write {digits.lstrip('0') or '0'} (or 0o{digits.lstrip('0') or '0'} for octal), or quote it if you mean text")
+
+
+MAX_INT_DIGITS = 30  # digits of an integer in a job file (larger ones are refused with their line)
+_AMBIGUOUS_TAG = "tag:calabaria:yaml-1.1-ambiguous"
+
+
+class _BigNumber(Exception):
+    pass
+
+
+class _Ambiguous(Exception):
+    def __init__(self, node: yaml.Node, problem: str, hint: str) -> None:
+        super().__init__(problem)
+        self.line, self.problem, self.hint = node.start_mark.line + 1, problem, hint
+
+
+# YAML 1.2 core schema (https://yaml.org/spec/1.2.2/#1033-core-schema), plus the YAML 1.1
+# forms refused above. Within one first character the first matching pattern wins.
+_CORE = [
+    ("tag:yaml.org,2002:bool", r"^(?:true|True|TRUE|false|False|FALSE)$", list("tTfF")),
+    ("tag:yaml.org,2002:null", r"^(?:~|null|Null|NULL|)$", ["~", "n", "N", ""]),
+    (_AMBIGUOUS_TAG, r"^[-+]?(?:0[0-9_]+|[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?|[0-9][0-9_]*_[0-9_]*(?:\.[0-9_]*)?|0[bB][01_]+)$",
+     list("-+0123456789")),
+    ("tag:yaml.org,2002:int", r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$", list("-+0123456789")),
+    ("tag:yaml.org,2002:float",
+     r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$",
+     list("-+.0123456789")),
+    ("tag:yaml.org,2002:merge", r"^(?:<<)$", ["<"]),
+]
+for _tag, _pattern, _first in _CORE:
+    _JobYamlLoader.add_implicit_resolver(_tag, re.compile(_pattern), _first)
+_JobYamlLoader.add_constructor("tag:yaml.org,2002:int", _JobYamlLoader.construct_core_int)
+_JobYamlLoader.add_constructor(_AMBIGUOUS_TAG, _JobYamlLoader.construct_ambiguous)
 
 
 def _key_lines(text: str, start: int) -> list[tuple[str, int]]:
@@ -110,7 +179,13 @@ def _json_load(text: str) -> Any:
             seen[key] = i
         return dict(pairs), end
 
+    def parse_int(digits: str) -> int:
+        if len(digits.lstrip("-")) > MAX_INT_DIGITS:
+            raise _BigNumber(f"{digits[:20]}... has {len(digits.lstrip('-')):,} digits")
+        return int(digits)
+
     decoder.parse_object = parse_object  # type: ignore[assignment]
+    decoder.parse_int = parse_int  # type: ignore[assignment]
     decoder.scan_once = json.scanner.py_make_scanner(decoder)
     return decoder.decode(text)
 
@@ -147,6 +222,11 @@ def load_job(path: str | Path) -> CalibrationJob:
     except _DuplicateKey as e:
         raise JobSpecError(f"{path}, line {e.line}: key {e.key!r} is given twice in one mapping (first at line {e.first_line})",
                            hint="keep one of them: the job would otherwise silently take the last") from None
+    except _Ambiguous as e:
+        raise JobSpecError(f"{path}, line {e.line}: {e.problem}", hint=e.hint) from None
+    except _BigNumber as e:
+        raise JobSpecError(f"{path}: a number of more than {MAX_INT_DIGITS} digits ({e})",
+                           hint="every number the job takes is far smaller: see 'Limits' in docs/reliability.md") from None
     except RecursionError:
         raise JobSpecError(f"{path}: nested more than {MAX_NESTING} levels deep",
                            hint="a job is a few levels of mappings and lists") from None

@@ -8,23 +8,30 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from modelops_calabaria.job._base import SamplerName, _Spec
-from modelops_calabaria.job.limits import MAX_CONCURRENCY, MAX_GRID_POINTS, MAX_REPLICATES
+from modelops_calabaria.job.limits import (
+    MAX_CONCURRENCY,
+    MAX_GRID_POINTS,
+    MAX_REPLICATES,
+    MAX_TRIALS,
+    MAX_WALL_TIME_S,
+)
 from modelops_calabaria.job.parameters import ParameterSpec
+from modelops_calabaria.job.samplers import option_problems
 
 class StopSpec(_Spec):
     """When to stop before the trial budget is spent."""
 
     target_loss: float | None = Field(default=None, description='stop once the best loss reaches this value')
-    patience: int | None = Field(default=None, gt=0, description="trials without improvement")
-    max_wall_time_s: float | None = Field(default=None, gt=0, description='stop after this many seconds')
-    max_consecutive_failures: int = Field(default=25, gt=0, description="failure storm guard")
+    patience: int | None = Field(default=None, gt=0, le=MAX_TRIALS, description="trials without improvement")
+    max_wall_time_s: float | None = Field(default=None, gt=0, le=MAX_WALL_TIME_S, description='stop after this many seconds (at most a year)')
+    max_consecutive_failures: int = Field(default=25, gt=0, le=MAX_TRIALS, description="failure storm guard")
 
 
 class SamplerSpec(_Spec):
     """The Optuna sampler and its keyword options."""
 
     name: SamplerName = Field(default="tpe", description='sampler name')
-    options: dict[str, Any] = Field(default_factory=dict, description='keyword options of the Optuna sampler')
+    options: dict[str, Any] = Field(default_factory=dict, description='keyword options of the Optuna sampler, checked per sampler (names, types, ranges: job/samplers.py, docs/reliability.md "Limits")')
 
     @model_validator(mode="before")
     @classmethod
@@ -33,6 +40,9 @@ class SamplerSpec(_Spec):
 
     @model_validator(mode="after")
     def _check(self) -> SamplerSpec:
+        problems = option_problems(self.name, self.options)
+        if problems:
+            raise ValueError("; ".join(problems[:3]) + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""))
         if self.name != "grid":
             return self
         points = self.options.get("points", 5)
@@ -75,9 +85,9 @@ class PosteriorSpec(_Spec):
     """
 
     method: Literal["imis"] = Field(default="imis", description='posterior method: imis (incremental mixture importance sampling, docs/posterior.md)')
-    initial: int = Field(default=200, ge=2, description='trials drawn from the prior before the first mixture component')
-    per_stage: int = Field(default=50, ge=2, description='trials drawn from each new mixture component')
-    target_ess: float | None = Field(default=None, gt=0, description='stop when the effective sample size reaches this (else the budget stops the run)')
+    initial: int = Field(default=200, ge=2, le=1_000_000, description='trials drawn from the prior before the first mixture component')
+    per_stage: int = Field(default=50, ge=2, le=1_000_000, description='trials drawn from each new mixture component')
+    target_ess: float | None = Field(default=None, gt=0, le=MAX_TRIALS, description='stop when the effective sample size reaches this (else the budget stops the run)')
 
 
 class ReportSpec(_Spec):

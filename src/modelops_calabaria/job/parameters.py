@@ -10,7 +10,7 @@ from pydantic import Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from modelops_calabaria.job._base import _Spec
-from modelops_calabaria.job.limits import MAX_ABS_BOUND, MAX_CHOICES
+from modelops_calabaria.job.limits import MAX_ABS_BOUND, MAX_CHOICES, MAX_POSITIVE
 
 class PriorSpec(_Spec):
     """An explicit prior of one float parameter for a posterior run, truncated to its bounds.
@@ -21,12 +21,12 @@ class PriorSpec(_Spec):
     """
 
     dist: Literal["normal", "beta", "gamma"] = Field(description="prior distribution, truncated to the parameter's bounds: normal | beta | gamma")
-    mean: float | None = Field(default=None, description='normal prior: mean')
-    sd: float | None = Field(default=None, gt=0, description='normal prior: standard deviation (> 0)')
-    a: float | None = Field(default=None, gt=0, description='beta prior: first shape parameter (> 0), on the value itself (support 0..1)')
-    b: float | None = Field(default=None, gt=0, description='beta prior: second shape parameter (> 0)')
-    shape: float | None = Field(default=None, gt=0, description='gamma prior: shape (> 0)')
-    rate: float | None = Field(default=None, gt=0, description='gamma prior: rate (> 0)')
+    mean: float | None = Field(default=None, ge=-MAX_ABS_BOUND, le=MAX_ABS_BOUND, description='normal prior: mean')
+    sd: float | None = Field(default=None, gt=0, le=MAX_POSITIVE, description='normal prior: standard deviation (> 0)')
+    a: float | None = Field(default=None, gt=0, le=MAX_POSITIVE, description='beta prior: first shape parameter (> 0), on the value itself (support 0..1)')
+    b: float | None = Field(default=None, gt=0, le=MAX_POSITIVE, description='beta prior: second shape parameter (> 0)')
+    shape: float | None = Field(default=None, gt=0, le=MAX_POSITIVE, description='gamma prior: shape (> 0)')
+    rate: float | None = Field(default=None, gt=0, le=MAX_POSITIVE, description='gamma prior: rate (> 0)')
 
     @model_validator(mode="after")
     def _check(self) -> PriorSpec:
@@ -58,8 +58,15 @@ class ParameterSpec(_Spec):
 
     @model_validator(mode="after")
     def _check_guess(self) -> ParameterSpec:
+        if self.kind != "categorical" and (self.lower is None or self.upper is None):
+            return self  # the range check reports the missing bound
         if self.guess is not None and not self.admits(self.guess):
-            raise _field_error("guess", f"the guess {self.guess!r} is outside this parameter's "
+            off_step = (self.kind != "categorical" and isinstance(self.guess, (int, float)) and not isinstance(self.guess, bool)
+                        and self.lower is not None and self.upper is not None and self.lower <= self.guess <= self.upper
+                        and (self.kind != "int" or self.guess == int(self.guess)))
+            raise _field_error("guess", f"the guess {self.guess!r} is between steps: this parameter takes {self.lower:g} + k x "
+                               f"{self.step:g} (the search would silently move it)" if off_step else
+                               f"the guess {self.guess!r} is outside this parameter's "
                                + (f"choices {self.choices}" if self.kind == "categorical" else f"range [{self.lower:g}, {self.upper:g}]"))
         return self
 
@@ -71,7 +78,15 @@ class ParameterSpec(_Spec):
             return False
         if self.kind == "int" and value != int(value):
             return False
-        return self.lower <= value <= self.upper
+        return self.lower <= value <= self.upper and self.on_step(value)
+
+    def on_step(self, value: float) -> bool:
+        """Whether ``value`` is ``lower + k * step`` (always, without a step): Optuna would
+        silently move a point between steps to the nearest one."""
+        if self.step is None or self.lower is None or not self.step > 0 or not math.isfinite(self.step):
+            return True  # no step, or a bad one (reported by the range check)
+        k = (value - self.lower) / self.step
+        return abs(k - round(k)) <= 1e-9 * max(1.0, abs(k))
 
     @model_validator(mode="after")
     def _check_transform(self) -> ParameterSpec:

@@ -26,6 +26,7 @@ SPECS: tuple[type[BaseModel], ...] = (CalibrationJob, ParameterSpec, ScoreSpec, 
                                       PriorSpec, PosteriorSpec, ReportSpec, ReevaluateSpec, RampSpec, PruningSpec)
 _FIELD_NAMES = sorted(set().union(*(m.model_fields for m in SPECS)))
 
+_YAML11_BOOLEANS = frozenset({"yes", "no", "on", "off", "y", "n"})
 _UNION_TAGS = frozenset({"str", "int", "float", "bool", "none"})
 
 
@@ -65,6 +66,11 @@ def validation_problems(err: ValidationError) -> list[tuple[str, str]]:
             msg = f"{msg} (got {item.get('input')!r})"
         elif isinstance(item.get("input"), bool) and item["type"] in ("int_type", "float_type"):
             msg = f"expected a number, got the boolean {str(item['input']).lower()} (true/false is not a number)"
+        elif isinstance(item.get("input"), str) and item["input"].strip().lower() in _YAML11_BOOLEANS and item["type"] in (
+                "int_type", "float_type", "bool_type", "bool_parsing"):
+            wanted = "true or false" if item["type"].startswith("bool") else "a number"
+            msg = (f"expected {wanted}, got {item['input']!r}: a boolean in YAML 1.1, text in YAML 1.2 "
+                   "(which job files follow); write " + ("true or false" if wanted != "a number" else "the number"))
         elif isinstance(item.get("input"), str) and item["type"] in ("int_type", "float_type"):
             msg = f"{msg}, got the string {item['input']!r} (write numbers without quotes)"
         elif item["type"] in ("less_than_equal", "greater_than_equal", "too_long") and loc and loc[0] != "targets":

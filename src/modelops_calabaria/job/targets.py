@@ -8,7 +8,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from modelops_calabaria.job._base import LIKELIHOOD_SCORES, Aggregation, Match, ScoreKind, _Spec
+from modelops_calabaria.job._base import LIKELIHOOD_SCORES, Aggregation, Match, ScoreKind, _Spec, also_accepts, names_of
+from modelops_calabaria.job.limits import MAX_NAME, MAX_POSITIVE
 
 class ScoreSpec(_Spec):
     """How one target's simulated series is compared with its observed data.
@@ -30,11 +31,11 @@ class ScoreSpec(_Spec):
     kind: ScoreKind | Literal["custom"] = Field(description='sse | mse | rmse | poisson_nll | negbin_nll | normal_nll | binomial_nll | betabinomial_nll | custom')
     function: str | None = Field(default=None, min_length=3, description="custom: the score function, module:fn or path/file.py:fn (relative to the job file), called as fn(observed, simulated, keys) -> float, lower is better")
     log_likelihood: bool = Field(default=False, description="custom: the function returns a negative log-likelihood (a posterior run accepts only such a custom score)")
-    dispersion: float | None = Field(default=None, gt=0, description='negative-binomial size or beta-binomial overdispersion (> 0)')
+    dispersion: float | None = Field(default=None, gt=0, le=MAX_POSITIVE, description='negative-binomial size or beta-binomial overdispersion (> 0)')
     dispersion_output: str | None = Field(default=None, min_length=1, description='betabinomial_nll: a model output holding one positive number per simulation, used as its dispersion')
-    sigma: float | None = Field(default=None, gt=0, description='standard deviation of normal_nll (> 0)')
+    sigma: float | None = Field(default=None, gt=0, le=MAX_POSITIVE, description='standard deviation of normal_nll (> 0)')
     trials_column: str | None = Field(default=None, description='observed column of binomial denominators')
-    floor: float = Field(default=1e-9, gt=0, description='simulated means are floored at this value for count likelihoods (a zero mean against a count stays finite)')
+    floor: float = Field(default=1e-9, gt=0, le=MAX_POSITIVE, description='simulated means are floored at this value for count likelihoods (a zero mean against a count stays finite)')
 
     @model_validator(mode="before")
     @classmethod
@@ -81,19 +82,20 @@ class TargetSpec(_Spec):
     to the output's second axis, or to the output itself when it is 1-D.
     """
 
-    name: str = Field(min_length=1, description='target name (unique; per-target losses are stored under it)')
-    output: str = Field(min_length=1, description='name of the model output compared with the data')
+    name: str = Field(min_length=1, max_length=MAX_NAME, description='target name (unique; per-target losses are stored under it; at most 200 characters)')
+    output: str = Field(min_length=1, max_length=MAX_NAME, description='name of the model output compared with the data')
     data: str | dict[str, list[Annotated[float, Field(allow_inf_nan=True)] | int | str | None]] = Field(description='CSV or Parquet path (relative to the job file) or an inline table {column: [values]}; blank cells are gaps')
     index_column: str | None = Field(default=None, description="without 'on': column of whole numbers selecting output rows (default: the first column)")
     value_columns: list[str] | None = Field(default=None, description="observed columns compared with the output's columns (default: all but keys and trials_column)")
-    score: ScoreSpec = Field(description='how simulated and observed values are compared (a name or {kind, ...})')
+    score: ScoreSpec = Field(description='how simulated and observed values are compared (a name or {kind, ...})',
+                             json_schema_extra=also_accepts(names_of(ScoreKind)))
     aggregation: Aggregation = Field(default="score_of_mean", description='mean_of_scores | score_of_mean | logmeanexp over the replicates')  # the least biased on the panel (docs/quality.md)
-    weight: float = Field(default=1.0, gt=0, description='trial loss = sum of weight x aggregated score')
+    weight: float = Field(default=1.0, gt=0, le=MAX_POSITIVE, description='trial loss = sum of weight x aggregated score')
     on: list[str] | None = Field(default=None, min_length=1, description='key columns matched between data and output, e.g. [date] or [week, age_group]')
     match: Match | None = Field(default=None, description='exact (default) | nearest | backward (the model step containing the time) | forward | accumulate (model values summed over each observed interval)')
     time_key: str | None = Field(default=None, description='the key matched as-of / accumulated (default: the one date key, or the key named date/day/week/time/t)')
     start_date: datetime.date | None = Field(default=None, strict=False, description='ISO date of model day 0, when the model reports day numbers and the data dates')  # an ISO 8601 string or a YAML date
-    period: float | None = Field(default=None, gt=0, description='accumulate: length of each observed interval in time-key units (days for dates); default the smallest spacing of the data')
+    period: float | None = Field(default=None, gt=0, le=MAX_POSITIVE, description='accumulate: length of each observed interval in time-key units (days for dates); default the smallest spacing of the data')
     columns: dict[str, str] | None = Field(
         default=None, min_length=1,
         description="rename data columns to the output's names before anything else: {data column: output column}, "

@@ -616,8 +616,10 @@ class ReportSource:
 def resolve_source(run_dir: Path | None, study: str | None, storage: str | None, output: Path | None) -> ReportSource:
     """Work out study, storage and output from a run directory and/or flags; creates nothing.
 
-    Storage, first found: ``storage``; the run directory's ``study.db``; the URL in its
-    results.json unless a password was masked there; the environment's ``CALABARIA_STORAGE``.
+    Storage, first found: ``storage``; the run directory's ``study.db``; the environment's
+    ``CALABARIA_STORAGE``. The ``storage`` recorded in results.json is never followed: a
+    tampered file must not point the report (and its re-simulation) at another database.
+    ``output``: a directory (``report.html`` in it) or a ``.html`` file name.
 
     Raises:
         ConfigurationError: no such run directory, no study name, an output that cannot be written.
@@ -631,13 +633,13 @@ def resolve_source(run_dir: Path | None, study: str | None, storage: str | None,
         study = study or results.get("study")
         if study is None:
             raise ConfigurationError(f"{run_dir} holds no results.json naming its study", hint="pass --study NAME")
-        if not storage:
+        if not storage:  # the run directory's own study, never an address results.json names
             db = run_dir / "study.db"
-            stored = str(results.get("storage") or "")
             if db.exists():
                 storage = str(db)
-            elif stored and "***" not in stored:
-                storage = stored
+            elif not os.environ.get("CALABARIA_STORAGE"):
+                raise ConfigurationError(f"{run_dir} holds no study.db: its study is in a database",
+                                         hint="pass that database with --storage URL (or CALABARIA_STORAGE)")
     storage = storage or os.environ.get("CALABARIA_STORAGE")
     if not study:
         raise ConfigurationError("no study to report on", hint="pass a run directory, or --study NAME --storage URL")
@@ -645,13 +647,12 @@ def resolve_source(run_dir: Path | None, study: str | None, storage: str | None,
         raise ConfigurationError("no storage URL given", hint="pass --storage or set CALABARIA_STORAGE")
     target = parse_storage_url(storage)
     out = output or (run_dir or Path("runs") / study) / "report.html"
-    if out.exists() and out.is_dir():
-        out = out / "report.html"
-    from modelops_calabaria.storage import check_creatable
+    from modelops_calabaria.outputs import check_output_dir, check_output_file
 
-    if out.parent.exists() and not out.parent.is_dir():
-        raise ConfigurationError(f"report {out} cannot be written: {out.parent} is a file", hint="pass --output with a path in a directory")
-    check_creatable(out.resolve(), "report")
+    if out.is_dir() or out.suffix.lower() != ".html" and not os.path.lexists(out):
+        check_output_dir(out, "report")  # a directory: report.html in it
+        out = out / "report.html"
+    out = check_output_file(out, "report", ".html")  # never over a device, FIFO, link or other file
     return ReportSource(study, target, out, run_dir)
 
 

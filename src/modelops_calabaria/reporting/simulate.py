@@ -50,12 +50,23 @@ def _coerce(job: CalibrationJob, name: str, raw: Any, where: str) -> Any:
                                  hint=f"parameters: {', '.join(job.parameters)}; fixed: {', '.join(job.fixed) or '-'}")
     spec = job.parameters.get(name)
     if spec is not None and spec.kind == "categorical":
-        return raw
+        for choice in spec.choices or []:  # a --param value is text: match it to a choice's written form
+            if raw == choice or (isinstance(raw, str) and raw == (str(choice).lower() if isinstance(choice, bool) else str(choice))):
+                return choice
+        raise ConfigurationError(f"{where} {name}: {str(raw)[:40]!r} is not one of its choices {spec.choices}")
+    if isinstance(raw, bool) or (isinstance(raw, str) and raw.strip().lower() in ("true", "false")):
+        raise ConfigurationError(f"{where} {name}: {raw!r} is a boolean, not a number")
     try:
         value = float(raw)
-    except (TypeError, ValueError):
-        raise ConfigurationError(f"{where} {name}: {raw!r} is not a number") from None
-    return int(value) if spec is not None and spec.kind == "int" else value
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigurationError(f"{where} {name}: {str(raw)[:40]!r} is not a number") from None
+    if not np.isfinite(value):
+        raise ConfigurationError(f"{where} {name}: {raw!r} is not a finite number")
+    if spec is not None and spec.kind == "int":
+        if value != int(value):
+            raise ConfigurationError(f"{where} {name}: {raw!r} is not a whole number, but {name} is an int parameter")
+        return int(value)
+    return value
 
 
 def parse_params(job: CalibrationJob, items: list[str], base: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -63,10 +74,14 @@ def parse_params(job: CalibrationJob, items: list[str], base: Mapping[str, Any] 
     params = {name: midpoint(spec) for name, spec in job.parameters.items()}
     for name, raw in (base or {}).items():
         params[name] = _coerce(job, name, raw, "parameter")
+    given: set[str] = set()
     for item in items:
         name, sep, raw = item.partition("=")
         if not sep or not name:
-            raise ConfigurationError(f"--param {item!r}: expected NAME=VALUE")
+            raise ConfigurationError(f"--param {item[:60]!r}: expected NAME=VALUE")
+        if name in given:
+            raise ConfigurationError(f"--param {name} is given twice", hint="give each parameter once")
+        given.add(name)
         params[name] = _coerce(job, name, raw, "--param")
     return params
 
@@ -100,14 +115,9 @@ def best_params_of(run_dir: Path) -> dict[str, Any]:
 
 def check_output_dir(out_dir: Path) -> None:
     """Raise ConfigurationError unless ``out_dir`` is, or can be made, a directory (creates nothing)."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigurationError(f"output {out_dir} is a file, not a directory: pass --output with a directory path")
-    ancestor = out_dir.parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise ConfigurationError(f"output {out_dir} cannot be created: {ancestor} is a file, not a directory; "
-                                 "pass --output with a path in a directory")
+    from modelops_calabaria.outputs import check_output_dir as check
+
+    check(out_dir, "output")
 
 
 def simulate_outputs(model: LoadedModel, job: CalibrationJob, params: Mapping[str, Any], seeds: Sequence[int]) -> list[dict[str, Any]]:
@@ -272,6 +282,10 @@ def run_simulate(job_file: Path, items: list[str], params_path: Path | None, bes
     model = load_model(canonical_ref(job.model, job.base_dir))
     targets = compile_targets(job, model.outputs)
     params = parse_params(job, items, base)
+    from modelops_calabaria.models.catalog import range_problems
+
+    if problems := range_problems(job.model, {**job.fixed, **params}, {}):
+        raise JobSpecError(f"values outside what model {job.model} accepts:", problems=problems)
     seeds = fresh_seeds(job.seed, replicates) if seed is None else [seed + r for r in range(replicates)]
     runs = simulate_outputs(model, job, params, seeds)
     fits = aligned(targets, runs) if plot else {}

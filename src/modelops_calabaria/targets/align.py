@@ -43,7 +43,16 @@ from modelops_calabaria.errors import SimulationError
 
 EPOCH = np.datetime64("1970-01-01", "D")
 TIME_NAMES = frozenset({"date", "day", "days", "week", "weeks", "time", "t", "step", "month", "year"})
-_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}")
+_ISO_DATE = re.compile(r"^\d{4}[-./]\d{2}[-./]\d{2}")
+# Year-first dates with '.' or '/' (starsim writes 2025.01.01): unambiguous, read as ISO 8601.
+_YEAR_FIRST = re.compile(r"^(\d{4})([./])(\d{2})\2(\d{2})(?=$|[T ])")
+
+
+def iso_date(value: Any) -> Any:
+    """``2025.01.01`` or ``2025/01/01`` as ``2025-01-01`` (other values unchanged)."""
+    if isinstance(value, str):
+        return _YEAR_FIRST.sub(r"\1-\3-\4", value.strip(), count=1)
+    return value
 
 
 class AlignmentError(SimulationError):
@@ -83,12 +92,12 @@ def date_days(values: Sequence[Any] | np.ndarray) -> np.ndarray:
                 except (TypeError, ValueError):
                     continue
         if parsed is None:
-            items = arr.tolist()
+            items = [iso_date(v) for v in arr.tolist()]
             for v in items:
                 try:
                     np.datetime64(v)
                 except (TypeError, ValueError):
-                    raise ValueError(f"{v!r} is not an ISO 8601 date (YYYY-MM-DD)") from None
+                    raise ValueError(f"{str(v)[:40]!r} is not a date (YYYY-MM-DD, or YYYY.MM.DD / YYYY/MM/DD)") from None
             parsed = np.array([np.datetime64(v) for v in items])
         arr = parsed
     return (arr.astype("datetime64[D]") - EPOCH).astype(np.int64).astype(float)
@@ -112,10 +121,10 @@ def parse_key(name: str, cells: Sequence[Any]) -> KeyColumn:
     if any(isinstance(c, (datetime.date, np.datetime64)) or _ISO_DATE.match(str(c)) for c in cells):
         for row, cell in enumerate(cells):
             try:
-                np.datetime64(cell if isinstance(cell, (datetime.date, np.datetime64)) else str(cell))
+                np.datetime64(cell if isinstance(cell, (datetime.date, np.datetime64)) else iso_date(str(cell)))
             except (TypeError, ValueError):
-                raise ValueError(f"data row {row + 1}: {cell!r} is not an ISO 8601 date (YYYY-MM-DD)") from None
-        return KeyColumn(name, "date", date_days([c if isinstance(c, (datetime.date, np.datetime64)) else str(c) for c in cells]))
+                raise ValueError(f"data row {row + 1}: {str(cell)[:40]!r} is not a date (YYYY-MM-DD, or YYYY.MM.DD / YYYY/MM/DD)") from None
+        return KeyColumn(name, "date", date_days([c if isinstance(c, (datetime.date, np.datetime64)) else iso_date(str(c)) for c in cells]))
     return KeyColumn(name, "label", np.array([str(c) for c in cells], dtype=object))
 
 
@@ -164,16 +173,22 @@ def output_table(raw: Any, time_key: str | None, value_columns: Sequence[str], w
 
 
 def _codes(obs: Sequence[np.ndarray], model: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """One int64 code per row over several key columns, comparable between the two sides."""
+    """One int64 code per row over several key columns, comparable between the two sides.
+
+    Equal codes mean equal keys in every column. After each column the combined codes are
+    re-ranked densely (0 .. rows - 1), so a code never exceeds (n + m)^2 whatever the
+    number of key columns or of distinct values per column: multiplying raw ranks would
+    overflow int64 (5 keys of 65,536 values) and silently match the wrong row.
+    """
     n = len(obs[0]) if obs else 0
     m = len(model[0]) if model else 0
-    code_o = np.zeros(n, dtype=np.int64)
-    code_m = np.zeros(m, dtype=np.int64)
+    code = np.zeros(n + m, dtype=np.int64)
     for o, mm in zip(obs, model):
         uniq, inverse = np.unique(np.concatenate([o, mm]), return_inverse=True)
-        code_o = code_o * len(uniq) + inverse[:n]
-        code_m = code_m * len(uniq) + inverse[n:]
-    return code_o, code_m
+        combined = code * np.int64(len(uniq)) + inverse.astype(np.int64)  # both < n + m: no overflow
+        _, code = np.unique(combined, return_inverse=True)
+        code = code.astype(np.int64).reshape(-1)
+    return code[:n], code[n:]
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> bool:

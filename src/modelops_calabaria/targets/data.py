@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import csv
 import difflib
+import io
 import math
+import os
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from modelops_calabaria.errors import JobSpecError
-from modelops_calabaria.job import COUNT_SCORES, TargetSpec
+from modelops_calabaria.job import COUNT_SCORES, MAX_DATA_CELL, MAX_DATA_FILE_BYTES, TargetSpec
+from modelops_calabaria.job.limits import MAX_EXACT_COUNT, MAX_INDEX
 from modelops_calabaria.targets.align import KeyColumn, parse_key, time_key_of
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -75,54 +79,117 @@ class Observed:
         return 0 if self.present is None else int((~self.present).any(axis=1).sum())
 
 
+EXCERPT = 40  # characters of a cell or column name quoted in an error message
+
+
+def excerpt(value: object, *, quote: bool = False) -> str:
+    """A cell or name as a message shows it (text as is, other values as their repr), cut to
+    EXCERPT characters (``quote``: always the repr): messages quote data, never much of it (every printed line is also redacted)."""
+    text = value if isinstance(value, str) and not quote else repr(value)
+    return text if len(text) <= EXCERPT else f"{text[:EXCERPT]}... ({len(text):,} characters)"
+
+
+def _names(names: Sequence[object]) -> str:
+    """Column names for a message: at most 10, each an excerpt."""
+    shown = ", ".join(excerpt(n) for n in list(names)[:10])
+    return shown + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+
+
+def read_data_file(path: Path, where: str) -> bytes:
+    """The bytes of an observed-data file, checked before it is opened: a regular file
+    (not a FIFO, device, directory or socket, which could hang or never end), not empty
+    (a kernel pseudo-file such as /proc/self/environ reports size 0), at most
+    MAX_DATA_FILE_BYTES; at most that much is read even if the file grows.
+
+    Raises:
+        JobSpecError: missing, not a regular file, empty, too large or unreadable (one line).
+    """
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise JobSpecError(f"observed data file not found: {path}", problems=[(where, "the file does not exist")]) from None
+    except OSError as e:
+        raise JobSpecError(f"observed data file {path} cannot be read: {e.strerror or e}", problems=[(where, "check the path")]) from None
+    if not stat.S_ISREG(info.st_mode):
+        kind = ("a directory" if stat.S_ISDIR(info.st_mode) else "a FIFO" if stat.S_ISFIFO(info.st_mode)
+                else "a device" if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode) else "not a regular file")
+        raise JobSpecError(f"observed data file {path} is {kind}", problems=[(where, "name a regular CSV or Parquet file")])
+    if info.st_size == 0:
+        raise JobSpecError(f"observed data file is empty: {path}",
+                           problems=[(where, "a CSV file with a header row and data rows (kernel pseudo-files are refused)")])
+    if info.st_size > MAX_DATA_FILE_BYTES:
+        raise JobSpecError(f"observed data file {path} is {info.st_size:,} bytes, more than the limit of {MAX_DATA_FILE_BYTES:,}",
+                           problems=[(where, "keep the rows the targets use (see 'Limits' in docs/reliability.md)")])
+    try:
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_DATA_FILE_BYTES + 1)
+    except OSError as e:
+        raise JobSpecError(f"observed data file {path} cannot be read: {e.strerror or e}", problems=[(where, "check the file")]) from None
+    if len(raw) > MAX_DATA_FILE_BYTES:
+        raise JobSpecError(f"observed data file {path} is more than {MAX_DATA_FILE_BYTES:,} bytes",
+                           problems=[(where, "keep the rows the targets use")])
+    return raw
+
+
 def _read_parquet(path: Path, where: str, name: str) -> dict[str, list[object]]:
-    if not path.is_file():
-        raise JobSpecError(f"observed data file not found: {path}", problems=[(where, "the file does not exist")])
-    with path.open("rb") as fh:
-        magic = fh.read(4)
-    if magic != b"PAR1":
+    raw = read_data_file(path, where)
+    if raw[:4] != b"PAR1":
         raise JobSpecError(f"target '{name}': {path} is not a Parquet file (it does not start with the PAR1 marker); "
                            f"save it as Parquet, or as CSV with a .csv name ({where})")
     try:
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = pq.read_table(path)
+        parquet = pq.ParquetFile(pa.BufferReader(raw))
+        names = [str(c) for c in parquet.schema_arrow.names]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:  # checked before reading: pyarrow refuses to read them, or the last would win
+            raise JobSpecError(f"target '{name}': {path} has repeated column name(s) {', '.join(excerpt(n) for n in repeated)}",
+                               problems=[(where, "give every column a unique name")])
+        table = parquet.read()
+    except JobSpecError:
+        raise
     except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a damaged file
-        raise JobSpecError(f"target '{name}': {path} cannot be read as Parquet: {e} ({where})") from e
-    return {str(c): table.column(c).to_pylist() for c in table.column_names}
+        raise JobSpecError(f"target '{name}': {path} cannot be read as Parquet: {excerpt(str(e))} ({where})") from None
+    try:
+        return {str(c): table.column(i).to_pylist() for i, c in enumerate(table.column_names)}
+    except (OverflowError, ValueError, pa.ArrowException) as e:  # a timestamp beyond year 9999, ...
+        raise JobSpecError(f"target '{name}': {path} holds a value Python cannot represent: {excerpt(str(e))}",
+                           problems=[(where, "dates must lie within years 1 to 9999")]) from None
 
 
 def _read_csv(path: Path, where: str) -> dict[str, list[str]]:
-    if not path.is_file():
-        raise JobSpecError(f"observed data file not found: {path}", problems=[(where, "the file does not exist")])
+    raw = read_data_file(path, where)
     try:
-        with path.open(newline="", encoding="utf-8-sig") as fh:
-            reader = csv.reader(fh)
-            header = next(reader, None)
-            if not header or not any(h.strip() for h in header):
-                raise JobSpecError(f"observed data file is empty: {path}", problems=[(where, "no header row")])
-            header = [h.strip() for h in header]
-            unnamed = [str(i + 1) for i, h in enumerate(header) if not h]
-            repeated = sorted({h for h in header if h and header.count(h) > 1})
-            if unnamed or repeated:
-                what = f"no name for column(s) {', '.join(unnamed)} (a trailing comma?)" if unnamed else f"repeated column name(s) {', '.join(repeated)}"
-                raise JobSpecError(f"{path}: header row has {what}", problems=[(where, "give every column a unique name")])
-            columns: dict[str, list[str]] = {h: [] for h in header}
-            for lineno, row in enumerate(reader, start=2):
-                if not any(cell.strip() for cell in row):
-                    continue
-                if len(row) != len(header):
-                    raise JobSpecError(
-                        f"{path}, line {lineno}: {len(row)} cells but the header has {len(header)}",
-                        problems=[(where, "every row needs one cell per column")],
-                    )
-                for h, cell in zip(header, row):
-                    columns[h].append(cell.strip())
-    except (UnicodeDecodeError, csv.Error, OSError) as e:
+        text = raw.decode("utf-8-sig")
+        reader = csv.reader(io.StringIO(text, newline=""))
+        header = next(reader, None)
+        if not header or not any(h.strip() for h in header):
+            raise JobSpecError(f"observed data file is empty: {path}", problems=[(where, "no header row")])
+        header = [h.strip() for h in header]
+        unnamed = [str(i + 1) for i, h in enumerate(header) if not h]
+        repeated = sorted({h for h in header if h and header.count(h) > 1})
+        if unnamed or repeated:
+            what = (f"no name for column(s) {', '.join(unnamed[:10])} (a trailing comma?)" if unnamed
+                    else f"repeated column name(s) {', '.join(excerpt(r) for r in repeated[:10])}")
+            raise JobSpecError(f"{path}: header row has {what}", problems=[(where, "give every column a unique name")])
+        columns: dict[str, list[str]] = {h: [] for h in header}
+        for lineno, row in enumerate(reader, start=2):
+            if not any(cell.strip() for cell in row):
+                continue
+            if len(row) != len(header):
+                raise JobSpecError(
+                    f"{path}, line {lineno}: {len(row)} cells but the header has {len(header)}",
+                    problems=[(where, "every row needs one cell per column")],
+                )
+            for h, cell in zip(header, row):
+                columns[h].append(cell.strip())
+    except (UnicodeDecodeError, csv.Error) as e:
         unicode = isinstance(e, UnicodeDecodeError)
-        reason = f"not UTF-8 text ({e.reason} at byte {e.start})" if unicode else str(e)
+        reason = f"not UTF-8 text ({e.reason} at byte {e.start})" if unicode else excerpt(str(e)).strip("'\"")
         raise JobSpecError(f"observed data file {path} cannot be read: {reason}",
-                           problems=[(where, "save it as a UTF-8 CSV file" if unicode else "make it a readable CSV file")]) from e
+                           problems=[(where, "save it as a UTF-8 CSV file" if unicode else
+                                      f"make it a readable CSV file (a cell holds at most {MAX_DATA_CELL:,} characters)")]) from None
     return columns
 
 
@@ -139,7 +206,7 @@ def _numeric(values: Sequence[object], column: str, source: str, where: str, *, 
             x = float(cell) if cell not in (None, "") else math.nan  # type: ignore[arg-type]
         except (TypeError, ValueError):
             raise JobSpecError(
-                f"{source}: column '{column}', data row {row + 1}: {cell!r} is not a number",
+                f"{source}: column '{excerpt(column)}', data row {row + 1}: {excerpt(cell, quote=True)} is not a number",
                 problems=[(where, "every observed cell must be numeric")],
             ) from None
         if gaps and math.isnan(x):
@@ -189,7 +256,7 @@ def load_observed(target: TargetSpec, base_dir: Path, where: str) -> Observed:
     missing = [c for c in wanted if c not in table]
     if missing:
         raise JobSpecError(
-            f"{source}: missing column(s) {', '.join(missing)}; it has {', '.join(names)}",
+            f"{source}: missing column(s) {_names(missing)}; it has {_names(names)}",
             problems=[(where, "name existing columns in index_column / value_columns / trials_column")],
         )
     if not value_cols:
@@ -198,8 +265,12 @@ def load_observed(target: TargetSpec, base_dir: Path, where: str) -> Observed:
     if n_rows == 0:
         raise JobSpecError(f"{source}: has no data rows", problems=[(where, "observed data must not be empty")])
     index = _numeric(table[index_col], index_col, source, where)
-    if (index < 0).any() or (index != np.round(index)).any():
-        raise JobSpecError(f"{source}: index column '{index_col}' must hold whole numbers >= 0", problems=[(where, "index values select rows of the model output (e.g. week 0, 1, ...)")])
+    bad = (index < 0) | (index != np.round(index)) | (index > MAX_INDEX) | np.signbit(index)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise JobSpecError(f"{source}: index column {excerpt(index_col)}, data row {row + 1}: {excerpt(table[index_col][row])} "
+                           f"is not a whole number from 0 to {MAX_INDEX:,}",
+                           problems=[(where, "index values select rows of the model output (e.g. week 0, 1, ...)")])
     if len(set(index.tolist())) != len(index):
         raise JobSpecError(f"{source}: index column '{index_col}' has repeated values", problems=[(where, "one row per index value")])
     values = np.column_stack([_numeric(table[c], c, source, where, gaps=True) for c in value_cols])
@@ -212,6 +283,12 @@ def _check_values(target: TargetSpec, values: np.ndarray, value_cols: Sequence[s
                   source: str, where: str) -> tuple[np.ndarray, np.ndarray | None]:
     """Count checks on the present cells; a row whose denominator is blank is a gap too."""
     if trials is not None:
+        zero = trials[:, 0] == 0  # a blank (NaN) denominator is a gap, not 0
+        if zero.any():
+            row = int(np.flatnonzero(zero)[0])
+            raise JobSpecError(f"{source}: column {excerpt(target.score.trials_column)}, data row {row + 1}: a denominator of 0; "
+                               f"{target.score.kind} needs denominators >= 1 (a row of 0 trials observes nothing: leave its cells blank)",
+                               problems=[(where, "fix the denominator or blank the row")])
         values = np.where(np.isnan(trials), np.nan, values)
     present = ~np.isnan(values)
     if not present.any():
@@ -221,6 +298,12 @@ def _check_values(target: TargetSpec, values: np.ndarray, value_cols: Sequence[s
     filled = np.where(present, values, 0.0)
     filled_trials = np.where(np.isnan(trials), 0.0, trials) if trials is not None else None
     if kind in COUNT_SCORES:
+        for cells, names in ((filled, value_cols), (filled_trials, [target.score.trials_column])):
+            if cells is not None and (np.abs(cells) >= MAX_EXACT_COUNT).any():
+                col, row = _first(np.abs(cells) >= MAX_EXACT_COUNT, names)  # type: ignore[arg-type]
+                raise JobSpecError(f"target '{target.name}': column {excerpt(col)}, data row {row + 1}: a count at or beyond 2^53 "
+                                   f"({MAX_EXACT_COUNT:,}), which a float does not hold exactly ({source})",
+                                   problems=[(where, "counts must be whole numbers a float holds exactly")])
         fractional = filled != np.round(filled)
         if fractional.any():
             col, row = _first(fractional, value_cols)
@@ -245,7 +328,7 @@ def _count_checks(target: TargetSpec, values: np.ndarray, value_cols: Sequence[s
             problems=[(where, "fix the data, or use a least-squares or normal_nll score")],
         )
     if trials is not None:
-        if (trials < 0).any() or (values > trials).any():
+        if (values > trials).any():
             raise JobSpecError(f"{source}: {kind} needs 0 <= value <= '{trials_col}' in every row", problems=[(where, "successes cannot exceed the denominator")])
 
 
@@ -258,7 +341,7 @@ def _load_keyed(target: TargetSpec, table: Mapping[str, Sequence[object]], sourc
     missing = [c for c in (*keys_named, *value_cols, *([trials_col] if trials_col else [])) if c not in table]
     if missing:
         raise JobSpecError(
-            f"target '{target.name}': {source} has no column '{missing[0]}' (it has {', '.join(names)})",
+            f"target '{target.name}': {source} has no column {excerpt(missing[0])} (it has {_names(names)})",
             problems=[(where, "name existing columns in on / value_columns / trials_column")],
         )
     if not value_cols:
@@ -282,7 +365,7 @@ def _load_keyed(target: TargetSpec, table: Mapping[str, Sequence[object]], sourc
         _, first, counts = np.unique(key_table, return_index=True, return_counts=True)
         if (counts > 1).any():
             row = int(first[np.flatnonzero(counts > 1)[0]])
-            shown = ", ".join(f"{k.name}={table[k.name][row]}" for k in keys)
+            shown = ", ".join(f"{k.name}={excerpt(table[k.name][row])}" for k in keys)
             raise JobSpecError(f"target '{target.name}': key {shown} appears in {int(counts.max())} rows of {source}; "
                                "keep one row per key (or add the key column that tells them apart to 'on')")
     time_key, candidates = time_key_of(keys, target.time_key)
