@@ -254,9 +254,16 @@ class TargetSpec(_Spec):
     time_key: str | None = None
     start_date: datetime.date | None = Field(default=None, strict=False)  # an ISO 8601 string or a YAML date
     period: float | None = Field(default=None, gt=0)
+    synthetic_estimator: Literal["plugin", "ubsl"] = Field(
+        default="plugin",
+        description="with aggregation synthetic_likelihood: 'plugin' (Wood 2010, shrunk covariance; its target moves "
+                    "with n_replicates) or 'ubsl' (the unbiased Gaussian-density estimator of Price et al. 2018; "
+                    "needs n_replicates > observed cells + 3; docs/posterior.md)")
 
     @model_validator(mode="after")
     def _check(self) -> TargetSpec:
+        if self.synthetic_estimator != "plugin" and self.aggregation != "synthetic_likelihood":
+            raise ValueError(f"synthetic_estimator {self.synthetic_estimator!r} needs aggregation synthetic_likelihood")
         if self.aggregation == "logmeanexp" and self.score.kind not in LIKELIHOOD_SCORES:
             raise ValueError(f"aggregation 'logmeanexp' needs a likelihood score, not {self.score.kind}")
         if self.score.dispersion_output is not None and self.aggregation == "score_of_mean":
@@ -361,6 +368,10 @@ class PosteriorSpec(_Spec):
     initial: int = Field(default=200, ge=2)
     per_stage: int = Field(default=50, ge=2)
     target_ess: float | None = Field(default=None, gt=0)
+    band: Literal["observed", "mean", "both"] = Field(
+        default="observed",
+        description="the report's posterior predictive band: 'observed' draws from each target's observation model "
+                    "(what new data would look like), 'mean' the simulated series only, 'both' side by side")
 
 
 class ReportSpec(_Spec):
