@@ -196,6 +196,9 @@ def test_figures_show_the_marginals_and_the_predictive_fit(tmp_path):
     (ax,) = fit.axes
     observed = [line for line in ax.get_lines() if line.get_label() == "observed"][0]
     assert np.allclose(observed.get_ydata(), y) and "resampled" in fit_caption
+    assert "normal (sigma = 0.5)" in fit_caption and "observation model" in fit_caption and "prior dashed" in corner_caption
+    (_, both_caption), = [f for f in posterior_figures(job, sample, predictive_draws=10, replicates=1, band="both")][1:]
+    assert "right, the simulated values alone" in both_caption
     corner.savefig(tmp_path / "corner.png")
     assert (tmp_path / "corner.png").stat().st_size > 1000
 
