@@ -55,7 +55,7 @@ from modelops_calabaria.errors import ConfigurationError, JobSpecError, RunFaile
 from modelops_calabaria.job import MAX_TRIALS, CalibrationJob, check_run_flags, check_same_model, job_from_dict
 from modelops_calabaria.logging import get_logger
 from modelops_calabaria.models import canonical_ref, load_model
-from modelops_calabaria.posterior import ImisSampler, posterior_stop, write_posterior
+from modelops_calabaria.posterior import ImisSampler, count_reevaluation, posterior_stop, write_posterior
 from modelops_calabaria.reporting.progress import Progress
 from modelops_calabaria.outcome import RunResult
 from modelops_calabaria.reporting.results import best_trial, current_result, state_counts, write_results
@@ -429,7 +429,7 @@ def _drive(p: Prepared, settings: Settings, service: DeferredService, study: opt
                           backend=backend)
     if isinstance(p.sampler, ImisSampler):  # records into the shared study; draws apart from other coordinators'
         p.sampler.attach(backend.optuna_storage, backend.study_id(study.study_name),
-                         coordinator_id if options.joining or already else None)
+                         coordinator_id if options.joining or already else None, reader=backend.trials_since)
     state = RunState(job.direction, job.stop, time.monotonic(), **posterior_stop(job, p.sampler))
     asker = _choose_asker(p, settings, study, backend, parallel, loops, coordinator_id)
     # "best" on the progress line is the study's, not this process's
@@ -526,6 +526,8 @@ def _collect(p: Prepared, study: optuna.Study, backend: StudyBackend, latencies:
         reevaluation = _reevaluation_service(p, trials, service, settings)
         try:
             apply_selection(result, reevaluate_at_end(p.job, trials, reevaluation), trials)
+            if result.posterior is not None:  # its n_simulations counts the re-evaluation's model runs too
+                count_reevaluation(result.posterior, result.selection)
         finally:
             if reevaluation is not service:
                 reevaluation.close()
