@@ -372,6 +372,8 @@ class PosteriorSpec(_Spec):
         default="observed",
         description="the report's posterior predictive band: 'observed' draws from each target's observation model "
                     "(what new data would look like), 'mean' the simulated series only, 'both' side by side")
+    arviz: bool = Field(default=False, description="also write posterior.nc, arviz InferenceData (needs the 'posterior' "
+                                                   "extra: pip install 'modelops-calabaria[posterior]')")
 
 
 class ReportSpec(_Spec):

@@ -124,7 +124,8 @@ def posterior_csv(job: CalibrationJob, sample: WeightedSample) -> str:
 
 def write_posterior(out_dir: Path, job: CalibrationJob, storage: optuna.storages.BaseStorage,
                     study_id: int) -> dict[str, Any]:
-    """Write ``posterior.csv`` into ``out_dir``; return results.json's ``posterior``."""
+    """Write ``posterior.csv`` (and with ``posterior.arviz``, ``posterior.nc``) into ``out_dir``;
+    return results.json's ``posterior``."""
     trials, attrs = _read(storage, study_id)
     sample = weigh(joint_prior(job.parameters), trials, attrs)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -132,6 +133,12 @@ def write_posterior(out_dir: Path, job: CalibrationJob, storage: optuna.storages
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(posterior_csv(job, sample), encoding="utf-8")
     os.replace(tmp, path)
+    if job.posterior is not None and job.posterior.arviz:
+        from modelops_calabaria.posterior.export import inference_data, write_netcdf
+        from modelops_calabaria.targets.data import load_observed
+
+        observed = {t.name: load_observed(t, job.base_dir, f"targets[{i}].data").values for i, t in enumerate(job.targets)}
+        write_netcdf(out_dir / "posterior.nc", inference_data(job, sample, observed, seed=job.seed))
     n_told = sum(1 for t in trials if t.state.is_finished())
     summary = posterior_summary(job, sample, n_told * job.n_replicates, stage_ess(job, trials, attrs))
     log.info("posterior", ess=summary["ess"], trials=summary["n_trials"], summary="; ".join(summary_lines(summary)))
