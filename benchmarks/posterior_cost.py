@@ -30,9 +30,6 @@ from modelops_calabaria import Settings, run_calibration  # noqa: E402
 from modelops_calabaria.backend.factory import open_store  # noqa: E402
 from modelops_calabaria.job import job_from_dict  # noqa: E402
 from modelops_calabaria.logging import configure_logging  # noqa: E402
-from modelops_calabaria.posterior.incremental import MixtureState  # noqa: E402
-from modelops_calabaria.posterior.prior import joint_prior  # noqa: E402
-from modelops_calabaria.posterior.records import parse_records, weigh  # noqa: E402
 from modelops_calabaria.storage import parse_storage_url  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,6 +40,8 @@ def main() -> None:
     ap.add_argument("--storage", required=True)
     ap.add_argument("--trials", type=int, default=10_000)
     ap.add_argument("--loops", type=int, default=2)
+    ap.add_argument("--blocks-only", action="store_true",
+                    help="only the time per 1,000 trials (runs on code without posterior/incremental.py, for a before/after)")
     args = ap.parse_args()
     configure_logging("json", level=logging.WARNING, stream=sys.stderr)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -73,35 +72,44 @@ def main() -> None:
         for k in range(1000, len(done) + 1, 1000):
             start = done[k - 1000] if k > 1000 else min(t.datetime_start for t in trials if t.datetime_start)
             blocks.append(round((done[k - 1] - start).total_seconds(), 1))
-        # one stage both ways, at the final size
-        prior = joint_prior(job.parameters)
-        t0 = time.monotonic()
-        every = storage.get_all_trials(sid, deepcopy=False)
-        attrs = storage.get_study_system_attrs(sid)
-        weigh(prior, every, attrs)
-        full_s = time.monotonic() - t0
-        state = MixtureState(prior)
-        components, sources = parse_records(attrs)
-        for cid, c in components.items():
-            state.add_component(cid, c)
-        stored, top = store.trials_since(sid, -1, set(), set())
-        ids = sorted(s.trial_id for s in stored)
-        state.add_trials([s.trial for s in stored if s.trial_id <= ids[-per_stage - 1]], sources)
-        t0 = time.monotonic()
-        new, _ = store.trials_since(sid, ids[-per_stage - 1], set(), set())
-        state.add_trials([s.trial for s in new], sources)
-        state.sample()
-        incremental_s = time.monotonic() - t0
+        stage = None if args.blocks_only else stage_both_ways(job, store, sid, per_stage)
     finally:
         store.close()
     report = {
         "trials": len(trials), "wall_s": round(wall, 1), "ess": (result.posterior or {}).get("ess"),
         "seconds_per_1000_trials": blocks,
         "last_over_first": round(blocks[-1] / blocks[0], 2) if len(blocks) > 1 else None,
-        "stage_at_final_size_s": {"from_scratch": round(full_s, 3), "incremental": round(incremental_s, 3)},
-        "machine_before": load_before, "machine_after": machine(),
+        "stage_at_final_size_s": stage, "machine_before": load_before, "machine_after": machine(),
     }
     print(json.dumps(report, indent=1))
+
+
+def stage_both_ways(job, store, sid: int, per_stage: int) -> dict:
+    """One stage at the study's final size: from scratch (read all, weigh all) and incremental."""
+    from modelops_calabaria.posterior.incremental import MixtureState
+    from modelops_calabaria.posterior.prior import joint_prior
+    from modelops_calabaria.posterior.records import parse_records, weigh
+
+    storage = store.optuna_storage
+    prior = joint_prior(job.parameters)
+    t0 = time.monotonic()
+    every = storage.get_all_trials(sid, deepcopy=False)
+    attrs = storage.get_study_system_attrs(sid)
+    weigh(prior, every, attrs)
+    full_s = time.monotonic() - t0
+    state = MixtureState(prior)
+    components, sources = parse_records(attrs)
+    for cid, c in components.items():
+        state.add_component(cid, c)
+    stored, top = store.trials_since(sid, -1, set(), set())
+    ids = sorted(s.trial_id for s in stored)
+    state.add_trials([s.trial for s in stored if s.trial_id <= ids[-per_stage - 1]], sources)
+    t0 = time.monotonic()
+    new, _ = store.trials_since(sid, ids[-per_stage - 1], set(), set())
+    state.add_trials([s.trial for s in new], sources)
+    state.sample()
+    incremental_s = time.monotonic() - t0
+    return {"from_scratch": round(full_s, 3), "incremental": round(incremental_s, 3)}
 
 
 if __name__ == "__main__":

@@ -3,11 +3,10 @@ proportional to what is new. Pure, no I/O.
 
 :func:`.records.weigh` computes the deterministic-mixture weights from scratch: every
 trial's density under every source, each time. A running sampler instead keeps
-:class:`MixtureState`: each weighted point's log prior density and its log density under
-every source, computed once; a new trial adds one row (its density under each known
-source), a new component adds one column (its density at each point). Combining them
-(a log-sum-exp over sources) is the only step that touches every point, in memory.
-The weights equal :func:`.records.weigh`'s on the same trials (tests/test_posterior_incremental.py).
+:class:`MixtureState`: each weighted point's log prior density and its mixture density.
+A batch of new trials updates the mixture density at the old points only for the
+sources whose draw counts changed, and gives each new point its density under every
+source once. The weights equal :func:`.records.weigh`'s on the same trials (tests/test_posterior_incremental.py).
 """
 
 from __future__ import annotations
@@ -26,28 +25,36 @@ from modelops_calabaria.posterior.records import FINISHED, RETRY_ATTR, WeightedS
 
 
 class MixtureState:
-    """Finished trials folded in one at a time; :meth:`sample` gives the weighted sample."""
+    """Finished trials folded in one batch at a time; :meth:`sample` gives the weighted sample.
+
+    Kept per weighted point: its log prior density, log-likelihood and ``log S`` with
+    ``S(u) = Σ_s n_s q_s(u)`` (so ``q_total = S / N``). A batch that adds ``Δn_s`` draws to
+    source s adds ``Δn_s q_s(u)`` to every old point's S (one density evaluation per point
+    per source whose count changed, usually one or two), and computes S at the new points
+    over every source. Memory is O(points), not O(points × sources).
+    """
 
     def __init__(self, prior: JointPrior) -> None:
         self.prior = prior
         self.components: dict[str, Component] = {}
         self.counts: Counter[str] = Counter()  # evaluated draws per source (zero-weight ones included)
         self.numbers: list[int] = []
-        self._x: list[np.ndarray] = []
-        self._u: list[np.ndarray] = []
-        self._loglik: list[float] = []
+        d = prior.dim
+        self._x = np.zeros((0, d))
+        self._u = np.zeros((0, d))
+        self._loglik = np.zeros(0)
         self.sources: list[str] = []
-        self._log_prior: list[float] = []
-        self._dens: dict[str, list[float]] = {PRIOR: []}  # log density of each source at each weighted point
+        self._log_prior = np.zeros(0)
+        self._log_s = np.zeros(0)
         self.unrecorded = 0
         self.seen: set[int] = set()  # trial numbers folded in
 
     def add_component(self, cid: str, component: Component) -> None:
-        """A new source: its density at every weighted point so far (one column)."""
-        if cid in self.components:
-            return
-        self.components[cid] = component
-        self._dens[cid] = component.log_pdf(np.array(self._u)).tolist() if self._u else []
+        """A new source (it enters S when draws from it are counted)."""
+        self.components.setdefault(cid, component)
+
+    def _log_pdf(self, sid: str, u: np.ndarray) -> np.ndarray:
+        return self.prior.log_pdf_u(u) if sid == PRIOR else self.components[sid].log_pdf(u)
 
     def add_trials(self, trials: list[FrozenTrial], sources: Mapping[str, str], final: bool = False) -> list[FrozenTrial]:
         """Fold in FINISHED trials (each once); return those whose source is not known yet (a
@@ -55,6 +62,8 @@ class MixtureState:
         them as unrecorded, as :func:`.records.weigh` does."""
         later: list[FrozenTrial] = []
         new_x: list[np.ndarray] = []
+        new_loglik: list[float] = []
+        delta: Counter[str] = Counter()
         for t in trials:
             if t.number in self.seen or t.state not in FINISHED:
                 continue
@@ -68,39 +77,39 @@ class MixtureState:
             if not known:
                 self.unrecorded += int(weighed)
                 continue
-            self.counts[source] += 1  # type: ignore[index]
+            delta[source] += 1  # type: ignore[index]
             if not weighed:
                 continue
             self.numbers.append(t.number)
-            self._loglik.append(-float(t.value))  # type: ignore[arg-type]
+            new_loglik.append(-float(t.value))  # type: ignore[arg-type]
             self.sources.append(source)  # type: ignore[arg-type]
             new_x.append(self.prior.rows([t.params])[0])
-        if new_x:
+        if len(self._u):  # old points: S gains the new draws' sources
+            for sid, dn in delta.items():
+                self._log_s = np.logaddexp(self._log_s, math.log(dn) + self._log_pdf(sid, self._u))
+        self.counts.update(delta)
+        if new_x:  # new points: S over every counted source, one batch per source
             x = np.array(new_x)
             u = self.prior.to_u(x)
-            self._x += list(x)
-            self._u += list(u)
             lp = self.prior.log_pdf_u(u)
-            self._log_prior += lp.tolist()
-            for sid, column in self._dens.items():  # one batch per source: K Cholesky factorisations, not K per trial
-                column += (lp if sid == PRIOR else self.components[sid].log_pdf(u)).tolist()
+            terms = [math.log(c) + (lp if sid == PRIOR else self.components[sid].log_pdf(u))
+                     for sid, c in self.counts.items() if c > 0]
+            self._x, self._u = np.vstack([self._x, x]), np.vstack([self._u, u])
+            self._loglik = np.concatenate([self._loglik, new_loglik])
+            self._log_prior = np.concatenate([self._log_prior, lp])
+            self._log_s = np.concatenate([self._log_s, logsumexp(np.vstack(terms), axis=0)])
         return later
 
     def log_weights(self) -> np.ndarray:
         """Unnormalised deterministic-mixture log weights of the weighted points."""
         if not self.numbers:
             return np.zeros(0)
-        n = sum(self.counts.values())
-        terms = [math.log(c / n) + np.asarray(self._dens[s]) for s, c in self.counts.items() if c > 0]
-        log_q = logsumexp(np.vstack(terms), axis=0)
-        return np.asarray(self._log_prior) + np.asarray(self._loglik) - log_q
+        log_q = self._log_s - math.log(sum(self.counts.values()))
+        return self._log_prior + self._loglik - log_q
 
     def sample(self) -> WeightedSample:
         """The weighted sample of every trial folded in so far."""
         logw = self.log_weights()
         w = normalise(logw)
-        d = self.prior.dim
-        x = np.array(self._x).reshape(len(self._x), d)
-        u = np.array(self._u).reshape(len(self._u), d)
-        return WeightedSample(list(self.numbers), x, u, np.array(self._loglik), list(self.sources), w, ess(w),
-                              self.unrecorded, len(set(self.sources) - {PRIOR}), logw, sum(self.counts.values()))
+        return WeightedSample(list(self.numbers), self._x.copy(), self._u.copy(), self._loglik.copy(), list(self.sources),
+                              w, ess(w), self.unrecorded, len(set(self.sources) - {PRIOR}), logw, sum(self.counts.values()))
