@@ -20,6 +20,7 @@ from modelops_calabaria.posterior import build_posterior_sampler
 from modelops_calabaria.posterior.prior import joint_prior
 from modelops_calabaria.posterior.records import weigh
 from modelops_calabaria.storage import parse_storage_url
+from modelops_calabaria.targets.scores import ZERO_LIKELIHOOD_NLL
 
 from conftest import unique
 
@@ -56,6 +57,9 @@ def test_stages_read_each_trial_once_and_weigh_as_the_full_recomputation(storage
             if i % 17 == 5:
                 study.tell(trial, state=TrialState.FAIL)
                 continue
+            if i % 13 == 7:  # a likelihood estimate of 0 (uBSL): completes, weighs 0
+                study.tell(trial, ZERO_LIKELIHOOD_NLL)
+                continue
             nll = 0.5 * ((a - 1.0) / 0.4) ** 2 + 0.5 * ((np.log(b) - 0.5) / 0.3) ** 2
             study.tell(trial, nll)
         assert sampler.stages >= 8
@@ -70,5 +74,7 @@ def test_stages_read_each_trial_once_and_weigh_as_the_full_recomputation(storage
         full = weigh(joint_prior(job.parameters), trials, store.optuna_storage.get_study_system_attrs(sid))
         assert mine.numbers == full.numbers and mine.n_draws == full.n_draws == len(trials)
         assert np.allclose(mine.weights, full.weights, rtol=1e-9, atol=1e-15) and mine.ess == pytest.approx(full.ess)
+        zero = [i for i, n in enumerate(full.numbers) if trials[n].value == ZERO_LIKELIHOOD_NLL]
+        assert zero and not full.weights[zero].any() and not mine.weights[zero].any()
     finally:
         store.close()

@@ -17,13 +17,14 @@ from conftest import SUPPORT
 MODEL = SUPPORT / "stochastic_models.py"
 
 
-def _job(tmp_path: Path, rows: list[str], **target) -> Path:
+def _job(tmp_path: Path, rows: list[str], replicates: int = 14, posterior: bool = True, **target) -> Path:
     (tmp_path / "cases.csv").write_text("week,cases\n" + "\n".join(rows) + "\n")
-    job = {"study": "v", "model": f"{MODEL}:poisson_curve", "n_replicates": 14, "replicate_seeds": "independent",
+    job = {"study": "v", "model": f"{MODEL}:poisson_curve", "n_replicates": replicates, "replicate_seeds": "independent",
            "parameters": {"scale": {"lower": 5.0, "upper": 15.0}},
            "targets": [{"name": "cases", "output": "cases", "data": "cases.csv", "score": "poisson_nll",
-                        "aggregation": "synthetic_likelihood", **target}],
-           "posterior": {"initial": 20}}
+                        "aggregation": "synthetic_likelihood", **target}]}
+    if posterior:
+        job["posterior"] = {"initial": 20}
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(job))
     return path
@@ -42,9 +43,18 @@ def test_synthetic_likelihood_over_data_with_gaps_validates(tmp_path):
 
 
 def test_a_trial_loss_that_is_not_finite_fails_validate_with_one_line(tmp_path):
-    rows = [f"{w},{1000 * (1 + w)}" for w in range(8)]  # far outside every replicate: uBSL estimate 0
-    proc = _validate(_job(tmp_path, rows, synthetic_estimator="ubsl"))
+    """Two replicates: every cell pair is perfectly correlated with no sampling spread, the shrinkage
+    intensity is 0 and the covariance singular: the per-replicate score is finite, the trial loss is not."""
+    rows = [f"{w},{10 * (1 + w)}" for w in range(8)]
+    proc = _validate(_job(tmp_path, rows, replicates=2, posterior=False))
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert "target 'cases'" in errors[0] and "synthetic_likelihood over 14 replicates is inf" in errors[0]
-    assert "outside the replicates' spread" in errors[0]
+    assert "target 'cases'" in errors[0] and "synthetic_likelihood over 2 replicates is inf" in errors[0]
+    assert "covariance of 2 replicates is singular" in errors[0]
+
+
+def test_an_unbiased_estimate_of_zero_is_a_valid_trial_loss(tmp_path):
+    """uBSL far from the data estimates the likelihood as 0: a finite stand-in loss (weight 0), not a failure."""
+    rows = [f"{w},{1000 * (1 + w)}" for w in range(8)]
+    proc = _validate(_job(tmp_path, rows, synthetic_estimator="ubsl"))
+    assert proc.returncode == 0 and "estimate is 0 at the midpoint" in proc.stderr, proc.stderr

@@ -29,6 +29,7 @@ from modelops_calabaria.targets.align import AlignmentError
 import numpy as np
 
 from modelops_calabaria.targets.evaluate import CompiledTarget, aggregate_trial, evaluate_replicate
+from modelops_calabaria.targets.scores import is_zero_likelihood
 
 log = get_logger(__name__)
 
@@ -138,6 +139,9 @@ def _aggregate_replicates(job: CalibrationJob, model: Any, params: Mapping[str, 
         raise JobSpecError(f"the aggregation over {len(runs)} replicates failed at the midpoint parameters: {e}") from e
     for i, t in enumerate(targets):
         value = per_target[t.name]
+        if math.isfinite(value) and is_zero_likelihood(value):
+            log.warning(f"dry run: target {t.name}: the unbiased synthetic likelihood estimate is 0 at the midpoint "
+                        "parameters (the data lie outside the replicates' spread); such trials weigh 0", target=t.name)
         if not math.isfinite(value):
             raise JobSpecError(
                 f"target '{t.name}': aggregation {t.aggregation} over {len(runs)} replicates is {value} at the midpoint "
@@ -154,9 +158,8 @@ def _cause(t: CompiledTarget, runs: list[tuple[dict[str, float], dict[str, np.nd
         x = np.stack([k[t.name] for _, k in runs]).reshape(len(runs), -1)[:, ~np.isnan(t.observed.values.reshape(-1))]
         if np.ptp(x, axis=0).max() == 0:
             return "every replicate is identical, so the replicate covariance is zero: the model is not stochastic here"
-        if t.estimator == "ubsl":
-            return "the observations lie outside the replicates' spread, where the unbiased estimate is 0"
-        return "the replicate covariance is singular"
+        return (f"the covariance of {len(runs)} replicates is singular even after shrinkage; use more replicates "
+                "(10 or more)")
     if t.aggregation == "logmeanexp":
         return "every replicate's likelihood underflows to 0"
     return "the replicate mean cannot be scored"

@@ -22,6 +22,7 @@ from scipy.special import logsumexp
 from modelops_calabaria.posterior.imis import PRIOR, Component, ess, normalise
 from modelops_calabaria.posterior.prior import JointPrior
 from modelops_calabaria.posterior.records import FINISHED, RETRY_ATTR, WeightedSample, draw_key
+from modelops_calabaria.targets.scores import is_zero_likelihood
 
 
 class MixtureState:
@@ -81,7 +82,7 @@ class MixtureState:
             if not weighed:
                 continue
             self.numbers.append(t.number)
-            new_loglik.append(-float(t.value))  # type: ignore[arg-type]
+            new_loglik.append(-math.inf if is_zero_likelihood(float(t.value)) else -float(t.value))  # type: ignore[arg-type]
             self.sources.append(source)  # type: ignore[arg-type]
             new_x.append(self.prior.rows([t.params])[0])
         if len(self._u):  # old points: S gains the new draws' sources

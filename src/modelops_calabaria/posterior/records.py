@@ -15,6 +15,7 @@ and ``calabaria`` after the run, computes the same ones.
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -26,6 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from modelops_calabaria.posterior.imis import PRIOR, Component, ess, log_weights, normalise
 from modelops_calabaria.posterior.prior import JointPrior
+from modelops_calabaria.targets.scores import is_zero_likelihood
 
 COMPONENT_PREFIX = "calabaria:imis:c:"
 DRAW_PREFIX = "calabaria:imis:d:"
@@ -98,7 +100,7 @@ def weigh(prior: JointPrior, trials: Sequence[FrozenTrial], attrs: Mapping[str, 
         kept_sources.append(source)  # type: ignore[arg-type]
     x = prior.rows([t.params for t in kept])
     u = prior.to_u(x) if kept else np.zeros((0, prior.dim))
-    loglik = -np.array([float(t.value) for t in kept])  # type: ignore[arg-type]
+    loglik = np.array([-math.inf if is_zero_likelihood(float(t.value)) else -float(t.value) for t in kept])  # type: ignore[arg-type]
     logw = log_weights(u, loglik, kept_sources, components, prior, counts) if kept else np.zeros(0)
     w = normalise(logw)
     return WeightedSample([t.number for t in kept], x, u, loglik, kept_sources, w, ess(w), unrecorded,

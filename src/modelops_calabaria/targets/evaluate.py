@@ -31,7 +31,7 @@ from modelops_calabaria.job import CalibrationJob, ScoreSpec, TargetSpec
 from modelops_calabaria.logging import get_logger
 from modelops_calabaria.targets.align import Aligner, date_days
 from modelops_calabaria.targets.data import Observed, load_observed
-from modelops_calabaria.targets.scores import (dispersion_of, log_mean_exp_loss, score, synthetic_nll, ubsl_min_replicates,
+from modelops_calabaria.targets.scores import (ZERO_LIKELIHOOD_NLL, dispersion_of, log_mean_exp_loss, score, synthetic_nll, ubsl_min_replicates,
                                                ubsl_nll)
 
 KEEPS_SERIES = ("score_of_mean", "synthetic_likelihood")  # aggregations that need the replicate series
@@ -174,8 +174,11 @@ def aggregate_trial(
         if t.aggregation == "score_of_mean":
             value = t.loss(np.mean([k[t.name] for k in replicate_kept], axis=0))
         elif t.aggregation == "synthetic_likelihood":
-            nll = ubsl_nll if t.estimator == "ubsl" else synthetic_nll
-            value = nll(np.stack([k[t.name] for k in replicate_kept]), t.observed.values)
+            series = np.stack([k[t.name] for k in replicate_kept])
+            if t.estimator == "ubsl":  # an estimate of 0 is a valid value of an unbiased estimator: weight 0, not a failure
+                value = min(ubsl_nll(series, t.observed.values), ZERO_LIKELIHOOD_NLL)
+            else:
+                value = synthetic_nll(series, t.observed.values)
         elif t.aggregation == "logmeanexp":
             value = log_mean_exp_loss(np.array([s[t.name] for s in replicate_scores]))
         else:

@@ -198,6 +198,18 @@ def synthetic_nll(sims: np.ndarray, obs: np.ndarray, min_var: float = 1.0) -> fl
     return float(0.5 * (logdet + d @ np.linalg.solve(cov, d)))
 
 
+ZERO_LIKELIHOOD_NLL = 1e300
+"""The trial loss that stands for a likelihood estimate of exactly 0 (uBSL outside the
+replicates' spread): finite, so the trial completes (a run is not stopped as a failure
+storm, an optimiser sees a very bad loss), and read back as weight 0 by the posterior
+(:func:`is_zero_likelihood`)."""
+
+
+def is_zero_likelihood(loss: float) -> bool:
+    """Whether a trial loss is :data:`ZERO_LIKELIHOOD_NLL` (or beyond): a likelihood estimate of 0."""
+    return loss >= ZERO_LIKELIHOOD_NLL
+
+
 def ubsl_min_replicates(cells: int) -> int:
     """The fewest replicates :func:`ubsl_nll` is defined for: ``cells + 4`` (R > d + 3)."""
     return cells + 4
