@@ -88,3 +88,18 @@ def test_diagnose_on_a_single_dominant_trial():
     d = diagnose(["a"], x, logw, w)
     assert d["max_weight"] == pytest.approx(w.max()) and d["max_weight"] > 0.8 and d["ess"] < 2
     assert len(d["warnings"]) == 4 and set(d["mcse"]["a"]) == {"mean", "median", "q2.5", "q97.5"}
+
+
+def test_a_sample_whose_every_likelihood_estimate_is_zero_has_no_summary_and_says_why():
+    from modelops_calabaria.job import job_from_dict
+    from modelops_calabaria.posterior.outputs import posterior_summary
+    from modelops_calabaria.posterior.records import WeightedSample
+
+    job = job_from_dict({"study": "z", "model": "seir", "parameters": {"a": {"lower": 0.0, "upper": 1.0}},
+                         "targets": [{"name": "c", "output": "cases", "data": {"w": [0], "c": [1]}, "score": "poisson_nll"}],
+                         "posterior": {"initial": 10}})
+    x = np.linspace(0.1, 0.9, 12).reshape(-1, 1)
+    sample = WeightedSample(list(range(12)), x, x, np.full(12, -np.inf), ["prior"] * 12, np.zeros(12), 0.0, 0, 0,
+                            np.full(12, -np.inf), 12)
+    out = posterior_summary(job, sample, 12)
+    assert out["parameters"] == {} and "every one of 12 trials has a likelihood estimate of 0" in out["warnings"][0]

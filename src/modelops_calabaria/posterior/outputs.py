@@ -56,9 +56,9 @@ def posterior_summary(job: CalibrationJob, sample: WeightedSample, n_simulations
         "unrecorded_trials": sample.unrecorded,
         "tempered": any(t.weight != 1 for t in job.targets),
     }
-    if sample.numbers:
+    if sample.numbers and sample.weights.any():
         out.update(summarise(names, sample.x, sample.weights))
-    else:
+    else:  # nothing weighed, or every likelihood estimate 0 (uBSL far from the data): no summary to give
         out.update({"parameters": {}, "correlation": {}})
     logw = sample.logw if sample.logw is not None else np.log(np.maximum(sample.weights, 1e-300))
     diag = diagnose(names, sample.x, logw, sample.weights)
@@ -69,6 +69,9 @@ def posterior_summary(job: CalibrationJob, sample: WeightedSample, n_simulations
     diag["ess_by_stage"] = stages or []
     out["diagnostics"] = diag
     out["warnings"] = diag.pop("warnings")
+    if sample.numbers and not sample.weights.any():
+        out["warnings"].insert(0, f"posterior not reliable: every one of {len(sample.numbers)} trials has a likelihood "
+                                  "estimate of 0 (no summary)")
     return out
 
 

@@ -494,7 +494,7 @@ def section_posterior(r: ReportInput) -> Section | None:
     """A posterior run: credible intervals, correlations, weight diagnostics (with a warning banner
     when the sample is not reliable), marginal densities, predictive bands (posterior/section.py)."""
     sample = r.posterior
-    if r.job is None or sample is None or not sample.numbers:
+    if r.job is None or sample is None or not sample.weights.any():
         return None
     made_section = posterior_section(r.job, sample)
     s = Section("posterior", "Posterior", made_section.intro, banners=[made_section.banner_html] if made_section.banner_html else [])
