@@ -18,6 +18,7 @@ import argparse
 import json
 import logging
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -59,8 +60,8 @@ def main() -> None:
                         log_format="json")
     load_before = machine()
     started = time.monotonic()
-    out = ROOT / "benchmarks" / ".posterior_cost_run"
-    result = run_calibration(job, settings, output_dir=out, show_progress=False)
+    with tempfile.TemporaryDirectory() as out:
+        result = run_calibration(job, settings, output_dir=Path(out) / "run", show_progress=False)
     wall = time.monotonic() - started
     store = open_store(parse_storage_url(args.storage))
     try:
