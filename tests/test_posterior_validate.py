@@ -58,3 +58,18 @@ def test_an_unbiased_estimate_of_zero_is_a_valid_trial_loss(tmp_path):
     rows = [f"{w},{1000 * (1 + w)}" for w in range(8)]
     proc = _validate(_job(tmp_path, rows, synthetic_estimator="ubsl"))
     assert proc.returncode == 0 and "estimate is 0 at the midpoint" in proc.stderr, proc.stderr
+
+
+def test_calibrate_prints_a_warning_line_when_the_posterior_is_not_reliable(tmp_path):
+    """30 trials cannot reach an ESS of 100: the terminal shows why and what to do."""
+    rows = [f"{w},{10 * (1 + w)}" for w in range(8)]
+    job = _job(tmp_path, rows, replicates=3, aggregation="logmeanexp")
+    data = yaml.safe_load(job.read_text())
+    data.update({"max_trials": 30, "posterior": {"initial": 20, "per_stage": 5}, "reevaluate": {"top_k": 0}})
+    job.write_text(yaml.safe_dump(data))
+    proc = subprocess.run([sys.executable, "-m", "modelops_calabaria", "calibrate", str(job), "--scheduler", "inline",
+                           "--storage", f"sqlite:///{tmp_path}/s.db", "--output", str(tmp_path / "run"), "--no-report"],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    terminal = proc.stdout + proc.stderr  # the log stream the CLI sets up (reporting/progress.py)
+    assert "posterior not reliable: effective sample size" in terminal and "what to do:" in terminal, terminal
