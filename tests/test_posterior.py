@@ -70,7 +70,7 @@ def test_binomial_counts_with_a_uniform_prior_give_the_beta_posterior(tmp_path):
     assert len(rows) == 400 and set(rows[0]) == {"trial", "p", "weight"}
     assert sum(float(r["weight"]) for r in rows) == pytest.approx(1.0)
     stored = json.loads((tmp_path / "run" / "results.json").read_text())["posterior"]
-    assert stored["ess"] == post["ess"] and set(stored["parameters"]["p"]) == {"mean", "sd", "median", "ci95"}
+    assert stored["ess"] == post["ess"] and set(stored["parameters"]["p"]) == {"mean", "sd", "median", "ci95", "mcse"}
 
 
 @pytest.mark.parametrize("parallel, fast_path", [(True, True), (False, True), (True, False)],
@@ -196,6 +196,9 @@ def test_figures_show_the_marginals_and_the_predictive_fit(tmp_path):
     (ax,) = fit.axes
     observed = [line for line in ax.get_lines() if line.get_label() == "observed"][0]
     assert np.allclose(observed.get_ydata(), y) and "resampled" in fit_caption
+    assert "normal (sigma = 0.5)" in fit_caption and "observation model" in fit_caption and "prior dashed" in corner_caption
+    (_, both_caption), = [f for f in posterior_figures(job, sample, predictive_draws=10, replicates=1, band="both")][1:]
+    assert "right, the simulated values alone" in both_caption
     corner.savefig(tmp_path / "corner.png")
     assert (tmp_path / "corner.png").stat().st_size > 1000
 
@@ -227,9 +230,16 @@ def test_the_report_of_a_posterior_run_shows_its_intervals_and_figures(tmp_path)
     section = page[page.index('<section id="posterior">'):]
     section = section[: section.index("</section>")]
     posterior = json.loads((tmp_path / "run" / "results.json").read_text())["posterior"]
+    from modelops_calabaria.posterior.diagnostics import shown
+
     for name, summary in posterior["parameters"].items():
         row = re.search(rf'<tr data-key="{name}">(.*?)</tr>', section).group(1)
-        assert f"{summary['median']:.6g}" in row
+        assert shown(summary["median"], summary["mcse"]["median"]) in row  # to the digit its MC error supports
+    # the banner is there exactly when results.json warns, and says what to do
+    assert ('id="posterior-warning"' in section) == bool(posterior["warnings"])
+    if posterior["warnings"]:
+        assert "what to do" in section
+    assert 'id="posterior-diagnostics"' in section and "Pareto" in section
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', section)
     assert len(images) == 2 and all(base64.b64decode(i).startswith(b"\x89PNG") for i in images)
     assert (tmp_path / "run" / "fig-posterior-posterior-1.png").is_file()

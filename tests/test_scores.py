@@ -99,3 +99,36 @@ def test_alignment_errors_are_specific():
         t.align({"x": np.full(10, np.nan)})
     with pytest.raises(SimulationError, match="2 column"):
         t.align({"x": np.zeros((10, 2))})
+
+
+@pytest.mark.parametrize("replicates", [8, 12, 30])
+def test_ubsl_is_an_unbiased_estimate_of_the_gaussian_density_for_any_replicate_count(replicates):
+    """Price et al. (2018): the mean of exp(-ubsl_nll) over many replicate sets equals the exact
+    Gaussian density, whatever R (> d + 3). A z-test (|z| < 4, seeded); the same test rejects the
+    plug-in synthetic likelihood at small R (so it can fail)."""
+    from modelops_calabaria.targets.scores import synthetic_nll, ubsl_nll
+
+    rng = np.random.default_rng(replicates)
+    mean = np.array([10.0, 20.0, 30.0])
+    cov = np.array([[4.0, 1.5, 0.0], [1.5, 9.0, 2.0], [0.0, 2.0, 16.0]])
+    y = np.array([[11.0], [18.5], [33.0]])
+    exact = stats.multivariate_normal(mean, cov).pdf(y[:, 0])
+    sets = 6000
+    draws = rng.multivariate_normal(mean, cov, size=(sets, replicates)).reshape(sets, replicates, 3, 1)
+    est = np.exp([-ubsl_nll(d, y, min_var=0.0) for d in draws])
+    z = (est.mean() - exact) / (est.std(ddof=1) / math.sqrt(sets))
+    assert abs(z) < 4, f"uBSL mean {est.mean():.4g} vs exact {exact:.4g} (z = {z:.1f})"
+    if replicates == 8:
+        plug = np.exp([-synthetic_nll(d, y, min_var=0.0) for d in draws])
+        zp = (plug.mean() - exact) / (plug.std(ddof=1) / math.sqrt(sets))
+        assert abs(zp) > 4, "the plug-in estimate is biased at 8 replicates; the test must be able to see it"
+
+
+def test_ubsl_refuses_too_few_replicates_and_adds_min_var_to_the_covariance():
+    from modelops_calabaria.targets.scores import ubsl_nll
+
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="more than 6 replicates for 3 observed cells"):
+        ubsl_nll(rng.normal(size=(6, 3, 1)), np.zeros((3, 1)))
+    same = np.ones((20, 3, 1))  # every replicate agrees: defined only through min_var
+    assert math.isfinite(ubsl_nll(same, np.ones((3, 1)))) and ubsl_nll(same, np.ones((3, 1)), min_var=0.0) == math.inf

@@ -25,7 +25,7 @@ from modelops_calabaria.calibration.study import TARGETS_ATTR
 from modelops_calabaria.errors import RunFailedError
 from modelops_calabaria.logging import get_logger
 from modelops_calabaria.outcome import RunResult
-from modelops_calabaria.posterior import write_posterior
+from modelops_calabaria.posterior import count_reevaluation, write_posterior
 from modelops_calabaria.reporting.best import read_stored as read_stored_best
 from modelops_calabaria.reporting.best import store as store_best
 from modelops_calabaria.reporting.best import study_best
@@ -84,6 +84,8 @@ def collect(p: Prepared, study: optuna.Study, backend: StudyBackend, latencies: 
         reevaluation = _reevaluation_service(p, trials, service, settings)
         try:
             apply_selection(result, reevaluate_at_end(p.job, trials, reevaluation), trials)
+            if result.posterior is not None:  # its n_simulations counts the re-evaluation's model runs too
+                count_reevaluation(result.posterior, result.selection)
         finally:
             if reevaluation is not service:
                 reevaluation.close()

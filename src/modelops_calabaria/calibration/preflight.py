@@ -6,6 +6,11 @@ or an unmatched key would otherwise fail every trial, and reports only the
 problems that no parameter set can fix (signature, missing package, missing
 output or key column, unmatched keys). The model runs with every searched
 parameter at the middle of its range, the fixed ones, and the job's seed.
+
+``validate`` then runs the job's remaining replicates (seeds ``seed + 1`` ...)
+and the job's real aggregation over all of them, as a trial would: a
+per-replicate score can be finite while the trial loss is not (a synthetic
+likelihood whose covariance is singular), and every trial would then fail.
 """
 
 from __future__ import annotations
@@ -21,7 +26,10 @@ from modelops_calabaria.job import CalibrationJob, midpoint
 from modelops_calabaria.logging import get_logger
 from modelops_calabaria.models import SIGNATURE, load_model, missing_package_hint
 from modelops_calabaria.targets.align import AlignmentError
-from modelops_calabaria.targets.evaluate import CompiledTarget
+import numpy as np
+
+from modelops_calabaria.targets.evaluate import CompiledTarget, aggregate_trial, evaluate_replicate
+from modelops_calabaria.targets.scores import is_zero_likelihood
 
 log = get_logger(__name__)
 
@@ -106,6 +114,8 @@ def dry_run(job: CalibrationJob, model_ref: str, targets: tuple[CompiledTarget, 
             raise JobSpecError(f"target '{t.name}': score {t.score.kind} is {value} at the midpoint parameters",
                                problems=[(f"targets[{i}].score", "check the output's scale against the data (counts vs rates)")])
         scores[t.name] = value
+    if strict and job.n_replicates > 1:
+        _aggregate_replicates(job, model, params, targets, outputs, timeout_s)
     return scores
 
 
@@ -120,6 +130,55 @@ def _custom_twice(t: CompiledTarget, sim: Any, i: int) -> float:
         raise JobSpecError(f"target '{t.name}': custom score {t.score.function} gave {first!r} and then {second!r} "
                            "for the same inputs", problems=[(where, "make the score a function of its inputs only")])
     return first
+
+
+def _aggregate_replicates(job: CalibrationJob, model: Any, params: Mapping[str, Any], targets: tuple[CompiledTarget, ...],
+                          first: Mapping[str, Any], timeout_s: float) -> None:
+    """Run replicates 2..R and the job's aggregation over all R; JobSpecError (one line naming the
+    target and the cause) when a trial loss would not be finite."""
+    runs = [evaluate_replicate(targets, first)]
+    for r in range(1, job.n_replicates):
+        try:
+            finished, outputs = _run(model.run, params, job.seed + r, timeout_s)
+        except Exception as e:  # noqa: BLE001 - the model's own failure
+            raise _raised(job, e) from e
+        if not finished:
+            raise JobSpecError(f"model {job.model} did not finish replicate {r + 1} within {timeout_s:g} s at the "
+                               "midpoint parameters", hint="raise --timeout, or skip the dry run with --no-run")
+        try:
+            runs.append(evaluate_replicate(targets, outputs))
+        except SimulationError as e:
+            raise JobSpecError(f"replicate {r + 1} at the midpoint parameters: {e}") from e
+    try:
+        per_target, _ = aggregate_trial(targets, [s for s, _ in runs], [k for _, k in runs])
+    except ValueError as e:
+        raise JobSpecError(f"the aggregation over {len(runs)} replicates failed at the midpoint parameters: {e}") from e
+    for i, t in enumerate(targets):
+        value = per_target[t.name]
+        if math.isfinite(value) and is_zero_likelihood(value):
+            log.warning(f"dry run: target {t.name}: the unbiased synthetic likelihood estimate is 0 at the midpoint "
+                        "parameters (the data lie outside the replicates' spread); such trials weigh 0", target=t.name)
+        if not math.isfinite(value):
+            raise JobSpecError(
+                f"target '{t.name}': aggregation {t.aggregation} over {len(runs)} replicates is {value} at the midpoint "
+                f"parameters ({_cause(t, runs)}); every trial would fail",
+                problems=[(f"targets[{i}].aggregation", "see the cause; or try another aggregation")])
+
+
+def _cause(t: CompiledTarget, runs: list[tuple[dict[str, float], dict[str, np.ndarray]]]) -> str:
+    """Why a target's aggregated loss is not finite, in a few words."""
+    bad = [s[t.name] for s, _ in runs if not math.isfinite(s[t.name])]
+    if bad:
+        return f"{len(bad)} of {len(runs)} replicate scores are not finite ({bad[0]})"
+    if t.aggregation == "synthetic_likelihood":
+        x = np.stack([k[t.name] for _, k in runs]).reshape(len(runs), -1)[:, ~np.isnan(t.observed.values.reshape(-1))]
+        if np.ptp(x, axis=0).max() == 0:
+            return "every replicate is identical, so the replicate covariance is zero: the model is not stochastic here"
+        return (f"the covariance of {len(runs)} replicates is singular even after shrinkage; use more replicates "
+                "(10 or more)")
+    if t.aggregation == "logmeanexp":
+        return "every replicate's likelihood underflows to 0"
+    return "the replicate mean cannot be scored"
 
 
 def _raised(job: CalibrationJob, e: BaseException) -> JobSpecError:

@@ -260,7 +260,7 @@ def _drive(p: Prepared, settings: Settings, service: DeferredService, study: opt
                           backend=backend)
     if isinstance(p.sampler, ImisSampler):  # records into the shared study; draws apart from other coordinators'
         p.sampler.attach(backend.optuna_storage, backend.study_id(study.study_name),
-                         coordinator_id if options.joining or already else None)
+                         coordinator_id if options.joining or already else None, reader=backend.trials_since)
     state = RunState(job.direction, job.stop, time.monotonic(), **posterior_stop(job, p.sampler))
     asker = _choose_asker(p, settings, study, backend, parallel, loops, coordinator_id)
     # "best" on the progress line is the study's, not this process's

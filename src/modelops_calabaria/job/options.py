@@ -88,6 +88,12 @@ class PosteriorSpec(_Spec):
     initial: int = Field(default=200, ge=2, le=1_000_000, description='trials drawn from the prior before the first mixture component')
     per_stage: int = Field(default=50, ge=2, le=1_000_000, description='trials drawn from each new mixture component')
     target_ess: float | None = Field(default=None, gt=0, le=MAX_TRIALS, description='stop when the effective sample size reaches this (else the budget stops the run)')
+    band: Literal["observed", "mean", "both"] = Field(
+        default="observed",
+        description="the report's posterior predictive band: 'observed' draws from each target's observation model "
+                    "(what new data would look like), 'mean' the simulated series only, 'both' side by side")
+    arviz: bool = Field(default=False, description="also write posterior.nc, arviz InferenceData (needs the 'posterior' "
+                                                   "extra: pip install 'modelops-calabaria[posterior]')")
 
 
 class ReportSpec(_Spec):

@@ -96,6 +96,11 @@ class TargetSpec(_Spec):
     time_key: str | None = Field(default=None, description='the key matched as-of / accumulated (default: the one date key, or the key named date/day/week/time/t)')
     start_date: datetime.date | None = Field(default=None, strict=False, description='ISO date of model day 0, when the model reports day numbers and the data dates')  # an ISO 8601 string or a YAML date
     period: float | None = Field(default=None, gt=0, le=MAX_POSITIVE, description='accumulate: length of each observed interval in time-key units (days for dates); default the smallest spacing of the data')
+    synthetic_estimator: Literal["plugin", "ubsl"] = Field(
+        default="plugin",
+        description="with aggregation synthetic_likelihood: 'plugin' (Wood 2010, shrunk covariance; its target moves "
+                    "with n_replicates) or 'ubsl' (the unbiased Gaussian-density estimator of Price et al. 2018; "
+                    "needs n_replicates > observed cells + 3; docs/posterior.md)")
     columns: dict[str, str] | None = Field(
         default=None, min_length=1,
         description="rename data columns to the output's names before anything else: {data column: output column}, "
@@ -104,6 +109,8 @@ class TargetSpec(_Spec):
 
     @model_validator(mode="after")
     def _check(self) -> TargetSpec:
+        if self.synthetic_estimator != "plugin" and self.aggregation != "synthetic_likelihood":
+            raise ValueError(f"synthetic_estimator {self.synthetic_estimator!r} needs aggregation synthetic_likelihood")
         if self.aggregation == "logmeanexp" and not self.score.is_likelihood:
             raise ValueError(f"aggregation 'logmeanexp' needs a likelihood score, not {self.score.kind}")
         if self.score.dispersion_output is not None and self.aggregation == "score_of_mean":

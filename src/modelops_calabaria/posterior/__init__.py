@@ -12,7 +12,7 @@ from typing import Any
 from modelops_calabaria.job import CalibrationJob
 from modelops_calabaria.posterior.checks import check_posterior_job
 from modelops_calabaria.posterior.figures import posterior_figures
-from modelops_calabaria.posterior.outputs import posterior_summary, study_sample, write_posterior
+from modelops_calabaria.posterior.outputs import count_reevaluation, posterior_summary, study_sample, write_posterior
 from modelops_calabaria.posterior.sampler import ImisSampler
 
 
@@ -30,6 +30,7 @@ def posterior_stop(job: CalibrationJob, sampler: Any) -> dict[str, Any]:
     return {"target_ess": job.posterior.target_ess, "ess_probe": lambda: sampler.ess}
 
 
-__all__ = ["ImisSampler", "build_posterior_sampler", "check_posterior_job", "posterior_figures", "posterior_stop",
+__all__ = ["ImisSampler", "build_posterior_sampler", "check_posterior_job", "count_reevaluation", "posterior_figures",
+           "posterior_stop",
            "posterior_summary",
            "study_sample", "write_posterior"]

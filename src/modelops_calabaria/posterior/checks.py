@@ -16,6 +16,10 @@ def check_posterior_job(job: CalibrationJob) -> None:
     scored by a likelihood and aggregated honestly (docs/posterior.md); a
     weight other than 1 tempers its target (its likelihood raised to that power).
     """
+    if job.posterior is not None and job.posterior.arviz:
+        from modelops_calabaria.posterior.export import load_arviz
+
+        load_arviz()  # missing: one line naming the extra, before anything is created
     if job.direction != "minimize":
         raise JobSpecError("a posterior run needs direction: minimize (the loss is a negative log-likelihood)",
                            problems=[("direction", "remove it or set it to minimize")])

@@ -4,9 +4,13 @@ Points live in the unconstrained space of :mod:`.prior`. Each trial was drawn
 either from the prior or from one Gaussian component; given which (its
 *source*), the deterministic-mixture weight of a trial with log-likelihood
 ``l`` is ``prior(u) exp(l) / q_total(u)``, where ``q_total`` is the mixture of
-every source, each weighted by the number of trials drawn from it. These
-weights are valid however the components were chosen (multiple importance
-sampling with the balance heuristic), so the proposal may adapt to the trials
+every source, each weighted by the number of evaluated trials drawn from it
+(a failed trial, or one whose likelihood estimate is 0, was drawn all the
+same: it counts, with weight 0). The self-normalised estimator with these
+weights is consistent however the components were chosen (multiple importance
+sampling with the balance heuristic; Owen & Zhou 2000, Cornuet et al. 2012 on
+adaptive multiple IS: the adaptive choice makes it consistent as the sample
+grows, not exact at any finite size), so the proposal may adapt to the trials
 told so far, in any order, on any coordinator.
 """
 
@@ -58,10 +62,12 @@ class Component:
         return rng.multivariate_normal(np.asarray(self.mean), np.asarray(self.cov), size=n, method="cholesky")
 
 
-def log_q_total(u: np.ndarray, sources: Sequence[str], components: Mapping[str, Component], prior: JointPrior) -> np.ndarray:
-    """Log density at ``u`` of the mixture of every source, weighted by its count in ``sources``."""
-    counts = Counter(sources)
-    n = len(sources)
+def log_q_total(u: np.ndarray, sources: Sequence[str], components: Mapping[str, Component], prior: JointPrior,
+                counts: Mapping[str, int] | None = None) -> np.ndarray:
+    """Log density at ``u`` of the mixture of every source, weighted by its count: in ``counts``
+    (every evaluated draw, including those with zero weight), or else in ``sources``."""
+    counts = Counter(sources) if counts is None else counts
+    n = sum(counts.values())
     terms = []
     for source, count in counts.items():
         dens = prior.log_pdf_u(u) if source == PRIOR else components[source].log_pdf(u)
@@ -70,9 +76,9 @@ def log_q_total(u: np.ndarray, sources: Sequence[str], components: Mapping[str, 
 
 
 def log_weights(u: np.ndarray, loglik: np.ndarray, sources: Sequence[str], components: Mapping[str, Component],
-                prior: JointPrior) -> np.ndarray:
-    """Unnormalised log importance weights (deterministic-mixture form)."""
-    return prior.log_pdf_u(u) + np.asarray(loglik, dtype=float) - log_q_total(u, sources, components, prior)
+                prior: JointPrior, counts: Mapping[str, int] | None = None) -> np.ndarray:
+    """Unnormalised log importance weights (deterministic-mixture form; ``counts`` as :func:`log_q_total`)."""
+    return prior.log_pdf_u(u) + np.asarray(loglik, dtype=float) - log_q_total(u, sources, components, prior, counts)
 
 
 def normalise(logw: np.ndarray) -> np.ndarray:

@@ -10,6 +10,13 @@ to the shared study, so the final weights never depend on a coordinator's
 memory or random state: a killed coordinator loses nothing, and a restarted or
 joining one reads the components and sources back.
 
+A stage costs in proportion to the trials that finished since the last one:
+with a ``reader`` (the study backend's ``trials_since``) the sampler reads only
+trials newer than its cursor (plus the ones it saw RUNNING), and folds them
+into an incremental :class:`.incremental.MixtureState`; the study's records
+are re-read only when a trial's source or component is not known yet (another
+coordinator's draw). Without a reader every stage reads every trial.
+
 Contract: thread-safe (one draw at a time); :meth:`attach` must be called
 with the shared study's storage before the first draw when the sampler runs on
 a copy of the study (the fast path's mirror). Without it, the study passed to
@@ -20,20 +27,24 @@ from __future__ import annotations
 
 import threading
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution, FloatDistribution
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from modelops_calabaria.dbretry import retry_db
 from modelops_calabaria.job import ParameterSpec, PosteriorSpec
 from modelops_calabaria.logging import get_logger
 from modelops_calabaria.posterior.imis import PRIOR, Component, new_component
+from modelops_calabaria.posterior.incremental import MixtureState
 from modelops_calabaria.posterior.prior import joint_prior
-from modelops_calabaria.posterior.records import COMPONENT_PREFIX, draw_key, parse_records, weigh
+from modelops_calabaria.posterior.records import COMPONENT_PREFIX, FINISHED, draw_key, parse_records
+
+# (study_id, cursor, skip, recheck) -> (stored trials with .trial_id and .trial, new cursor): StudyBackend.trials_since
+Reader = Callable[[int, int, set[int], set[int]], tuple[list[Any], int]]
 
 log = get_logger(__name__)
 
@@ -61,15 +72,24 @@ class ImisSampler(optuna.samplers.BaseSampler):
         self._since_refresh = 0
         self.ess: float | None = None  # at the last stage; read by the run's ESS stop rule
         self.stages = 0
+        self._reader: Reader | None = None
+        self._state = MixtureState(self.prior)
+        self._cursor = -1  # trial ids start at 0 in some storages (the journal)
+        self._pending: set[int] = set()  # ids of trials read while not finished: read again next stage
+        self.trials_read = 0  # trials read from the study by the stages (the cost the cursor keeps flat)
 
-    def attach(self, storage: optuna.storages.BaseStorage, study_id: int, entropy: str | None = None) -> None:
+    def attach(self, storage: optuna.storages.BaseStorage, study_id: int, entropy: str | None = None,
+               reader: Reader | None = None) -> None:
         """Record into (and read from) this study. ``entropy`` (a coordinator id) decorrelates the
-        draws of coordinators sharing a study; None keeps a lone run reproducible from the job seed."""
+        draws of coordinators sharing a study; None keeps a lone run reproducible from the job seed.
+        ``reader`` (the study backend's ``trials_since``) lets each stage read only new trials."""
         with self._lock:
             self._target = (storage, study_id)
             self._entropy = zlib.crc32(entropy.encode()) if entropy else 0
             self._rng = None
             self._loaded = False
+            self._reader = reader
+            self._state, self._cursor, self._pending = MixtureState(self.prior), -1, set()
 
     # -- Optuna's sampler interface ------------------------------------------------------------
 
@@ -136,13 +156,36 @@ class ImisSampler(optuna.samplers.BaseSampler):
         self._since_refresh += 1
         return params
 
+    def _read_new(self, storage: Any, study_id: int) -> None:
+        """Fold the trials finished since the last stage into the mixture state."""
+        if self._reader is None:
+            trials = retry_db("posterior trials", lambda: storage.get_all_trials(study_id, deepcopy=False, states=FINISHED))
+            self.trials_read += len(trials)
+            finished = [t for t in trials if t.number not in self._state.seen]
+        else:
+            reader, cursor, pending = self._reader, self._cursor, set(self._pending)
+            stored, self._cursor = retry_db("posterior trials", lambda: reader(study_id, cursor, set(), pending))
+            self.trials_read += len(stored)
+            finished = []
+            for st in stored:
+                if st.trial.state in FINISHED:
+                    self._pending.discard(st.trial_id)
+                    finished.append(st.trial)
+                else:
+                    self._pending.add(st.trial_id)
+        later = self._state.add_trials(finished, self._sources)
+        if later:  # another coordinator's draws or components: read the records, then count what is still unknown
+            self._refresh(storage, study_id)
+            for cid, component in self._components.items():
+                self._state.add_component(cid, component)
+            self._state.add_trials(later, self._sources, final=True)
+
     def _new_stage(self, storage: Any, study_id: int) -> None:
         """Add a component around the highest-weight COMPLETE trial (or keep drawing from the prior)."""
-        self._refresh(storage, study_id)
-        trials = retry_db("posterior trials", lambda: storage.get_all_trials(
-            study_id, deepcopy=False, states=(TrialState.COMPLETE,)))
-        attrs = {**{COMPONENT_PREFIX + cid: c.to_json() for cid, c in self._components.items()}, **self._sources}
-        sample = weigh(self.prior, trials, attrs)
+        for cid, component in self._components.items():
+            self._state.add_component(cid, component)
+        self._read_new(storage, study_id)
+        sample = self._state.sample()
         n = len(sample.numbers)
         self.ess = sample.ess if n else None
         if n < max(2 * self.prior.dim + 2, 5) or not sample.weights.any():
@@ -154,7 +197,8 @@ class ImisSampler(optuna.samplers.BaseSampler):
         retry_db("posterior records", lambda: storage.set_study_system_attr(
             study_id, COMPONENT_PREFIX + component.id, component.to_json()))
         self._components[component.id] = component
+        self._state.add_component(component.id, component)
         self._active, self._active_draws = component, 0
         self.stages += 1
         log.info("posterior stage", stage=self.stages, complete=n, ess=round(sample.ess, 1),
-                 components=len(self._components))
+                 components=len(self._components), read=self.trials_read)

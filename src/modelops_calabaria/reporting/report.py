@@ -45,7 +45,7 @@ from modelops_calabaria.job import CalibrationJob, job_from_dict
 from modelops_calabaria.logging import get_logger
 from modelops_calabaria.posterior import posterior_figures, study_sample
 from modelops_calabaria.posterior.records import WeightedSample
-from modelops_calabaria.posterior.summary import summarise
+from modelops_calabaria.posterior.section import posterior_section
 from modelops_calabaria.redaction import redact, redact_value
 from modelops_calabaria.reporting import figures, style
 from modelops_calabaria.reporting.best import read_stored as read_stored_best
@@ -94,6 +94,7 @@ class Section:
     figures: list[Figure] = field(default_factory=list)
     tables: list[Table] = field(default_factory=list)
     pre: list[tuple[str, str]] = field(default_factory=list)
+    banners: list[str] = field(default_factory=list)  # HTML shown above the intro (a warning the reader must see)
 
 
 @dataclass
@@ -494,20 +495,14 @@ POSTERIOR_DRAWS = 20  # resampled parameter sets in the predictive figure (x 2 r
 
 
 def section_posterior(r: ReportInput) -> Section | None:
-    """A posterior run: credible intervals, correlations, marginal densities, predictive bands."""
+    """A posterior run: credible intervals, correlations, weight diagnostics (with a warning banner
+    when the sample is not reliable), marginal densities, predictive bands (posterior/section.py)."""
     sample = r.posterior
-    if r.job is None or sample is None or not sample.numbers:
+    if r.job is None or sample is None or not sample.weights.any():
         return None
-    names = list(r.job.parameters)
-    summary = summarise(names, sample.x, sample.weights)
-    s = Section("posterior", "Posterior",
-                f"Importance-weighted sample of {len(sample.numbers)} trials, effective sample size {sample.ess:.1f} "
-                "(docs/posterior.md). Medians and 95 % credible intervals; correlations show which parameters trade off.")
-    s.tables.append(Table("Posterior summary", ["parameter", "median", "95 % interval", "mean", "sd"],
-                          [[n, v["median"], f"[{_fmt(v['ci95'][0])}, {_fmt(v['ci95'][1])}]", v["mean"], v["sd"]]
-                           for n, v in summary["parameters"].items()], id="posterior-summary", keys=names))
-    s.tables.append(Table("Posterior correlation", ["", *names],
-                          [[a, *[summary["correlation"][a][b] for b in names]] for a in names], id="posterior-correlation"))
+    made_section = posterior_section(r.job, sample)
+    s = Section("posterior", "Posterior", made_section.intro, banners=[made_section.banner_html] if made_section.banner_html else [])
+    s.tables += [Table(title, cols, rows, id=tid, keys=keys) for title, cols, rows, tid, keys in made_section.tables]
     with style.styled():
         made = posterior_figures(r.job, sample, predictive_draws=POSTERIOR_DRAWS, replicates=2, seed=r.job.seed)
         for i, (fig, caption) in enumerate(made):
@@ -582,6 +577,7 @@ def render_html(r: ReportInput, sections: Sequence[Section]) -> str:
            "<nav>" + "".join(f'<a href="#{s.id}">{html.escape(s.title)}</a>' for s in sections) + "</nav>"]
     for s in sections:
         out.append(f'<section id="{s.id}"><h2>{html.escape(s.title)}</h2>')
+        out.extend(s.banners)
         if s.intro:
             out.append(f"<p>{html.escape(s.intro)}</p>")
         for f in s.figures:

@@ -9,7 +9,11 @@ Aggregations over the R replicates of one trial:
 - ``score_of_mean``: the score of the replicate-mean simulated series;
 - ``logmeanexp``: ``-log(mean(exp(-nll_r)))``, the NLL of the averaged likelihood;
 - ``synthetic_likelihood``: the NLL of the observations under a Gaussian with the
-  replicate series' mean and (shrunk) covariance (Wood 2010); the score is unused.
+  replicate series' mean and (shrunk) covariance (Wood 2010), or with
+  ``synthetic_estimator: ubsl`` minus the log of the unbiased estimate of that
+  Gaussian density (Price et al. 2018); the score is unused.
+
+Gaps (blank observed cells) contribute nothing to any of them (targets/scores.py).
 
 Trial loss = Σ weight × aggregated score, over targets.
 """
@@ -28,7 +32,8 @@ from modelops_calabaria.logging import get_logger
 from modelops_calabaria.targets.align import Aligner, date_days
 from modelops_calabaria.targets.custom import custom_score, resolved
 from modelops_calabaria.targets.data import Observed, load_observed
-from modelops_calabaria.targets.scores import dispersion_of, log_mean_exp_loss, score, synthetic_nll
+from modelops_calabaria.targets.scores import (ZERO_LIKELIHOOD_NLL, dispersion_of, log_mean_exp_loss, score, synthetic_nll, ubsl_min_replicates,
+                                               ubsl_nll)
 
 KEEPS_SERIES = ("score_of_mean", "synthetic_likelihood")  # aggregations that need the replicate series
 
@@ -46,6 +51,7 @@ class CompiledTarget:
     aggregation: str
     weight: float
     aligner: Aligner | None = None
+    estimator: str = "plugin"  # synthetic_likelihood only: plugin | ubsl
 
     def align(self, outputs: Mapping[str, Any]) -> np.ndarray:
         """The simulated values at the observed rows, shape (n, m).
@@ -118,8 +124,15 @@ def compile_targets(job: CalibrationJob, declared_outputs: Sequence[str] | None 
                 problems=[(f"targets[{i}].score.dispersion_output", f"expected one of: {', '.join(declared_outputs)}")],
             )
         observed = load_observed(t, job.base_dir, f"targets[{i}].data")
+        cells = int((~np.isnan(observed.values)).sum())
+        if t.synthetic_estimator == "ubsl" and job.n_replicates < ubsl_min_replicates(cells):
+            raise JobSpecError(
+                f"target '{t.name}': synthetic_estimator ubsl needs n_replicates >= {ubsl_min_replicates(cells)} "
+                f"({cells} observed cells + 4), got {job.n_replicates}",
+                problems=[("n_replicates", f"use {ubsl_min_replicates(cells)} or more, or synthetic_estimator: plugin")])
         spec = resolved(t.score, job.base_dir)  # a custom score's file, absolute for the workers
-        compiled.append(CompiledTarget(t.name, t.output, observed, spec, t.aggregation, t.weight, _aligner(t, observed)))
+        compiled.append(CompiledTarget(t.name, t.output, observed, spec, t.aggregation, t.weight, _aligner(t, observed),
+                                       t.synthetic_estimator))
         if observed.gap_rows:
             unit = f"{observed.time_key or t.index_column or 'row'}s" if t.keyed or t.index_column else "rows"
             log.warning(f"target {t.name}: {observed.gap_rows} of {len(observed.values)} {unit} have no data",
@@ -165,7 +178,11 @@ def aggregate_trial(
         if t.aggregation == "score_of_mean":
             value = t.loss(np.mean([k[t.name] for k in replicate_kept], axis=0))
         elif t.aggregation == "synthetic_likelihood":
-            value = synthetic_nll(np.stack([k[t.name] for k in replicate_kept]), t.observed.values)
+            series = np.stack([k[t.name] for k in replicate_kept])
+            if t.estimator == "ubsl":  # an estimate of 0 is a valid value of an unbiased estimator: weight 0, not a failure
+                value = min(ubsl_nll(series, t.observed.values), ZERO_LIKELIHOOD_NLL)
+            else:
+                value = synthetic_nll(series, t.observed.values)
         elif t.aggregation == "logmeanexp":
             value = log_mean_exp_loss(np.array([s[t.name] for s in replicate_scores]))
         else:

@@ -3,6 +3,14 @@
 Pure functions of arrays of the same shape (n, m); likelihood scores return
 the negative log-likelihood summed over every cell. Also the replicate
 aggregations. No I/O here.
+
+Gaps, one rule everywhere: an observed cell that is NaN (a blank in the data)
+contributes nothing. :func:`score` leaves it out of the sum (and out of the
+denominator of ``mse``/``rmse``); :func:`synthetic_nll` and :func:`ubsl_nll`
+leave it out of the mean and covariance, i.e. they are the Gaussian density
+of the observed cells only. ``score_of_mean``, ``mean_of_scores`` and
+``logmeanexp`` aggregate per-replicate scores or a replicate mean scored by
+:func:`score`, so they inherit the rule.
 """
 
 from __future__ import annotations
@@ -72,6 +80,13 @@ def score(spec: ScoreSpec, sim: np.ndarray, obs: np.ndarray, trials: np.ndarray 
     """
     sim = np.asarray(sim, dtype=float)
     obs = np.asarray(obs, dtype=float)
+    present = ~np.isnan(obs)
+    if not present.all():  # a gap contributes nothing (module docstring)
+        if trials is not None:
+            trials = np.broadcast_to(np.asarray(trials, dtype=float), obs.shape)[present]
+        sim, obs = np.broadcast_to(sim, obs.shape)[present], obs[present]
+        if obs.size == 0:
+            return 0.0
     kind = spec.kind
     if kind in ("sse", "mse", "rmse"):
         sq = (sim - obs) ** 2
@@ -138,17 +153,30 @@ def log_mean_exp_loss(nlls: np.ndarray) -> float:
     return float(-(logsumexp(-nlls) - math.log(len(nlls))))
 
 
+def _observed_cells(sims: np.ndarray, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The replicate series (R, cells) and observations (cells,) at the observed (non-NaN) cells."""
+    x = np.asarray(sims, dtype=float).reshape(len(sims), -1)
+    y = np.asarray(obs, dtype=float).reshape(-1)
+    present = ~np.isnan(y)
+    return x[:, present], y[present]
+
+
 def synthetic_nll(sims: np.ndarray, obs: np.ndarray, min_var: float = 1.0) -> float:
     """Synthetic likelihood (Wood 2010): the NLL of ``obs`` under a Gaussian whose mean and
     covariance are those of the replicate series ``sims`` (R, n, m), cells flattened.
+    Gaps (NaN in ``obs``) are left out: the density is that of the observed cells.
+
+    The Gaussian density evaluated at estimated parameters is a biased estimate of the
+    Gaussian density itself, and the bias depends on R (:func:`ubsl_nll` is not).
 
     With few replicates the sample covariance is singular; it is shrunk towards its
     diagonal with the Schäfer–Strimmer (2005) intensity estimated from the replicates.
     Variances are floored at ``min_var`` (one count), so a cell every replicate agrees
     on does not make the likelihood infinite.
     """
-    x = np.asarray(sims, dtype=float).reshape(len(sims), -1)
-    y = np.asarray(obs, dtype=float).reshape(-1)
+    x, y = _observed_cells(sims, obs)
+    if y.size == 0:
+        return 0.0
     r = x.shape[0]
     mean = x.mean(axis=0)
     sd = np.sqrt(np.maximum(x.var(axis=0, ddof=1), min_var))
@@ -168,3 +196,74 @@ def synthetic_nll(sims: np.ndarray, obs: np.ndarray, min_var: float = 1.0) -> fl
         return math.inf
     d = y - mean
     return float(0.5 * (logdet + d @ np.linalg.solve(cov, d)))
+
+
+ZERO_LIKELIHOOD_NLL = 1e300
+"""The trial loss that stands for a likelihood estimate of exactly 0 (uBSL outside the
+replicates' spread): finite, so the trial completes (a run is not stopped as a failure
+storm, an optimiser sees a very bad loss), and read back as weight 0 by the posterior
+(:func:`is_zero_likelihood`)."""
+
+
+def is_zero_likelihood(loss: float) -> bool:
+    """Whether a trial loss is :data:`ZERO_LIKELIHOOD_NLL` (or beyond): a likelihood estimate of 0."""
+    return loss >= ZERO_LIKELIHOOD_NLL
+
+
+def ubsl_min_replicates(cells: int) -> int:
+    """The fewest replicates :func:`ubsl_nll` is defined for: ``cells + 4`` (R > d + 3)."""
+    return cells + 4
+
+
+def ubsl_nll(sims: np.ndarray, obs: np.ndarray, min_var: float = 1.0) -> float:
+    """Unbiased synthetic likelihood (uBSL; Price, Drovandi, Lee & Nott 2018): ``-log`` of
+    the Ghurye & Olkin (1969) estimator of the Gaussian density of ``obs``, whose mean
+    and covariance are those of the distribution the R replicate series ``sims`` (R, n, m)
+    are drawn from. Its *expectation over replicate sets* equals the Gaussian density
+    exactly, for every R > d + 3 (d observed cells), so the target a posterior weighs
+    with it does not move with R (the plug-in :func:`synthetic_nll` does).
+
+    With ``M = (R-1) Σ_R`` and ``a = y - mean_R``, the estimate is
+    ``(2π)^{-d/2} c(d,R-2) / (c(d,R-1) (1-1/R)^{d/2}) |M|^{-1/2} (1 - aᵀM⁻¹a/(1-1/R))^{(R-d-3)/2}``
+    when the last factor is positive, and 0 (NLL ``inf``) otherwise, with
+    ``c(k,v) = 2^{-kv/2} π^{-k(k-1)/4} / Π_{i=1..k} Γ((v-i+1)/2)`` (the determinant
+    lemma turns the estimator's ``ψ(M - aaᵀ/(1-1/R))`` into the factor above).
+
+    ``min_var`` > 0 adds independent N(0, min_var) noise to every replicate cell (seeded
+    from the replicate values, so the result is a function of its inputs): the estimate is
+    then unbiased for the Gaussian with covariance ``Σ + min_var·I``, and a cell every
+    replicate agrees on (a zero early in an epidemic) does not make it undefined.
+    Gaps (NaN in ``obs``) are left out, as everywhere.
+
+    Raises:
+        ValueError: fewer replicates than :func:`ubsl_min_replicates` of the observed cells.
+    """
+    x, y = _observed_cells(sims, obs)
+    r, d = x.shape
+    if d == 0:
+        return 0.0
+    if r < ubsl_min_replicates(d):
+        raise ValueError(f"the unbiased synthetic likelihood needs more than {d + 3} replicates for {d} observed "
+                         f"cells, got {r}")
+    if min_var > 0:
+        seed = np.frombuffer(np.ascontiguousarray(x).tobytes(), dtype=np.uint32)
+        rng = np.random.default_rng(np.bitwise_xor.reduce(seed) if seed.size else 0)
+        x = x + math.sqrt(min_var) * rng.standard_normal(x.shape)
+    mean = x.mean(axis=0)
+    dev = x - mean
+    m = dev.T @ dev
+    sign, logdet = np.linalg.slogdet(m)
+    if sign <= 0:
+        return math.inf
+    a = y - mean
+    q = float(a @ np.linalg.solve(m, a)) / (1 - 1 / r)
+    if not q < 1:
+        return math.inf
+
+    def log_c(k: int, v: int) -> float:
+        i = np.arange(1, k + 1)
+        return -k * v / 2 * math.log(2) - k * (k - 1) / 4 * math.log(math.pi) - float(gammaln((v - i + 1) / 2).sum())
+
+    log_p = (-d / 2 * math.log(2 * math.pi) + log_c(d, r - 2) - log_c(d, r - 1) - d / 2 * math.log(1 - 1 / r)
+             - 0.5 * logdet + (r - d - 3) / 2 * math.log1p(-q))
+    return float(-log_p)
