@@ -182,12 +182,12 @@ def test_figures_show_the_marginals_and_the_predictive_fit(tmp_path):
     import optuna
 
     from modelops_calabaria.posterior import posterior_figures, study_sample
-    from modelops_calabaria.backend.factory import open_optuna_storage
+    from modelops_calabaria.backend.factory import open_store
     from modelops_calabaria.storage import parse_storage_url
 
     job, storage, y = _line_posterior_run(tmp_path)
-    optuna_storage = open_optuna_storage(parse_storage_url(storage), 1)
-    sample = study_sample(job, optuna_storage, optuna_storage.get_study_id_from_name(job.study))
+    store = open_store(parse_storage_url(storage), 1, read_only=True)
+    sample = study_sample(job, store, store.study_id(job.study))
     figures = posterior_figures(job, sample, predictive_draws=10, replicates=1)
     assert len(figures) == 2
     (corner, corner_caption), (fit, fit_caption) = figures

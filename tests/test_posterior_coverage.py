@@ -38,7 +38,7 @@ def _interval(y: np.ndarray, seed: int) -> tuple[float, float]:
     sampler = build_posterior_sampler(job)
     study = optuna.create_study(study_name=job.study, storage=store.optuna_storage, sampler=sampler)
     sid = store.study_id(job.study)
-    sampler.attach(store.optuna_storage, sid, None, reader=store.trials_since)
+    sampler.attach(store, sid, None)
     space = {"mu": FloatDistribution(-20.0, 20.0)}
     for _ in range(TRIALS):
         trial = study.ask(space)

@@ -44,12 +44,16 @@ def test_stages_read_each_trial_once_and_weigh_as_the_full_recomputation(storage
         sid = store.study_id(job.study)
         reads: list[int] = []
 
-        def reader(study_id, cursor, skip, recheck):
-            stored, top = store.trials_since(study_id, cursor, skip, recheck)
-            reads.append(len(stored))
-            return stored, top
+        class Counted:  # the real backend, counting what each stage's cursor read returns
+            def __getattr__(self, name):
+                return getattr(store, name)
 
-        sampler.attach(store.optuna_storage, sid, None, reader=reader)
+            def trials_since(self, study_id, cursor, skip, recheck):
+                stored, top = store.trials_since(study_id, cursor, skip, recheck)
+                reads.append(len(stored))
+                return stored, top
+
+        sampler.attach(Counted(), sid, None)
         space = {"a": FloatDistribution(-5.0, 5.0), "b": FloatDistribution(0.1, 10.0, log=True)}
         for i in range(150):
             trial = study.ask(space)

@@ -185,10 +185,14 @@ def test_the_sampler_records_every_draw_before_handing_it_out():
     from modelops_calabaria.posterior.records import COMPONENT_PREFIX, draw_key, parse_records
 
     sampler = ImisSampler({"m": ParameterSpec(lower=-5, upper=5)}, PosteriorSpec(initial=20, per_stage=10), seed=3)
-    storage = optuna.storages.InMemoryStorage()
+    from modelops_calabaria.backend.factory import open_store
+    from modelops_calabaria.storage import parse_storage_url
+
+    store = open_store(parse_storage_url("memory"))
+    storage = store.optuna_storage
     study = optuna.create_study(sampler=sampler, storage=storage)
     study_id = storage.get_study_id_from_name(study.study_name)
-    sampler.attach(storage, study_id)
+    sampler.attach(store, study_id)
 
     def attrs() -> dict:
         return storage.get_study_system_attrs(study_id)

@@ -170,7 +170,7 @@ class StudyBackend(Protocol):
     - ``trial_columns`` reads every trial of a study at once as :class:`TrialColumns`
       (read-only; equal, field by field, to what ``study.get_trials()`` holds).
     - ``stored_job`` / ``store_job`` read and write the job stored with a study;
-      ``study_attr`` / ``set_study_attr`` any other JSON-able value stored with it
+      ``study_attr`` / ``set_study_attr`` / ``study_attrs`` any other JSON-able value stored with it
       (``calabaria:`` keys: the fingerprint, the reported best); a value set is
       read back whole by every coordinator, the last write standing.
     - ``ledger`` is the study's budget claims and coordinator heartbeats,
@@ -234,6 +234,18 @@ class StudyBackend(Protocol):
 
     def set_study_attr(self, study_id: int, key: str, value: Any) -> None:
         """Store a JSON-able ``value`` with the study under ``key``."""
+
+    def study_attrs(self, study_id: int) -> dict[str, Any]:
+        """Every value stored with the study (a copy)."""
+
+    def trials(self, study_id: int, states: tuple[TrialState, ...] | None = None) -> list[FrozenTrial]:
+        """The study's trials (in ``states``, else all), read whole; not to be modified."""
+
+    def n_trials(self, study_id: int) -> int:
+        """How many trials the study holds, in any state."""
+
+    def minimizes(self, study_id: int) -> bool:
+        """Whether the study minimises its objective."""
 
     def close(self) -> None:
         """Release every connection."""

@@ -131,6 +131,18 @@ class GenericBackend:
     def study_attr(self, study_id: int, key: str) -> Any:
         return self._storage.get_study_system_attrs(study_id).get(key)
 
+    def study_attrs(self, study_id: int) -> dict[str, Any]:
+        return dict(self._storage.get_study_system_attrs(study_id))
+
+    def trials(self, study_id: int, states: tuple[TrialState, ...] | None = None) -> list[FrozenTrial]:
+        return self._storage.get_all_trials(study_id, deepcopy=False, states=states)
+
+    def n_trials(self, study_id: int) -> int:
+        return self._storage.get_n_trials(study_id)
+
+    def minimizes(self, study_id: int) -> bool:
+        return self._storage.get_study_directions(study_id)[0] == optuna.study.StudyDirection.MINIMIZE
+
     def set_study_attr(self, study_id: int, key: str, value: Any) -> None:
         self._storage.set_study_system_attr(study_id, key, value)
 

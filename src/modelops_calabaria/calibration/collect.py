@@ -74,7 +74,7 @@ def collect(p: Prepared, study: optuna.Study, backend: StudyBackend, latencies: 
         },
     )
     if p.job.posterior is not None:
-        result.posterior = write_posterior(p.output_dir, p.job, backend.optuna_storage, backend.study_id(study.study_name))
+        result.posterior = write_posterior(p.output_dir, p.job, backend, backend.study_id(study.study_name))
     if stored_selection is not None:
         result.selection = stored_selection  # chosen by a coordinator that ended on these same trials
     elif (service is not None and shutdown_reason is None and not state.failure_storm

@@ -122,7 +122,7 @@ class Mirror:
             return self._add_running(params, dists)
         self._study.add_trial(optuna.trial.create_trial(
             state=state, values=None if value is None else [value], params=dict(params), distributions=dict(dists)))
-        return self._store.optuna_storage.get_n_trials(self._sid) - 1
+        return self._store.n_trials(self._sid) - 1
 
     def _finish(self, key: Key, state: TrialState, value: float | None) -> None:
         number = self._number.get(key)
@@ -161,7 +161,7 @@ class Mirror:
     def _maybe_shrink(self) -> None:
         """Past the window, rebuild the study from the best and the most recent finished trials."""
         limit = self._window + self._window // 4
-        if self._store.optuna_storage.get_n_trials(self._sid) <= limit:
+        if self._store.n_trials(self._sid) <= limit:
             return
         trials = self._study.get_trials(deepcopy=False)
         finished = [t for t in trials if t.state in _FINISHED]
@@ -184,7 +184,7 @@ class Mirror:
                 renumber[t.number] = self._add_running(t.params, t.distributions, t.system_attrs)
             elif t.number in keep:
                 self._study.add_trial(t)
-                renumber[t.number] = self._store.optuna_storage.get_n_trials(self._sid) - 1
+                renumber[t.number] = self._store.n_trials(self._sid) - 1
         self._number = {key: renumber[n] for key, n in self._number.items() if n in renumber}
 
 

@@ -97,7 +97,7 @@ def _study_attrs(backend: StudyBackend, study_name: str) -> tuple[int, dict[str,
         study_id = retry_db("study lookup", lambda: backend.study_id(study_name))
     except KeyError:
         return None
-    return study_id, retry_db("study load", lambda: backend.optuna_storage.get_study_system_attrs(study_id))
+    return study_id, retry_db("study load", lambda: backend.study_attrs(study_id))
 
 
 def check_unchanged(study_name: str, backend: StudyBackend, stored_job: Mapping[str, Any], accept: bool) -> None:
@@ -125,7 +125,7 @@ def check_unchanged(study_name: str, backend: StudyBackend, stored_job: Mapping[
 
 def _record_fingerprint(backend: StudyBackend, study_id: int, stored_job: Mapping[str, Any]) -> None:
     value = fingerprint(stored_job)
-    retry_db("store fingerprint", lambda: backend.optuna_storage.set_study_system_attr(study_id, FINGERPRINT_ATTR, value))
+    retry_db("store fingerprint", lambda: backend.set_study_attr(study_id, FINGERPRINT_ATTR, value))
 
 
 def accept_changes(backend: StudyBackend, study_name: str, stored_job: Mapping[str, Any]) -> None:

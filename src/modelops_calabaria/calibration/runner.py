@@ -259,8 +259,7 @@ def _drive(p: Prepared, settings: Settings, service: DeferredService, study: opt
     heartbeat = Heartbeat(study, ledger, coordinator_id, settings.heartbeat_interval_s, settings.grace_period_s, retry,
                           backend=backend)
     if isinstance(p.sampler, ImisSampler):  # records into the shared study; draws apart from other coordinators'
-        p.sampler.attach(backend.optuna_storage, backend.study_id(study.study_name),
-                         coordinator_id if options.joining or already else None, reader=backend.trials_since)
+        p.sampler.attach(backend, backend.study_id(study.study_name), coordinator_id if options.joining or already else None)
     state = RunState(job.direction, job.stop, time.monotonic(), **posterior_stop(job, p.sampler))
     asker = _choose_asker(p, settings, study, backend, parallel, loops, coordinator_id)
     # "best" on the progress line is the study's, not this process's

@@ -157,15 +157,15 @@ def open_study(job: CalibrationJob, backend: StudyBackend, stored_job: dict[str,
     Raises:
         StudyMismatchError: the study exists with another parameter space or direction.
     """
-    storage = backend.optuna_storage
     existing = retry_db("study lookup", lambda: backend.stored_job(job.study))
     if existing is not None:
         if existing:
             check_same_space(job, json.loads(existing), stored_job)
-        return optuna.load_study(study_name=job.study, storage=storage, sampler=sampler)
+        return optuna.load_study(study_name=job.study, storage=backend.optuna_storage, sampler=sampler)
     study = retry_db(
         "study creation",
-        lambda: optuna.create_study(study_name=job.study, storage=storage, sampler=sampler, direction=job.direction, load_if_exists=True),
+        lambda: optuna.create_study(study_name=job.study, storage=backend.optuna_storage, sampler=sampler, direction=job.direction,
+                                    load_if_exists=True),
     )
     existing = retry_db("study load", lambda: backend.stored_job(job.study))
     if existing:  # another process created it a moment before us

@@ -214,7 +214,8 @@ class CalibrationJob(_Spec):
 
     @model_validator(mode="after")
     def _check_sampler(self) -> CalibrationJob:
-        if self.posterior is not None and "sampler" in self.model_fields_set:
+        # A sampler other than the default (the stored form of a job spells the default out).
+        if self.posterior is not None and self.sampler != SamplerSpec():
             raise ValueError(f"a posterior run draws its trials by {self.posterior.method.upper()}, so 'sampler' "
                              f"({self.sampler.name}) would be ignored: remove 'sampler' or 'posterior'")
         x0 = self.sampler.options.get("x0") if self.sampler.name == "cmaes" else None

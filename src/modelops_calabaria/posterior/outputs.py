@@ -12,6 +12,7 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial
 
+from modelops_calabaria.backend.base import StudyBackend
 from modelops_calabaria.dbretry import retry_db
 from modelops_calabaria.job import CalibrationJob
 from modelops_calabaria.logging import get_logger
@@ -24,16 +25,16 @@ log = get_logger(__name__)
 STAGE_POINTS = 20  # at most this many prefixes of the study for the ESS-by-stage table
 
 
-def _read(storage: optuna.storages.BaseStorage, sid: int) -> tuple[list[FrozenTrial], dict[str, Any]]:
+def _read(backend: StudyBackend, sid: int) -> tuple[list[FrozenTrial], dict[str, Any]]:
     """Every trial of the study and its system attributes (the IMIS records)."""
-    attrs = retry_db("posterior records", lambda: storage.get_study_system_attrs(sid))
-    trials = retry_db("posterior trials", lambda: storage.get_all_trials(sid, deepcopy=False))
+    attrs = retry_db("posterior records", lambda: backend.study_attrs(sid))
+    trials = retry_db("posterior trials", lambda: backend.trials(sid))
     return trials, attrs
 
 
-def study_sample(job: CalibrationJob, storage: optuna.storages.BaseStorage, study_id: int) -> WeightedSample:
-    """The weighted sample of the posterior study ``study_id`` in ``storage``, read from the study alone."""
-    trials, attrs = _read(storage, study_id)
+def study_sample(job: CalibrationJob, backend: StudyBackend, study_id: int) -> WeightedSample:
+    """The weighted sample of the posterior study ``study_id`` in ``backend``, read from the study alone."""
+    trials, attrs = _read(backend, study_id)
     return weigh(joint_prior(job.parameters), trials, attrs)
 
 
@@ -125,11 +126,10 @@ def posterior_csv(job: CalibrationJob, sample: WeightedSample) -> str:
     return buf.getvalue()
 
 
-def write_posterior(out_dir: Path, job: CalibrationJob, storage: optuna.storages.BaseStorage,
-                    study_id: int) -> dict[str, Any]:
+def write_posterior(out_dir: Path, job: CalibrationJob, backend: StudyBackend, study_id: int) -> dict[str, Any]:
     """Write ``posterior.csv`` (and with ``posterior.arviz``, ``posterior.nc``) into ``out_dir``;
     return results.json's ``posterior``."""
-    trials, attrs = _read(storage, study_id)
+    trials, attrs = _read(backend, study_id)
     sample = weigh(joint_prior(job.parameters), trials, attrs)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "posterior.csv"

@@ -35,6 +35,7 @@ import optuna
 from optuna.distributions import BaseDistribution, FloatDistribution
 from optuna.trial import FrozenTrial
 
+from modelops_calabaria.backend.base import StudyBackend
 from modelops_calabaria.dbretry import retry_db
 from modelops_calabaria.job import ParameterSpec, PosteriorSpec
 from modelops_calabaria.logging import get_logger
@@ -78,13 +79,14 @@ class ImisSampler(optuna.samplers.BaseSampler):
         self._pending: set[int] = set()  # ids of trials read while not finished: read again next stage
         self.trials_read = 0  # trials read from the study by the stages (the cost the cursor keeps flat)
 
-    def attach(self, storage: optuna.storages.BaseStorage, study_id: int, entropy: str | None = None,
-               reader: Reader | None = None) -> None:
-        """Record into (and read from) this study. ``entropy`` (a coordinator id) decorrelates the
-        draws of coordinators sharing a study; None keeps a lone run reproducible from the job seed.
-        ``reader`` (the study backend's ``trials_since``) lets each stage read only new trials."""
+    def attach(self, backend: StudyBackend, study_id: int, entropy: str | None = None, incremental: bool = True) -> None:
+        """Record into (and read from) this study of ``backend``. ``entropy`` (a coordinator id)
+        decorrelates the draws of coordinators sharing a study; None keeps a lone run reproducible
+        from the job seed. ``incremental`` (the default): each stage reads only the trials new
+        since the last one (``StudyBackend.trials_since``); else the whole study every stage."""
+        reader: Reader | None = backend.trials_since if incremental else None
         with self._lock:
-            self._target = (storage, study_id)
+            self._target = (backend, study_id)
             self._entropy = zlib.crc32(entropy.encode()) if entropy else 0
             self._rng = None
             self._loaded = False
@@ -116,11 +118,11 @@ class ImisSampler(optuna.samplers.BaseSampler):
 
     def _where(self, study: optuna.Study) -> tuple[Any, int]:
         if self._target is None:
-            raise RuntimeError("ImisSampler.attach(storage, study_id) must be called before the first draw")
+            raise RuntimeError("ImisSampler.attach(backend, study_id) must be called before the first draw")
         return self._target
 
-    def _refresh(self, storage: Any, study_id: int) -> None:
-        attrs = retry_db("posterior records", lambda: storage.get_study_system_attrs(study_id))
+    def _refresh(self, storage: StudyBackend, study_id: int) -> None:
+        attrs = retry_db("posterior records", lambda: storage.study_attrs(study_id))
         components, sources = parse_records(attrs)
         self._components.update(components)
         self._sources.update(sources)
@@ -151,15 +153,15 @@ class ImisSampler(optuna.samplers.BaseSampler):
         x = self.prior.from_u(u)[0]
         params = {name: float(v) for name, v in zip(self.prior.names, x)}
         key = draw_key(self.prior.names, params)
-        retry_db("posterior records", lambda: storage.set_study_system_attr(study_id, key, source))
+        retry_db("posterior records", lambda: storage.set_study_attr(study_id, key, source))
         self._sources[key] = source
         self._since_refresh += 1
         return params
 
-    def _read_new(self, storage: Any, study_id: int) -> None:
+    def _read_new(self, storage: StudyBackend, study_id: int) -> None:
         """Fold the trials finished since the last stage into the mixture state."""
         if self._reader is None:
-            trials = retry_db("posterior trials", lambda: storage.get_all_trials(study_id, deepcopy=False, states=FINISHED))
+            trials = retry_db("posterior trials", lambda: storage.trials(study_id, states=FINISHED))
             self.trials_read += len(trials)
             finished = [t for t in trials if t.number not in self._state.seen]
         else:
@@ -180,7 +182,7 @@ class ImisSampler(optuna.samplers.BaseSampler):
                 self._state.add_component(cid, component)
             self._state.add_trials(later, self._sources, final=True)
 
-    def _new_stage(self, storage: Any, study_id: int) -> None:
+    def _new_stage(self, storage: StudyBackend, study_id: int) -> None:
         """Add a component around the highest-weight COMPLETE trial (or keep drawing from the prior)."""
         for cid, component in self._components.items():
             self._state.add_component(cid, component)
@@ -194,7 +196,7 @@ class ImisSampler(optuna.samplers.BaseSampler):
         centres = {c.mean for c in self._components.values()}
         exclude = [i for i in range(n) if tuple(float(v) for v in sample.u[i]) in centres]
         component, _ = new_component(sample.u, sample.weights, self.spec.per_stage, exclude)
-        retry_db("posterior records", lambda: storage.set_study_system_attr(
+        retry_db("posterior records", lambda: storage.set_study_attr(
             study_id, COMPONENT_PREFIX + component.id, component.to_json()))
         self._components[component.id] = component
         self._state.add_component(component.id, component)

@@ -62,7 +62,7 @@ def read_run(run_dir: Path) -> CalibrationJob:
         raise ConfigurationError(f"run directory {run_dir} does not exist" if not run_dir.exists() else f"{run_dir} is not a directory",
                                  hint="pass the --output directory of a calibration (e.g. runs/seir-demo)")
     src = resolve_source(run_dir, None, None, None)
-    _, stored, _ = load_study(src.study, src.target)
+    _, stored, *_ = load_study(src.study, src.target)
     if not stored:
         raise ConfigurationError(f"the study of {run_dir} holds no job", hint="project from a run made by calabaria calibrate")
     return job_from_dict(stored, source=f"job stored with study '{src.study}'", base_dir=run_dir)

@@ -137,7 +137,7 @@ def load_study(study_name: str, target: StorageTarget) -> tuple[TrialColumns, di
     try:
         study_id = store.study_id(study_name)
         raw = store.stored_job(study_name)
-        minimize = store.optuna_storage.get_study_directions(study_id)[0] == optuna.study.StudyDirection.MINIMIZE
+        minimize = store.minimizes(study_id)
         columns = store.trial_columns(study_id)
         stored_best = read_stored_best(store, study_id)
     except KeyError:
@@ -698,7 +698,7 @@ def _posterior_sample(src: ReportSource, job: CalibrationJob) -> WeightedSample:
     """The weighted sample of a posterior study (read only)."""
     store = open_store(src.target, read_only=True)
     try:
-        return study_sample(job, store.optuna_storage, store.study_id(src.study))
+        return study_sample(job, store, store.study_id(src.study))
     finally:
         store.close()
 
