@@ -283,18 +283,19 @@ def test_a_user_model_without_schedules_is_refused(tmp_path):
     run_calibration(load_job(tmp_path / "job.yaml"), Settings(storage=f"sqlite:///{tmp_path / 's.db'}", scheduler="inline"), output_dir=run)
     spec = _bad_spec(tmp_path, "start_date: 2024-01-01\ndays_parameter: null\nscenarios:\n"
                                " - {name: a, changes: [{parameter: beta, from: 2024-02-01, multiply: 0.5}]}\n")
-    r = cli("project", str(run), "--scenarios", spec, "--output", str(tmp_path / "o"), "--scheduler", "inline")
+    db = f"sqlite:///{tmp_path / 's.db'}"  # the study is outside the run directory: given as `report` takes it
+    r = cli("project", str(run), "--scenarios", spec, "--output", str(tmp_path / "o"), "--scheduler", "inline", "--storage", db)
     assert r.returncode == 2 and "declares no schedulable parameters" in r.stderr and not (tmp_path / "o").exists()
     fine = _bad_spec(tmp_path, "start_date: 2024-01-01\ndays_parameter: null\nscenarios:\n - {name: a, changes: [{parameter: beta, multiply: 0.5}]}\n")
     r = cli("project", str(run), "--scenarios", fine, "--output", str(tmp_path / "o"), "--scheduler", "inline", "--draws", "3",
-            "--horizon", "2")
+            "--horizon", "2", "--storage", db)
     assert r.returncode == 0, r.stderr  # a plain change needs no schedule support
 
 
 @pytest.mark.slow
 @pytest.mark.postgres
 def test_a_run_whose_study_is_in_postgresql(pg_url, tmp_path):
-    """The run directory holds no study.db: the job is read from the study at results.json's storage URL."""
+    """The run directory holds no study.db: the job is read from the study at the storage URL given (as `report` takes it)."""
     from conftest import unique
 
     job = yaml.safe_load((SEIR / "job.yaml").read_text())
@@ -304,7 +305,7 @@ def test_a_run_whose_study_is_in_postgresql(pg_url, tmp_path):
     run = tmp_path / "run"
     run_calibration(load_job(tmp_path / "job.yaml"), Settings(storage=pg_url, scheduler="inline"), output_dir=run)
     assert not (run / "study.db").exists()
-    result = project(run, SEIR / "scenarios.yaml", draws=4, replicates=1, output=tmp_path / "p", scheduler="inline")
+    result = project(run, SEIR / "scenarios.yaml", draws=4, replicates=1, output=tmp_path / "p", scheduler="inline", storage=pg_url)
     assert result.facts["study"] == job["study"] and (tmp_path / "p" / "hubverse.csv").is_file()
 
 

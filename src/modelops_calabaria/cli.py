@@ -387,6 +387,7 @@ def project(
     local_workers: LocalWorkers = None,
     holdout_after: Annotated[str | None, typer.Option("--holdout-after", help="Forecast check: score against the observations after this date (the run must be calibrated on data up to it).")] = None,
     truth: Annotated[Path | None, typer.Option("--truth", help="With --holdout-after: the job file whose data hold the observations after the date.")] = None,
+    storage: Annotated[str | None, typer.Option("--storage", envvar="CALABARIA_STORAGE", help="Storage URL of the run's study when RUN_DIR holds no study.db.")] = None,
 ) -> None:
     """Project the calibrated model under each scenario: projections.parquet, quantiles.csv, hubverse.csv, projection.html."""
     from modelops_calabaria.projection import project as run_projection
@@ -396,7 +397,7 @@ def project(
     result = run_projection(run_dir, scenarios, until=_date_option(until, "--until"), horizon=horizon, draws=draws,
                             replicates=replicates, output=output, seed=seed, scheduler=settings.scheduler,
                             local_workers=settings.local_workers, holdout_after=_date_option(holdout_after, "--holdout-after"),
-                            truth=truth)
+                            truth=truth, storage=storage)
     for path in result.files:
         _echo(str(path))
     if result.forecast_check:

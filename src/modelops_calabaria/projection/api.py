@@ -49,7 +49,7 @@ class ProjectionResult:
     forecast_check: dict[str, Any] | None = None
 
 
-def read_run(run_dir: Path) -> CalibrationJob:
+def read_run(run_dir: Path, storage: str | None = None) -> CalibrationJob:
     """The job stored with a run directory's study (read only).
 
     Raises:
@@ -61,7 +61,7 @@ def read_run(run_dir: Path) -> CalibrationJob:
     if not run_dir.is_dir():
         raise ConfigurationError(f"run directory {run_dir} does not exist" if not run_dir.exists() else f"{run_dir} is not a directory",
                                  hint="pass the --output directory of a calibration (e.g. runs/seir-demo)")
-    src = resolve_source(run_dir, None, None, None)
+    src = resolve_source(run_dir, None, storage, None)  # the run's study.db, else ``storage`` (as `report` reads)
     _, stored, *_ = load_study(src.study, src.target)
     if not stored:
         raise ConfigurationError(f"the study of {run_dir} holds no job", hint="project from a run made by calabaria calibrate")
@@ -72,7 +72,8 @@ def project(run_dir: Path | str, scenarios: Path | str | ScenarioSpec, *, until:
             horizon: int | None = None, draws: int = 200, replicates: int = 2, output: Path | str | None = None,
             seed: int | None = None, scheduler: str | None = None, local_workers: int | None = None,
             holdout_after: dt.date | None = None, truth: Path | str | None = None, common_seeds: bool = True,
-            job: CalibrationJob | None = None, sets: ParameterSets | None = None, progress_stream: Any = None) -> ProjectionResult:
+            job: CalibrationJob | None = None, sets: ParameterSets | None = None, progress_stream: Any = None,
+            storage: str | None = None) -> ProjectionResult:
     """Project a calibrated model under each scenario; write the outputs (module docstring) into ``output``
     (default ``RUN_DIR/projection``). A run interrupted earlier into the same ``output`` resumes.
 
@@ -81,7 +82,8 @@ def project(run_dir: Path | str, scenarios: Path | str | ScenarioSpec, *, until:
     calibrated on data up to it (:func:`calibrate_holdout`). When ``run_dir`` does not
     exist, that calibration runs first, into it (SQLite study ``run_dir/study.db``), once
     every input has been checked. ``job``/``sets``: use these instead of reading them
-    from ``run_dir`` (from Python).
+    from ``run_dir`` (from Python). ``storage``: the study's storage URL when the run
+    directory holds no ``study.db`` (a PostgreSQL study), as ``report`` takes it.
 
     Raises:
         JobSpecError, ConfigurationError: bad input (nothing created).
@@ -95,7 +97,7 @@ def project(run_dir: Path | str, scenarios: Path | str | ScenarioSpec, *, until:
                          dict(draws=draws, replicates=replicates, seed=seed, horizon=horizon, until=until),
                          scheduler=scheduler, local_workers=local_workers)
     if job is None:
-        job = read_run(run_dir)
+        job = read_run(run_dir, storage)
     model = load_model(canonical_ref(job.model, job.base_dir))
     targets = compile_targets(job, model.outputs)
     if sets is None:
