@@ -284,7 +284,7 @@ class Wire:
                         self._release(i.n)
                     elif isinstance(i, ins.Exit):
                         if i.fatal:
-                            self._record_fatal(self._errors.pop(loop_id, None) or RuntimeError("loop failed"))
+                            self._record_fatal(self._errors.pop(loop_id, RuntimeError(f"loop {loop_id} failed")))
                         return
                     else:
                         answer = self._execute(i)
@@ -416,19 +416,36 @@ class Wire:
         return ev.Decided(i.loop, frozenset(pruned))
 
     def _tell(self, i: ins.Tell) -> None:
-        """Tell the trial as the core says, record it in the run state, report it."""
+        """Tell the trial as the core says, then record it in the run state and report it. Only
+        the asker's tell can make the step fail: once it returned, the trial is told, and an
+        error in what follows stops the run (raised at its end) without untelling it."""
         f = self._flights.pop(i.trial)
-        trial, params = f.trial, dict(f.trial.params)
         duration_s = time.perf_counter() - f.started
+        trial = f.trial
         if i.outcome == "COMPLETE":
-            assert f.final is not None and f.final.loss is not None
             final = f.final
-            if self.board is None:
-                self.asker.tell_complete(trial, final.loss, final.per_target, final.busy_s)
-            else:
-                losses = pruning.replicate_losses(final.replicate_scores, self._weights)
-                self.asker.tell_complete(trial, final.loss, final.per_target, final.busy_s, losses)
-                self.board.add(trial.number, final.loss, losses)
+            assert final is not None and final.loss is not None
+            losses = pruning.replicate_losses(final.replicate_scores, self._weights) if self.board is not None else None
+            self.asker.tell_complete(trial, final.loss, final.per_target, final.busy_s, losses)
+        elif i.outcome == "PRUNED":
+            assert f.decision is not None
+            d, losses = f.decision, pruning.replicate_losses(f.scores, self._weights)
+            self.asker.tell_pruned(trial, d.partial_loss, losses, f.busy, d.reference, d.estimate)
+        else:
+            text, busy = self._fail_reason(i, f)
+            self.asker.tell_fail(trial, text, busy)
+        try:
+            self._report(i, f, duration_s)
+        except BaseException as e:  # noqa: BLE001 - told; the run stops and raises it
+            self._record_fatal(e)
+
+    def _report(self, i: ins.Tell, f: _Flight, duration_s: float) -> None:
+        trial, params = f.trial, dict(f.trial.params)
+        if i.outcome == "COMPLETE":
+            final = f.final
+            assert final is not None and final.loss is not None
+            if self.board is not None:
+                self.board.add(trial.number, final.loss, pruning.replicate_losses(final.replicate_scores, self._weights))
             with self._lock:
                 new_best = self.state.record_complete(trial.number, final.loss, params, final.busy_s)
                 reason = self.state.check_stop(time.monotonic())
@@ -437,8 +454,6 @@ class Wire:
         elif i.outcome == "PRUNED":
             d = f.decision
             assert d is not None
-            losses = pruning.replicate_losses(f.scores, self._weights)
-            self.asker.tell_pruned(trial, d.partial_loss, losses, f.busy, d.reference, d.estimate)
             with self._lock:
                 self.state.record_pruned(trial.number, f.busy)
                 reason = self.state.check_stop(time.monotonic())
@@ -447,7 +462,6 @@ class Wire:
             record = TrialRecord(trial.number, "PRUNED", None, params, {}, duration_s, reason=why)
         else:
             text, busy = self._fail_reason(i, f)
-            self.asker.tell_fail(trial, text, busy)
             with self._lock:
                 self.state.record_fail(trial.number, text, busy)
                 reason = self.state.check_stop(time.monotonic())
