@@ -48,51 +48,14 @@ the rest.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
-from enum import Enum
 
 from modelops_calabaria.calibration.scheduler import events as ev
 from modelops_calabaria.calibration.scheduler import instructions as ins
+from modelops_calabaria.calibration.scheduler.invariants import check
 from modelops_calabaria.calibration.scheduler.rules import Rules
+from modelops_calabaria.calibration.scheduler.state import Loop, Phase, SchedulerInvariantError
 
-
-class SchedulerInvariantError(AssertionError):
-    """The core reached a state its invariants forbid, or got an event that answers no instruction (a bug)."""
-
-
-class Phase(Enum):
-    STARTING = "starting"
-    HOLDING = "holding"
-    CLAIMING = "claiming"
-    ASKING = "asking"
-    SUBMITTING = "submitting"
-    TAIL = "tail"
-    AWAITING = "awaiting"
-    DECIDING = "deciding"
-    TELLING = "telling"
-
-
-@dataclass
-class Loop:
-    """One loop's state: the trials it holds and the step it is on."""
-
-    id: int
-    phase: Phase = Phase.STARTING
-    group: list[int] = field(default_factory=list)  # trials submitted together, at stage ``stage``
-    stage: int = 0
-    following: int | None = None  # the look-ahead trial (parallel)
-    ahead: bool = False  # the claim or ask under way is the look-ahead's
-    admitted: int = 0  # admissions not yet a trial (parallel: 0 or 1; batched: the ask under way)
-    round_size: int = 0  # batched: slots granted to this round
-    round_left: int = 0  # batched: slots of the round still to ask
-    asked: list[int] = field(default_factory=list)  # batched: trials asked this round, not yet submitted
-    verdicts: dict[int, ins.Tell | None] = field(default_factory=dict)  # group trial -> its tell (None: goes on)
-    tells: deque[ins.Tell] = field(default_factory=deque)
-    aborting: bool = False
-    claim: int = 0  # slots of the claim under way
-
-    def held(self) -> list[int]:
-        return self.group + self.asked + ([self.following] if self.following is not None else [])
+__all__ = ["Loop", "Phase", "Scheduler", "SchedulerInvariantError"]
 
 
 class Scheduler:
@@ -453,41 +416,4 @@ class Scheduler:
     def check_invariants(self) -> None:
         """Raise :class:`SchedulerInvariantError` when a count disagrees (module docstring).
         Costs O(loops): run after every event."""
-        counts = (self.granted, self.released, self.reserve, self.taking, self.asked, self.ask_failed, self.told,
-                  self.lost, self.flying)
-        if min(counts) < 0:
-            raise SchedulerInvariantError(f"a negative count: {counts}")
-        if self.granted != self.asked + self.ask_failed + self.released + self.reserve + self.taking:
-            raise SchedulerInvariantError(
-                f"slots: granted {self.granted} != asked {self.asked} + ask failed {self.ask_failed} + released "
-                f"{self.released} + reserve {self.reserve} + being asked {self.taking}")
-        if self.asked != self.told + self.lost + len(self.in_flight):
-            raise SchedulerInvariantError(
-                f"trials: asked {self.asked} != told {self.told} + lost {self.lost} + in flight {len(self.in_flight)}")
-        if not self.telling <= self.in_flight.keys():
-            raise SchedulerInvariantError(f"telling trials not in flight: {sorted(self.telling - self.in_flight.keys())}")
-        held = taking = admitted = 0
-        for lp in self.loops.values():
-            trials = lp.held()
-            held += len(trials)
-            admitted += lp.admitted
-            if any(self.in_flight.get(t) != lp.id for t in trials):
-                raise SchedulerInvariantError(f"loop {lp.id} holds trials {trials} the core does not give it")
-            if self.rules.parallel:
-                taking += lp.phase is Phase.ASKING
-                if len(lp.group) > 1 or lp.admitted > 1 or len(trials) + lp.admitted > (2 if self.rules.look_ahead else 1):
-                    raise SchedulerInvariantError(f"loop {lp.id} holds {trials} and {lp.admitted} admission(s)")
-                if lp.following is not None and not lp.group and not lp.aborting:
-                    raise SchedulerInvariantError(f"loop {lp.id} looks ahead without a current trial")
-            else:
-                taking += lp.round_left
-                if len(lp.group) + len(lp.asked) + lp.round_left > lp.round_size or lp.admitted > 1:
-                    raise SchedulerInvariantError(f"loop {lp.id}'s round holds more than it claimed")
-        if held != len(self.in_flight):
-            raise SchedulerInvariantError(f"loops hold {held} trials, {len(self.in_flight)} in flight")
-        if taking != self.taking:
-            raise SchedulerInvariantError(f"loops are asking {taking} slots, counted {self.taking}")
-        if self.flying != len(self.in_flight) + admitted:
-            raise SchedulerInvariantError(f"flying {self.flying} != in flight {len(self.in_flight)} + admitted {admitted}")
-        if self.target < 1 or self.finished > self.admitted:
-            raise SchedulerInvariantError(f"target {self.target}, finished {self.finished} > admitted {self.admitted}")
+        check(self)
