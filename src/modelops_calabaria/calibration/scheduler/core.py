@@ -18,8 +18,9 @@ each of its events with its next instruction (plus, at times, a
                                                    └──cancelled──► Tell FAIL
                                 Tell ─► Told: the trial is done (Failed: lost, recovered as stale)
 
-Invariants, asserted by :meth:`Scheduler.check_invariants` after every event
-(:class:`SchedulerInvariantError` when one breaks, which is a bug):
+Invariants, asserted after every event (``invariants.py``; the sums over all
+loops after every event of no loop, and in the tests after every event;
+:class:`SchedulerInvariantError` when one breaks, which is a bug):
 
 - slots: ``granted == asked + ask_failed + released + reserve + taking``: every
   slot the ledger granted is asked, kept by a failed ask, given back, waiting in
@@ -87,7 +88,7 @@ class Scheduler:
         if self.done:
             raise SchedulerInvariantError(f"{event} after the run finished")
         out = self._dispatch(event)
-        self.check_invariants()
+        check(self, getattr(event, "loop", None))
         return out
 
     def _dispatch(self, e: ev.Event) -> list[ins.Instruction]:
@@ -413,7 +414,8 @@ class Scheduler:
 
     # -- invariants ------------------------------------------------------------------------------
 
-    def check_invariants(self) -> None:
+    def check_invariants(self, full: bool = True) -> None:
         """Raise :class:`SchedulerInvariantError` when a count disagrees (module docstring).
-        Costs O(loops): run after every event."""
-        check(self)
+        :meth:`handle` runs it after every event: the counts and the event's loop (O(1)), or
+        (``full``, and after events of no loop) every loop and their sums (O(loops))."""
+        check(self, None if full else -1)
