@@ -84,3 +84,16 @@ def gated(params, seed):
         while not Path(params["gate"]).exists() and time.monotonic() < deadline:
             time.sleep(0.01)
     return linear(params, seed)
+
+
+def timed(params, seed):
+    """slow, recording when it ran: appends ``start end a b`` (wall-clock seconds, the trial's
+    parameters) to ``log_dir``/runs."""
+    import os
+
+    start = time.time()
+    time.sleep(float(params.get("delay", 0.2)))
+    end = time.time()
+    with open(os.path.join(params["log_dir"], "runs"), "a") as f:
+        f.write(f"{start!r} {end!r} {params['a']!r} {params['b']!r}\n")
+    return linear(params, seed)

@@ -1,8 +1,8 @@
 """Trials at once on a cluster whose size changes (``concurrency: auto``): pure sizing, no I/O.
 
 The wire asks the simulation service for its live thread count about every
-:data:`RESIZE_INTERVAL_S` and resizes its loops (parallel) or its next round
-(batched) to :func:`target_loops` of it. The same function gives the start-up
+:data:`RESIZE_INTERVAL_S`, and its scheduler core resizes its loops (parallel) or
+its next round (batched) to :func:`target_loops` of it. The same function gives the start-up
 count, so a fixed cluster runs exactly as many loops as before.
 """
 

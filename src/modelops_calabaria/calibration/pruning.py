@@ -1,7 +1,7 @@
 """Replicate-level pruning: stop a trial whose first replicates show it will not beat the k-th best.
 
-Pure logic, no I/O, no Dask: the wire (``wire.py``) runs a trial's replicates
-in stages and asks :func:`decide` between stages; :class:`Board` holds the
+Pure logic, no I/O, no Dask: the wire runs a trial's replicates in the stages
+its scheduler core (``scheduler/``) gives it, and asks :func:`decide` between stages; :class:`Board` holds the
 completed trials it compares against.
 
 The rule (a one-sided prediction bound on a mean of replicate losses). With

@@ -11,9 +11,9 @@ least ``floor``, widening to ``full`` as results come in:
     limit = full                                     while fewer than full trials were asked
     limit = min(full, max(floor, finished // per))   after
 
-The wire (``wire.py``) admits a new trial only while fewer than ``limit`` are in
-flight (parallel loops wait, they do not exit), and sizes a batched round to
-``limit``; ``full`` is its current target (the fixed concurrency, or
+The wire's scheduler core (``scheduler/core.py``, through ``scheduler/rules.py``)
+admits a new trial only while fewer than ``limit`` are in flight (parallel loops
+wait, they do not exit), and sizes a batched round to ``limit``; ``full`` is its current target (the fixed concurrency, or
 ``elastic.target_loops`` of the live cluster), so the ramp only ever lowers it.
 """
 
