@@ -3,7 +3,8 @@
 ``open_store(target, loops)`` creates what is missing (Optuna's tables, the
 ledger's tables, the trial-number index, the PostgreSQL functions) under the
 schema lock and returns a backend whose trial store and ledger share one
-engine. ``open_store(target, read_only=True)`` creates nothing, not even a
+engine, and on which a trial asked by a coordinator spends one of its budget
+claims (``ledger.py``). ``open_store(target, read_only=True)`` creates nothing, not even a
 SQLite file, and raises :class:`StudyNotFoundError` when there is no study
 storage there. Errors are converted here, as one line naming cause and fix.
 """
@@ -49,7 +50,7 @@ def open_store(target: StorageTarget, loops: int = 1, *, read_only: bool = False
         if read_only:
             raise StudyNotFoundError("an in-memory storage holds no study outside the process that made it",
                                      hint="pass the storage URL the run used (--storage)")
-        return GenericBackend(optuna.storages.InMemoryStorage(), MemoryLedger())
+        return GenericBackend(optuna.storages.InMemoryStorage(), MemoryLedger(), spend_claims=True)
     if target.path is not None:
         if read_only and not target.path.exists():
             raise StudyNotFoundError(f"no study storage at {target.display}",
@@ -66,7 +67,7 @@ def open_store(target: StorageTarget, loops: int = 1, *, read_only: bool = False
             str(target.path), lock_obj=optuna.storages.journal.JournalFileOpenLock(str(target.path)))
         ledger_path = target.path.with_name(target.path.name + ".calabaria.json")
         ledger: Ledger = MemoryLedger() if read_only and not ledger_path.exists() else FileLedger(ledger_path)
-        return GenericBackend(optuna.storages.JournalStorage(backend), ledger)
+        return GenericBackend(optuna.storages.JournalStorage(backend), ledger, spend_claims=True)
     return _with_start_retry(target, lambda: _open_relational(target, loops, read_only))
 
 
@@ -96,7 +97,7 @@ def _open_relational(target: StorageTarget, loops: int, read_only: bool) -> Rela
         with storage.engine.begin() as conn:
             conn.execute(sa.text("CREATE INDEX IF NOT EXISTS calabaria_trials_study_number ON trials (study_id, number)"))
         install_pg_functions(storage)  # one round trip per trial creation and completion on PostgreSQL
-        return RelationalBackend(storage, SqlLedger(storage.engine, create=True))
+        return RelationalBackend(storage, SqlLedger(storage.engine, create=True), spend_claims=True)
 
 
 def _with_start_retry(target: StorageTarget, open_: Callable[[], RelationalBackend]) -> RelationalBackend:
