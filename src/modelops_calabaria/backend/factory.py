@@ -74,20 +74,25 @@ def open_store(target: StorageTarget, loops: int = 1, *, read_only: bool = False
 def _open_relational(target: StorageTarget, loops: int, read_only: bool) -> RelationalBackend:
     kwargs = engine_kwargs(target, loops)
     if read_only:
-        probe = sa.create_engine(target.url, poolclass=sa.pool.NullPool, connect_args=kwargs["connect_args"])
-        try:
-            # Under the schema lock (a PostgreSQL advisory lock: nothing written): a schema
-            # another process is creating right now is seen whole or not at all.
-            with schema_lock(target) if target.kind == "postgresql" else contextlib.nullcontext(), probe.connect() as conn:
-                inspector = sa.inspect(conn)
-                has_study_tables = all(inspector.has_table(t) for t in ("studies", "version_info", "alembic_version"))
-                has_ledger = inspector.has_table("calabaria_budget")
-        finally:
-            probe.dispose()
-        if not has_study_tables:
-            raise StudyNotFoundError(f"no study storage at {target.display} (the database holds no Optuna tables)",
-                                     hint="check --storage: the run's database, not an empty one")
-        storage = RDBStorage(target.url, engine_kwargs=kwargs, skip_table_creation=True)
+        # Under the schema lock: a schema another process is creating right now is seen whole
+        # or not at all. Opening Optuna's storage writes too, even here: it stamps the schema
+        # version when it finds the tables without it, and a reader that did so while a
+        # creator was half-way made one of the two fail (UNIQUE constraint failed:
+        # alembic_version.version_num). PostgreSQL: an advisory lock, nothing written. SQLite:
+        # the creator's lock file, if there is one (every calabaria creator makes it first).
+        with _reader_lock(target):
+            probe = sa.create_engine(target.url, poolclass=sa.pool.NullPool, connect_args=kwargs["connect_args"])
+            try:
+                with probe.connect() as conn:
+                    inspector = sa.inspect(conn)
+                    has_study_tables = all(inspector.has_table(t) for t in ("studies", "version_info", "alembic_version"))
+                    has_ledger = inspector.has_table("calabaria_budget")
+            finally:
+                probe.dispose()
+            if not has_study_tables:
+                raise StudyNotFoundError(f"no study storage at {target.display} (the database holds no Optuna tables)",
+                                         hint="check --storage: the run's database, not an empty one")
+            storage = RDBStorage(target.url, engine_kwargs=kwargs, skip_table_creation=True)
         ledger: Ledger = SqlLedger(storage.engine, create=False) if has_ledger else MemoryLedger()
         return RelationalBackend(storage, ledger)  # type: ignore[arg-type]
     with schema_lock(target):
@@ -98,6 +103,15 @@ def _open_relational(target: StorageTarget, loops: int, read_only: bool) -> Rela
             conn.execute(sa.text("CREATE INDEX IF NOT EXISTS calabaria_trials_study_number ON trials (study_id, number)"))
         install_pg_functions(storage)  # one round trip per trial creation and completion on PostgreSQL
         return RelationalBackend(storage, SqlLedger(storage.engine, create=True), spend_claims=True)
+
+
+def _reader_lock(target: StorageTarget) -> contextlib.AbstractContextManager[None]:
+    """The schema lock for a read-only open, taken without creating anything."""
+    if target.kind == "postgresql":
+        return schema_lock(target)
+    if target.kind == "sqlite" and target.path is not None and target.path.with_name(target.path.name + ".lock").exists():
+        return schema_lock(target)
+    return contextlib.nullcontext()
 
 
 def _with_start_retry(target: StorageTarget, open_: Callable[[], RelationalBackend]) -> RelationalBackend:
