@@ -386,8 +386,7 @@ class Wire:
             self._tell(trial, _failed(f"coordinator error: {type(e).__name__}: {e}"), time.perf_counter() - started)
             self._landed(1, 1)
             raise
-        with self._lock:
-            self._in_flight[trial.number] = handle
+        self._track(trial.number, handle)
         return _Running(trial, handle, started)
 
     def _finish(self, r: _Running) -> None:
@@ -397,6 +396,15 @@ class Wire:
         r.told = True
         self._forget(r)
         self._landed(1, 1)
+
+    def _track(self, number: int, handle: TrialHandle) -> None:
+        """Record a submitted trial as in flight; cancel it at once if the grace already ran out
+        (a loop that asked before the stop and submitted after ``cancel_in_flight`` ran)."""
+        with self._lock:
+            self._in_flight[number] = handle
+            cancelled = self._cancelled_all
+        if cancelled:
+            handle.cancel()
 
     def _forget(self, r: _Running) -> None:
         with self._lock:
@@ -455,8 +463,7 @@ class Wire:
             stage = seeds[t.number][start:end]
             handle = self.service.submit(t.number, t.params, stage, first=start)
             handles.append(handle)
-            with self._lock:
-                self._in_flight[t.number] = handle
+            self._track(t.number, handle)
         return [handles[0].result()] if len(handles) == 1 else self.service.gather(handles)
 
     def _cancelled(self, ev: TrialEvaluation) -> TrialEvaluation:
