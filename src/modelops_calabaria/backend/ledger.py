@@ -149,7 +149,7 @@ class MemoryLedger:
         with self._lock:
             key = (study, owner)
             if key in self._fenced or self._open.get(key, 1) < 1:
-                raise lost(study, owner)
+                raise lost(study, owner, fenced=key in self._fenced)
             if key in self._open:
                 self._open[key] -= 1
 
@@ -261,8 +261,9 @@ class FileLedger:
     def spend(self, study: str, owner: str) -> None:
         with self._state() as s:
             open_ = s.get("open", {}).get(study, {})
-            if owner in s.get("fenced", {}).get(study, []) or open_.get(owner, 1) < 1:
-                raise lost(study, owner)
+            fenced = owner in s.get("fenced", {}).get(study, [])
+            if fenced or open_.get(owner, 1) < 1:
+                raise lost(study, owner, fenced=fenced)
             if owner in open_:
                 open_[owner] -= 1
 
@@ -572,12 +573,20 @@ def spend_claim(c: sa.Connection, study: str, owner: str) -> None:
     spent = c.execute(_OPEN.update().where(o.study_name == study, o.coordinator_id == owner, o.fenced == sa.false(),
                                            o.open_claims >= 1)
                       .values(open_claims=o.open_claims - 1)).rowcount
-    if not spent and c.execute(sa.select(o.fenced).where(o.study_name == study, o.coordinator_id == owner)).first() is not None:
-        raise lost(study, owner)
+    if not spent:
+        row = c.execute(sa.select(o.fenced).where(o.study_name == study, o.coordinator_id == owner)).first()
+        if row is not None:
+            raise lost(study, owner, fenced=bool(row[0]))
 
 
-def lost(study: str, owner: str) -> ClaimLostError:
-    """The error of a fenced coordinator (or one asking beyond its claims)."""
+def lost(study: str, owner: str, *, fenced: bool = True) -> ClaimLostError:
+    """The error of a fenced coordinator, or (``fenced`` False) of one asking beyond its claims."""
+    if not fenced:
+        return ClaimLostError(
+            f"coordinator {owner} asked a trial of study '{study}' without an open budget claim (an ask the "
+            "database committed just before the connection dropped, then retried)",
+            hint="the study keeps its exact budget; re-run to resume",
+        )
     return ClaimLostError(
         f"coordinator {owner} holds no budget claim for another trial of study '{study}': another coordinator "
         "declared it lost (no heartbeat for longer than the grace period) and gave its claims back",

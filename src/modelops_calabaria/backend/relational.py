@@ -186,12 +186,15 @@ def read_trial_columns(storage: RDBStorage, study_id: int) -> TrialColumns:
 
 # Versioned: services of different versions may share a database.
 PG_CREATE_FUNCTION_NAME = "calabaria_create_trial_v2"
-CLAIM_LOST_SQLSTATE = "CL001"  # raised by the function when the owner may not spend a claim
+CLAIM_LOST_SQLSTATE = "CL001"  # raised by the function when the owner was fenced
+NO_CLAIM_SQLSTATE = "CL002"  # ... when it holds no open claim
 PG_CREATE_FUNCTION = f"""
 CREATE OR REPLACE FUNCTION {PG_CREATE_FUNCTION_NAME}(
     p_study integer, p_start timestamp, p_names text[], p_values double precision[], p_dists text[],
     p_keys text[], p_jsons text[], p_study_name text, p_owner text, OUT o_trial_id integer, OUT o_number integer)
 LANGUAGE plpgsql AS $$
+DECLARE
+    v_fenced boolean;
 BEGIN
     -- Each statement takes a fresh snapshot (READ COMMITTED): max(number) sees every
     -- trial committed before the lock was granted.
@@ -201,9 +204,14 @@ BEGIN
         -- (ledger.spend_claim: a fenced owner, or one without an open claim, is refused).
         UPDATE calabaria_open_claims SET open_claims = open_claims - 1
             WHERE study_name = p_study_name AND coordinator_id = p_owner AND NOT fenced AND open_claims >= 1;
-        IF NOT FOUND AND EXISTS (SELECT 1 FROM calabaria_open_claims
-                                 WHERE study_name = p_study_name AND coordinator_id = p_owner) THEN
-            RAISE EXCEPTION 'calabaria: no open budget claim' USING ERRCODE = '{CLAIM_LOST_SQLSTATE}';
+        IF NOT FOUND THEN
+            SELECT fenced INTO v_fenced FROM calabaria_open_claims
+                WHERE study_name = p_study_name AND coordinator_id = p_owner;
+            IF v_fenced THEN
+                RAISE EXCEPTION 'calabaria: fenced' USING ERRCODE = '{CLAIM_LOST_SQLSTATE}';
+            ELSIF v_fenced IS NOT NULL THEN
+                RAISE EXCEPTION 'calabaria: no open budget claim' USING ERRCODE = '{NO_CLAIM_SQLSTATE}';
+            END IF;
         END IF;
     END IF;
     SELECT COALESCE(MAX(number) + 1, 0) INTO o_number FROM trials WHERE study_id = p_study;
@@ -288,8 +296,9 @@ def create_running_trial(storage: RDBStorage, study_id: int, params: Mapping[str
                     "study_name": claim[0] if claim else None, "owner": claim[1] if claim else None,
                 }).one()
         except sa.exc.DBAPIError as e:
-            if claim is not None and getattr(e.orig, "pgcode", None) == CLAIM_LOST_SQLSTATE:
-                raise lost(*claim) from None
+            code = getattr(e.orig, "pgcode", None)
+            if claim is not None and code in (CLAIM_LOST_SQLSTATE, NO_CLAIM_SQLSTATE):
+                raise lost(*claim, fenced=code == CLAIM_LOST_SQLSTATE) from None
             raise
         return int(number), int(trial_id)
     with storage.engine.begin() as c:
