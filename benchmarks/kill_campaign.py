@@ -205,11 +205,18 @@ def main(argv: list[str] | None = None) -> int:
     load0 = os.getloadavg()
     verdicts: list[Verdict] = []
     started = time.monotonic()
+    interrupted = False
     try:
         with tempfile.TemporaryDirectory(prefix="kill-campaign-") as tmp:
             for i in range(args.runs):
+                if interrupted:
+                    break
                 storage = args.storage or f"sqlite:///{tmp}/run{i}.db"
-                v = one_run(i, args.seed, storage, Path(tmp), budget=args.budget, delay=args.delay, grace_s=args.grace)
+                try:
+                    v = one_run(i, args.seed, storage, Path(tmp), budget=args.budget, delay=args.delay, grace_s=args.grace)
+                except KeyboardInterrupt:  # Ctrl-C: the run in progress is dropped, the finished ones summarised
+                    interrupted = True
+                    continue
                 verdicts.append(v)
                 print(f"{v.run:>3} {v.kind:<11} {v.storage:<10} {v.victim:<28} kill@{v.kill_at_s:>5.1f}s "
                       f"asked@kill={v.trials_at_kill:>3} trials={v.trials:>3}/{v.budget} "
@@ -228,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"SUMMARY: {len(verdicts) - len(failed)}/{len(verdicts)} runs exact and all terminal "
           f"({', '.join(f'{c} {k}' for k, c in kinds.items())}; storage {verdicts[0].storage if verdicts else '-'}; "
           f"{args.hogs} CPU hogs; load {load0[0]:.1f} -> {load1[0]:.1f}; {time.monotonic() - started:.0f} s)"
-          + (f"; failed runs: {[v.run for v in failed]}" if failed else ""))
+          + (f"; failed runs: {[v.run for v in failed]}" if failed else "")
+          + (f"; interrupted after {len(verdicts)} of {args.runs} runs" if interrupted else ""))
     return 1 if failed else 0
 
 
