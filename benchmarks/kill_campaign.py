@@ -28,6 +28,7 @@ import json
 import multiprocessing as mp
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -71,11 +72,11 @@ class Verdict:
     problem: str = ""
 
 
-def job_dict(study: str, kind: str, budget: int, delay: float, seed: int) -> dict:
+def job_dict(study: str, kind: str, budget: int, delay: float, seed: int, model: Path = HERE) -> dict:
     rng = np.random.default_rng(seed)
     y = rng.normal(1.5, 1.0, size=N_OBS)
     job = {
-        "study": study, "model": f"{HERE}:slow_normal", "fixed": {"delay": delay},
+        "study": study, "model": f"{model}:slow_normal", "fixed": {"delay": delay},
         "parameters": {"mu": {"lower": -10.0, "upper": 10.0}},
         "targets": [{"name": "y", "output": "y", "data": {"i": list(range(N_OBS)), "y": y.tolist()},
                      "score": {"kind": "normal_nll", "sigma": 1.0}}],
@@ -116,7 +117,12 @@ def one_run(i: int, seed: int, storage: str, workdir: Path, *, budget: int, dela
     run_dir = workdir / study
     run_dir.mkdir(parents=True)
     path = run_dir / "job.json"
-    path.write_text(json.dumps(job_dict(study, kind, budget, delay, seed + i)))
+    # The model from a copy: a study fingerprints its model file, and an edit of this script
+    # during a campaign would make a restarted `calibrate` refuse the study (exit 2).
+    model = workdir / "kill_model.py"
+    if not model.exists():
+        shutil.copy(HERE, model)
+    path.write_text(json.dumps(job_dict(study, kind, budget, delay, seed + i, model)))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CALABARIA_", "PARALLEL_TRIALS"))}
     env.update(CALABARIA_GRACE_PERIOD_S=str(grace_s), CALABARIA_HEARTBEAT_INTERVAL_S="0.5")
 
@@ -166,8 +172,8 @@ def one_run(i: int, seed: int, storage: str, workdir: Path, *, budget: int, dela
     n = sum(states.values())
     unfinished = {s: c for s, c in states.items() if s not in ("COMPLETE", "PRUNED", "FAIL")}
     if not problem and codes != [0, 0]:
-        err = next((run_dir / f for f in (f"{'w' if survivor == 'worker' else 'c'}.err", "r.err")), None)
-        tail = err.read_text().strip().splitlines()[-1:] if err and err.exists() else []
+        failed = f"{'w' if survivor == 'worker' else 'c'}.err" if codes[0] != 0 else "r.err"
+        tail = (run_dir / failed).read_text().strip().splitlines()[-1:] if (run_dir / failed).exists() else []
         problem = f"exit codes {codes}: {tail[0][:160] if tail else ''}"
     if not problem and n != budget:
         problem = f"{n} trials of a {budget} budget"

@@ -24,7 +24,8 @@ from optuna.storages._cached_storage import _CachedStorage
 
 from modelops_calabaria.backend.base import StudyBackend
 from modelops_calabaria.backend.generic import GenericBackend
-from modelops_calabaria.backend.ledger import FileLedger, Ledger, MemoryLedger, SqlLedger
+from modelops_calabaria.backend.ledger import FileLedger, Ledger, MemoryLedger
+from modelops_calabaria.backend.sql_ledger import SqlLedger
 from modelops_calabaria.backend.relational import RelationalBackend, engine_kwargs, install_pg_functions, schema_lock
 from modelops_calabaria.dbretry import transient_reason
 from modelops_calabaria.errors import ConfigurationError, ServiceUnavailableError, StudyNotFoundError

@@ -48,7 +48,8 @@ from optuna.trial import FrozenTrial, TrialState
 from modelops_calabaria.backend.base import (BUSY_ATTR, COORDINATOR_ATTR, FAIL_REASON, LOSS_ATTR_PREFIX, TARGETS_ATTR, PoppedTrial,
                                              StoredTrial, TrialColumns, columns_from_rows)
 from modelops_calabaria.backend.generic import GenericBackend
-from modelops_calabaria.backend.ledger import SqlLedger, lost, spend_claim
+from modelops_calabaria.backend.ledger import lost
+from modelops_calabaria.backend.sql_ledger import SqlLedger, spend_claim
 from modelops_calabaria.storage import StorageTarget
 
 # The Optuna release this module was written against, and what it relies on in that
