@@ -97,3 +97,16 @@ class ResultsWriteError(CalabariaError):
     """
 
     exit_code = 1
+
+
+class ClaimLostError(CalabariaError):
+    """A coordinator asked or claimed a trial after another coordinator declared it lost (exit 1).
+
+    Its heartbeat was silent for longer than the grace period (a killed pod, or
+    a host so loaded that the heartbeat thread starved): its open budget claims
+    were given back and it was fenced, so that the budget stays exact. Its
+    trials were failed "coordinator lost"; the other coordinators finish the
+    budget, and re-running resumes.
+    """
+
+    exit_code = 1

@@ -154,7 +154,12 @@ class StudyBackend(Protocol):
       stay true, and every state change that could race is a compare-and-set.
     - ``create_trial`` inserts a RUNNING trial with its parameters and system
       attributes, numbered densely within the study, and returns
-      ``(number, trial_id)``.
+      ``(number, trial_id)``. On a backend from ``open_store``, a trial whose
+      ``calabaria:coordinator`` attribute names a coordinator spends one of that
+      coordinator's open budget claims (``Ledger.spend``; relational: in the
+      insert's transaction); ``ClaimLostError``, and no trial, if it was fenced.
+      ``pop_waiting`` spends one the same way; ``spend_claim`` spends one for a
+      trial created outside the backend (Optuna's own ask).
     - ``finish_trial`` sets a RUNNING trial COMPLETE (with its value), PRUNED or FAIL,
       with user attributes, all at once; it returns False and writes nothing if
       the trial was already finished (by another coordinator's recovery): the
@@ -164,7 +169,7 @@ class StudyBackend(Protocol):
     - ``pop_waiting`` takes the oldest enqueued (``study.enqueue_trial``)
       WAITING trial and sets it RUNNING with the owner's attributes; each enqueued
       trial is taken by exactly one caller across every coordinator.
-    - ``trials_owned`` counts the trials one coordinator asked (budget settling).
+    - ``trials_owned`` counts the trials one coordinator asked.
     - ``running_trials`` lists RUNNING trials; ``trials_since`` lists trials
       with id above a cursor (plus the ids asked for again) and the new cursor.
     - ``trial_columns`` reads every trial of a study at once as :class:`TrialColumns`
@@ -206,6 +211,9 @@ class StudyBackend(Protocol):
     def enqueue(self, study_id: int, points: Sequence[Mapping[str, Any]]) -> None:
         """Add one WAITING trial per point (Optuna's ``fixed_params``, as ``Study.enqueue_trial``
         writes them), all at once: one transaction on a relational storage."""
+
+    def spend_claim(self, study_id: int, owner_attrs: Mapping[str, Any]) -> None:
+        """Spend the budget claim of a trial created with ``owner_attrs`` outside the backend."""
 
     def trials_owned(self, study_id: int, owner: str) -> int:
         """How many of the study's trials ``owner`` asked (its ``calabaria:coordinator`` attr)."""

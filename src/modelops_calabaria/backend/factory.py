@@ -3,7 +3,8 @@
 ``open_store(target, loops)`` creates what is missing (Optuna's tables, the
 ledger's tables, the trial-number index, the PostgreSQL functions) under the
 schema lock and returns a backend whose trial store and ledger share one
-engine. ``open_store(target, read_only=True)`` creates nothing, not even a
+engine, and on which a trial asked by a coordinator spends one of its budget
+claims (``ledger.py``). ``open_store(target, read_only=True)`` creates nothing, not even a
 SQLite file, and raises :class:`StudyNotFoundError` when there is no study
 storage there. Errors are converted here, as one line naming cause and fix.
 """
@@ -23,7 +24,8 @@ from optuna.storages._cached_storage import _CachedStorage
 
 from modelops_calabaria.backend.base import StudyBackend
 from modelops_calabaria.backend.generic import GenericBackend
-from modelops_calabaria.backend.ledger import FileLedger, Ledger, MemoryLedger, SqlLedger
+from modelops_calabaria.backend.ledger import FileLedger, Ledger, MemoryLedger
+from modelops_calabaria.backend.sql_ledger import SqlLedger
 from modelops_calabaria.backend.relational import RelationalBackend, engine_kwargs, install_pg_functions, schema_lock
 from modelops_calabaria.dbretry import transient_reason
 from modelops_calabaria.errors import ConfigurationError, ServiceUnavailableError, StudyNotFoundError
@@ -49,7 +51,7 @@ def open_store(target: StorageTarget, loops: int = 1, *, read_only: bool = False
         if read_only:
             raise StudyNotFoundError("an in-memory storage holds no study outside the process that made it",
                                      hint="pass the storage URL the run used (--storage)")
-        return GenericBackend(optuna.storages.InMemoryStorage(), MemoryLedger())
+        return GenericBackend(optuna.storages.InMemoryStorage(), MemoryLedger(), spend_claims=True)
     if target.path is not None:
         if read_only and not target.path.exists():
             raise StudyNotFoundError(f"no study storage at {target.display}",
@@ -66,27 +68,32 @@ def open_store(target: StorageTarget, loops: int = 1, *, read_only: bool = False
             str(target.path), lock_obj=optuna.storages.journal.JournalFileOpenLock(str(target.path)))
         ledger_path = target.path.with_name(target.path.name + ".calabaria.json")
         ledger: Ledger = MemoryLedger() if read_only and not ledger_path.exists() else FileLedger(ledger_path)
-        return GenericBackend(optuna.storages.JournalStorage(backend), ledger)
+        return GenericBackend(optuna.storages.JournalStorage(backend), ledger, spend_claims=True)
     return _with_start_retry(target, lambda: _open_relational(target, loops, read_only))
 
 
 def _open_relational(target: StorageTarget, loops: int, read_only: bool) -> RelationalBackend:
     kwargs = engine_kwargs(target, loops)
     if read_only:
-        probe = sa.create_engine(target.url, poolclass=sa.pool.NullPool, connect_args=kwargs["connect_args"])
-        try:
-            # Under the schema lock (a PostgreSQL advisory lock: nothing written): a schema
-            # another process is creating right now is seen whole or not at all.
-            with schema_lock(target) if target.kind == "postgresql" else contextlib.nullcontext(), probe.connect() as conn:
-                inspector = sa.inspect(conn)
-                has_study_tables = all(inspector.has_table(t) for t in ("studies", "version_info", "alembic_version"))
-                has_ledger = inspector.has_table("calabaria_budget")
-        finally:
-            probe.dispose()
-        if not has_study_tables:
-            raise StudyNotFoundError(f"no study storage at {target.display} (the database holds no Optuna tables)",
-                                     hint="check --storage: the run's database, not an empty one")
-        storage = RDBStorage(target.url, engine_kwargs=kwargs, skip_table_creation=True)
+        # Under the schema lock: a schema another process is creating right now is seen whole
+        # or not at all. Opening Optuna's storage writes too, even here: it stamps the schema
+        # version when it finds the tables without it, and a reader that did so while a
+        # creator was half-way made one of the two fail (UNIQUE constraint failed:
+        # alembic_version.version_num). PostgreSQL: an advisory lock, nothing written. SQLite:
+        # the creator's lock file, if there is one (every calabaria creator makes it first).
+        with _reader_lock(target):
+            probe = sa.create_engine(target.url, poolclass=sa.pool.NullPool, connect_args=kwargs["connect_args"])
+            try:
+                with probe.connect() as conn:
+                    inspector = sa.inspect(conn)
+                    has_study_tables = all(inspector.has_table(t) for t in ("studies", "version_info", "alembic_version"))
+                    has_ledger = inspector.has_table("calabaria_budget")
+            finally:
+                probe.dispose()
+            if not has_study_tables:
+                raise StudyNotFoundError(f"no study storage at {target.display} (the database holds no Optuna tables)",
+                                         hint="check --storage: the run's database, not an empty one")
+            storage = RDBStorage(target.url, engine_kwargs=kwargs, skip_table_creation=True)
         ledger: Ledger = SqlLedger(storage.engine, create=False) if has_ledger else MemoryLedger()
         return RelationalBackend(storage, ledger)  # type: ignore[arg-type]
     with schema_lock(target):
@@ -96,7 +103,16 @@ def _open_relational(target: StorageTarget, loops: int, read_only: bool) -> Rela
         with storage.engine.begin() as conn:
             conn.execute(sa.text("CREATE INDEX IF NOT EXISTS calabaria_trials_study_number ON trials (study_id, number)"))
         install_pg_functions(storage)  # one round trip per trial creation and completion on PostgreSQL
-        return RelationalBackend(storage, SqlLedger(storage.engine, create=True))
+        return RelationalBackend(storage, SqlLedger(storage.engine, create=True), spend_claims=True)
+
+
+def _reader_lock(target: StorageTarget) -> contextlib.AbstractContextManager[None]:
+    """The schema lock for a read-only open, taken without creating anything."""
+    if target.kind == "postgresql":
+        return schema_lock(target)
+    if target.kind == "sqlite" and target.path is not None and target.path.with_name(target.path.name + ".lock").exists():
+        return schema_lock(target)
+    return contextlib.nullcontext()
 
 
 def _with_start_retry(target: StorageTarget, open_: Callable[[], RelationalBackend]) -> RelationalBackend:

@@ -26,9 +26,27 @@ from modelops_calabaria.backend.ledger import Ledger
 class GenericBackend:
     """A :class:`~modelops_calabaria.backend.base.StudyBackend` on Optuna's public ``BaseStorage`` API."""
 
-    def __init__(self, storage: optuna.storages.BaseStorage, ledger: Ledger) -> None:
+    def __init__(self, storage: optuna.storages.BaseStorage, ledger: Ledger, *, spend_claims: bool = False) -> None:
         self._storage = storage
         self.ledger = ledger
+        self._spend_claims = spend_claims  # open_store's backends: a trial asked by a coordinator spends its claim
+        self._names: dict[int, str] = {}
+
+    def _claim_of(self, study_id: int, owner_attrs: Mapping[str, Any]) -> tuple[str, str] | None:
+        """``(study name, owner)`` whose claim a trial with ``owner_attrs`` spends; None: no claim is spent."""
+        owner = owner_attrs.get(COORDINATOR_ATTR)
+        if not self._spend_claims or not isinstance(owner, str):
+            return None
+        name = self._names.get(study_id)
+        if name is None:
+            name = self._names[study_id] = self._storage.get_study_name_from_id(study_id)
+        return name, owner
+
+    def spend_claim(self, study_id: int, owner_attrs: Mapping[str, Any]) -> None:
+        """Spend the claim a trial created with ``owner_attrs`` outside this backend uses (plain asks)."""
+        claim = self._claim_of(study_id, owner_attrs)
+        if claim is not None:
+            self.ledger.spend(*claim)
 
     @property
     def optuna_storage(self) -> optuna.storages.BaseStorage:
@@ -39,6 +57,9 @@ class GenericBackend:
 
     def create_trial(self, study_id: int, params: Mapping[str, Any], distributions: Mapping[str, BaseDistribution],
                      system_attrs: Mapping[str, Any]) -> tuple[int, int]:
+        # Spent first, in the ledger's own transaction: a kill before the trial is created
+        # leaves the budget one slot short, never over (``reconcile`` repairs it on a re-run).
+        self.spend_claim(study_id, system_attrs)
         template = FrozenTrial(
             number=-1, state=TrialState.RUNNING, value=None, datetime_start=dt.datetime.now(), datetime_complete=None,
             params=dict(params), distributions=dict(distributions), user_attrs={}, system_attrs=dict(system_attrs),
@@ -77,6 +98,13 @@ class GenericBackend:
                     continue
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue
+            try:
+                self.spend_claim(study_id, owner_attrs)
+            except BaseException:
+                # Taken (Optuna cannot put it back), and it may not run on a slot given back.
+                self._storage.set_trial_user_attr(trial_id, FAIL_REASON, "taken by a coordinator declared lost")
+                self._storage.set_trial_state_values(trial_id, TrialState.FAIL)
+                raise
             for key, attr in owner_attrs.items():
                 self._storage.set_trial_system_attr(trial_id, key, attr)
             return PoppedTrial(trial_id, t.number, dict(t.system_attrs.get("fixed_params") or {}))

@@ -35,6 +35,8 @@ def ask_plain(study: optuna.Study, backend: StudyBackend, study_id: int, space: 
             params={}, distributions={}, user_attrs={}, system_attrs=dict(owner_attrs), intermediate_values={},
             trial_id=-1,
         )
+        # Optuna creates this trial, outside the backend: its budget claim is spent just before.
+        retry_db("ask", lambda: backend.spend_claim(study_id, owner_attrs))
         trial_id = retry_db("ask", lambda: study._storage.create_new_trial(study_id, template_trial=template))
     study._thread_local.cached_all_trials = None  # as study.ask does: see other processes' trials
     trial = retry_db("ask", lambda: Trial(study, trial_id))  # runs the sampler's relative sampling

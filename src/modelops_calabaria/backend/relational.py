@@ -48,7 +48,8 @@ from optuna.trial import FrozenTrial, TrialState
 from modelops_calabaria.backend.base import (BUSY_ATTR, COORDINATOR_ATTR, FAIL_REASON, LOSS_ATTR_PREFIX, TARGETS_ATTR, PoppedTrial,
                                              StoredTrial, TrialColumns, columns_from_rows)
 from modelops_calabaria.backend.generic import GenericBackend
-from modelops_calabaria.backend.ledger import SqlLedger
+from modelops_calabaria.backend.ledger import lost
+from modelops_calabaria.backend.sql_ledger import SqlLedger, spend_claim
 from modelops_calabaria.storage import StorageTarget
 
 # The Optuna release this module was written against, and what it relies on in that
@@ -185,16 +186,35 @@ def read_trial_columns(storage: RDBStorage, study_id: int) -> TrialColumns:
 
 
 # Versioned: services of different versions may share a database.
-PG_CREATE_FUNCTION_NAME = "calabaria_create_trial_v1"
+PG_CREATE_FUNCTION_NAME = "calabaria_create_trial_v2"
+CLAIM_LOST_SQLSTATE = "CL001"  # raised by the function when the owner was fenced
+NO_CLAIM_SQLSTATE = "CL002"  # ... when it holds no open claim
 PG_CREATE_FUNCTION = f"""
 CREATE OR REPLACE FUNCTION {PG_CREATE_FUNCTION_NAME}(
     p_study integer, p_start timestamp, p_names text[], p_values double precision[], p_dists text[],
-    p_keys text[], p_jsons text[], OUT o_trial_id integer, OUT o_number integer)
+    p_keys text[], p_jsons text[], p_study_name text, p_owner text, OUT o_trial_id integer, OUT o_number integer)
 LANGUAGE plpgsql AS $$
+DECLARE
+    v_fenced boolean;
 BEGIN
     -- Each statement takes a fresh snapshot (READ COMMITTED): max(number) sees every
     -- trial committed before the lock was granted.
     PERFORM 1 FROM studies WHERE study_id = p_study FOR UPDATE;
+    IF p_owner IS NOT NULL THEN
+        -- The owner's open budget claim is spent with the insert, or neither happens
+        -- (ledger.spend_claim: a fenced owner, or one without an open claim, is refused).
+        UPDATE calabaria_open_claims SET open_claims = open_claims - 1
+            WHERE study_name = p_study_name AND coordinator_id = p_owner AND NOT fenced AND open_claims >= 1;
+        IF NOT FOUND THEN
+            SELECT fenced INTO v_fenced FROM calabaria_open_claims
+                WHERE study_name = p_study_name AND coordinator_id = p_owner;
+            IF v_fenced THEN
+                RAISE EXCEPTION 'calabaria: fenced' USING ERRCODE = '{CLAIM_LOST_SQLSTATE}';
+            ELSIF v_fenced IS NOT NULL THEN
+                RAISE EXCEPTION 'calabaria: no open budget claim' USING ERRCODE = '{NO_CLAIM_SQLSTATE}';
+            END IF;
+        END IF;
+    END IF;
     SELECT COALESCE(MAX(number) + 1, 0) INTO o_number FROM trials WHERE study_id = p_study;
     INSERT INTO trials (number, study_id, state, datetime_start)
         VALUES (o_number, p_study, 'RUNNING', p_start) RETURNING trial_id INTO o_trial_id;
@@ -232,7 +252,7 @@ _CALL_FINISH = sa.text(
 _CALL_CREATE = sa.text(
     f"SELECT o_trial_id, o_number FROM {PG_CREATE_FUNCTION_NAME}("
     ":sid, :start, CAST(:names AS text[]), CAST(:vals AS double precision[]), CAST(:dists AS text[]), "
-    "CAST(:keys AS text[]), CAST(:jsons AS text[]))"
+    "CAST(:keys AS text[]), CAST(:jsons AS text[]), :study_name, :owner)"
 )
 _WITH_PG_FUNCTION: weakref.WeakSet[RDBStorage] = weakref.WeakSet()
 
@@ -256,24 +276,40 @@ def install_pg_functions(storage: RDBStorage) -> bool:
 
 
 def create_running_trial(storage: RDBStorage, study_id: int, params: Mapping[str, Any],
-                         distributions: Mapping[str, BaseDistribution], system_attrs: Mapping[str, Any]) -> tuple[int, int]:
-    """Insert a RUNNING trial with ``params`` and ``system_attrs``; return ``(number, trial_id)``."""
+                         distributions: Mapping[str, BaseDistribution], system_attrs: Mapping[str, Any],
+                         claim: tuple[str, str] | None = None) -> tuple[int, int]:
+    """Insert a RUNNING trial with ``params`` and ``system_attrs``; return ``(number, trial_id)``.
+
+    With ``claim`` = ``(study name, owner)``, one of the owner's open budget claims is
+    spent in the same transaction (``ledger.spend_claim``): ClaimLostError, and no trial,
+    when the owner was fenced as lost.
+    """
     if storage in _WITH_PG_FUNCTION:
         names = list(params)
-        with storage.engine.connect() as c:
-            c = c.execution_options(isolation_level="AUTOCOMMIT")  # the function's statement is the transaction
-            trial_id, number = c.execute(_CALL_CREATE, {
-                "sid": study_id, "start": dt.datetime.now(), "names": names,
-                "vals": [float(distributions[n].to_internal_repr(params[n])) for n in names],
-                "dists": [distribution_to_json(distributions[n]) for n in names],
-                "keys": list(system_attrs), "jsons": [json.dumps(v) for v in system_attrs.values()],
-            }).one()
+        try:
+            with storage.engine.connect() as c:
+                c = c.execution_options(isolation_level="AUTOCOMMIT")  # the function's statement is the transaction
+                trial_id, number = c.execute(_CALL_CREATE, {
+                    "sid": study_id, "start": dt.datetime.now(), "names": names,
+                    "vals": [float(distributions[n].to_internal_repr(params[n])) for n in names],
+                    "dists": [distribution_to_json(distributions[n]) for n in names],
+                    "keys": list(system_attrs), "jsons": [json.dumps(v) for v in system_attrs.values()],
+                    "study_name": claim[0] if claim else None, "owner": claim[1] if claim else None,
+                }).one()
+        except sa.exc.DBAPIError as e:
+            code = getattr(e.orig, "pgcode", None)
+            if claim is not None and code in (CLAIM_LOST_SQLSTATE, NO_CLAIM_SQLSTATE):
+                raise lost(*claim, fenced=code == CLAIM_LOST_SQLSTATE) from None
+            raise
         return int(number), int(trial_id)
     with storage.engine.begin() as c:
         # The study row lock first, as Optuna takes it: numbering is serialised, and
         # taking it after the trial insert (whose foreign key share-locks the study row)
-        # would deadlock between coordinators.
+        # would deadlock between coordinators. The claim after it: two loops of one owner
+        # would otherwise each hold what the other waits for.
         c.execute(_LOCK_STUDY, {"sid": study_id})
+        if claim is not None:
+            spend_claim(c, *claim)
         trial_id, number = c.execute(
             _INSERT_TRIAL, {"sid": study_id, "state": TrialState.RUNNING, "start": dt.datetime.now()}).one()
         if params:
@@ -383,12 +419,14 @@ def schema_lock(target: StorageTarget) -> Iterator[None]:
         engine.dispose()
 
 
-def pop_waiting_trial(storage: RDBStorage, study_id: int, owner_attrs: Mapping[str, Any]) -> PoppedTrial | None:
+def pop_waiting_trial(storage: RDBStorage, study_id: int, owner_attrs: Mapping[str, Any],
+                      claim: tuple[str, str] | None = None) -> PoppedTrial | None:
     """Set the study's oldest WAITING trial RUNNING with ``owner_attrs``, in one transaction.
 
     The state change is a compare-and-set (``WHERE state = 'WAITING'``), and on
     PostgreSQL the candidate row is locked with ``SKIP LOCKED``: concurrent
-    coordinators take different trials, each trial exactly once.
+    coordinators take different trials, each trial exactly once. With ``claim``,
+    taking one spends a budget claim in the same transaction, as a new trial does.
     """
     pick = _WAITING.with_for_update(skip_locked=True) if storage.engine.dialect.name == "postgresql" else _WAITING
     with storage.engine.begin() as c:
@@ -399,6 +437,8 @@ def pop_waiting_trial(storage: RDBStorage, study_id: int, owner_attrs: Mapping[s
             number = c.execute(_TAKE_WAITING, {"tid": trial_id, "start": dt.datetime.now()}).scalar()
             if number is not None:
                 break  # taken here; None: another coordinator took it first, look again
+        if claim is not None:
+            spend_claim(c, *claim)
         rows = c.execute(sa.select(_SYSTEM_ATTRS.c.key, _SYSTEM_ATTRS.c.value_json)
                          .where(_SYSTEM_ATTRS.c.trial_id == trial_id)).all()
         if owner_attrs:
@@ -414,13 +454,14 @@ class RelationalBackend(GenericBackend):
     Every statement goes through the storage's one engine, which the ledger shares.
     """
 
-    def __init__(self, storage: RDBStorage, ledger: SqlLedger | None = None) -> None:
-        super().__init__(storage, ledger or SqlLedger(storage.engine, create=False))
+    def __init__(self, storage: RDBStorage, ledger: SqlLedger | None = None, *, spend_claims: bool = False) -> None:
+        super().__init__(storage, ledger or SqlLedger(storage.engine, create=False), spend_claims=spend_claims)
         self._rdb = storage
 
     def create_trial(self, study_id: int, params: Mapping[str, Any], distributions: Mapping[str, BaseDistribution],
                      system_attrs: Mapping[str, Any]) -> tuple[int, int]:
-        return create_running_trial(self._rdb, study_id, params, distributions, system_attrs)
+        return create_running_trial(self._rdb, study_id, params, distributions, system_attrs,
+                                    self._claim_of(study_id, system_attrs))
 
     def enqueue(self, study_id: int, points: Sequence[Mapping[str, Any]]) -> None:
         # One transaction (one commit, not one per point: 10,000 points took minutes).
@@ -439,7 +480,7 @@ class RelationalBackend(GenericBackend):
         return finish_trial(self._rdb, trial_id, TrialState.FAIL, None, {FAIL_REASON: reason})
 
     def pop_waiting(self, study_id: int, owner_attrs: Mapping[str, Any]) -> PoppedTrial | None:
-        return pop_waiting_trial(self._rdb, study_id, owner_attrs)
+        return pop_waiting_trial(self._rdb, study_id, owner_attrs, self._claim_of(study_id, owner_attrs))
 
     def trials_owned(self, study_id: int, owner: str) -> int:
         a = _SYSTEM_ATTRS.c

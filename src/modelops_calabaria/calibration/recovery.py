@@ -4,8 +4,10 @@ Optuna records heartbeats only inside ``study.optimize``; with ask/tell the
 service does it itself: one ledger write per coordinator per interval (not one
 per trial). A RUNNING trial whose owner has been silent for longer than the
 grace period is set FAIL with reason "coordinator lost", by whichever
-coordinator notices first (at its start, then every interval), and the budget
-slots it claimed but never turned into trials are given back (``Ledger.settle``).
+coordinator notices first (at its start, then every interval). Before that the
+silent coordinator is settled (``Ledger.settle``): the budget slots it claimed
+and never turned into trials are given back, and it is fenced, so that if it
+was only slow it can no longer ask a trial on them.
 """
 
 from __future__ import annotations
@@ -69,6 +71,17 @@ def recover_stale_trials(study: optuna.Study, ledger: Ledger, grace_s: float, *,
     running = retry_db("recover", lambda: backend.running_trials(study_id))
     coords = ledger.coordinators(name)
     alive = {c.coordinator_id for c in coords if at - c.last_seen <= grace_s and not _process_gone(c)}
+    # Fence the silent coordinators first (Ledger.settle): their open claims go back to the
+    # budget, and from this transaction on they can neither claim nor ask. One that was only
+    # slow (its heartbeat starved on a loaded host) cannot then spend a slot given back here
+    # and re-spent elsewhere: it stops with ClaimLostError. Its trials are failed below.
+    for c in coords:
+        if c.coordinator_id not in alive:
+            returned = ledger.settle(name, c.coordinator_id)
+            if returned:
+                log.warning("returned budget slots of a lost coordinator", study=name, coordinator=c.coordinator_id,
+                            slots=returned)
+            ledger.forget(name, c.coordinator_id)
     recovered = []
     for stored in running:
         t = stored.trial
@@ -83,16 +96,6 @@ def recover_stale_trials(study: optuna.Study, ledger: Ledger, grace_s: float, *,
             recovered.append(t.number)
             if retry and t.params:
                 ledger.push_retry(name, dict(t.params))
-    for c in coords:
-        if c.coordinator_id not in alive:
-            # Its trials are all created by now (it is dead): what it claimed beyond them
-            # (a local reserve, a claim killed before its ask) goes back to the budget.
-            asked = retry_db("recover", lambda: backend.trials_owned(study_id, c.coordinator_id))
-            returned = ledger.settle(name, c.coordinator_id, asked)
-            if returned:
-                log.warning("returned budget slots of a lost coordinator", study=name, coordinator=c.coordinator_id,
-                            slots=returned)
-            ledger.forget(name, c.coordinator_id)
     if recovered:
         log.warning("recovered stale trials", study=name, trials=recovered, reason=LOST_REASON)
     return recovered

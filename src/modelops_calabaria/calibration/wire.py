@@ -243,6 +243,14 @@ class Wire:
         for i in out:
             if isinstance(i, ins.Release):
                 self._release(i.n)
+        with self._lock:
+            kept = self._core.ask_failed
+        if kept:
+            # The slots of asks that raised were kept while loops ran (the ask may have created its
+            # trial). The ledger spends a claim only in the transaction that inserts the trial, and
+            # gives back at most the claims still open: so the claims of asks that created no trial
+            # go back now, and those that did are not released twice.
+            self.ledger.release(self._study, kept, owner=self._owner)
 
     def _start_loops(self, pool: ThreadPoolExecutor, out: list[ins.Instruction]) -> set[Future[None]]:
         return {pool.submit(self._loop, i.loop) for i in out if isinstance(i, ins.StartLoop)}
@@ -361,6 +369,10 @@ class Wire:
             f = self._flights[number]
             f.handle = self.service.submit(number, f.trial.params, f.seeds[i.start:i.end], first=i.start)
             f.end = i.end
+            with self._lock:
+                cancelled = self._core.cancelled
+            if cancelled:  # asked before the grace ran out, submitted after cancel_in_flight looked: cancel it now
+                f.handle.cancel()
             if k == 0 and self._core.rules.look_ahead:
                 tasks = f.handle.tasks
         return ev.Submitted(i.loop, tasks)
@@ -426,7 +438,7 @@ class Wire:
             final = f.final
             assert final is not None and final.loss is not None
             losses = pruning.replicate_losses(final.replicate_scores, self._weights) if self.board is not None else None
-            self.asker.tell_complete(trial, final.loss, final.per_target, final.busy_s, losses, summaries=final.summaries)
+            self.asker.tell_complete(trial, final.loss, final.per_target, final.busy_s, losses)
         elif i.outcome == "PRUNED":
             assert f.decision is not None
             d, losses = f.decision, pruning.replicate_losses(f.scores, self._weights)
