@@ -8,7 +8,7 @@ returns a :class:`~matplotlib.figure.Figure`; callers turn it into PNG bytes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,15 +16,13 @@ from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 
 from modelops_calabaria.reporting import style
+from modelops_calabaria.reporting.fit import QUANTILES, FitData, before_after_figure, fit_figure  # noqa: F401 - re-exported
 from modelops_calabaria.reporting.timing import in_flight, lanes
 
 # Drawing cost: a scatter with a colour per point goes through Agg's per-path loop
 # (~0.2 CPU-s per 10,000 points); single-colour markers drawn with ``plot`` are
 # stamped from one cached marker image and cost almost nothing. So every
 # single-colour point cloud below is a ``plot``, and only loss-coloured ones scatter.
-
-QUANTILES = (0.025, 0.25, 0.5, 0.75, 0.975)
-
 
 @dataclass
 class TrialTable:
@@ -59,55 +57,9 @@ class TrialTable:
         return idx[order]
 
 
-@dataclass
-class FitData:
-    """One target's observations and the re-simulated bands at the observed index.
-
-    ``quantiles`` maps each of :data:`QUANTILES` to an (n, m) array;
-    ``others`` are (label, median (n, m)) of the next best trials.
-    """
-
-    target: str
-    index: np.ndarray
-    columns: Sequence[str]
-    observed: np.ndarray
-    quantiles: Mapping[float, np.ndarray] | None
-    others: Sequence[tuple[str, np.ndarray]] = ()
-    label: str = "best trial"
-
-
 def _grid(n: int, max_cols: int = 3) -> tuple[int, int]:
     cols = min(n, max_cols)
     return (n + cols - 1) // cols, cols
-
-
-def fit_figure(fit: FitData) -> Figure:
-    """Observed points over the simulated median, 50 % and 95 % bands; small multiples per column."""
-    m = len(fit.columns)
-    rows, cols = _grid(m)
-    fig = style.new_figure(7.5 if cols > 1 else 7.0, 2.6 * rows + 0.6)
-    axes = fig.subplots(rows, cols, squeeze=False, sharex=True)
-    x = fit.index
-    for j, col in enumerate(fit.columns):
-        ax = axes[j // cols][j % cols]
-        for k, (label, med) in enumerate(fit.others):
-            ax.plot(x, med[:, j], color=style.MUTED, lw=0.9, alpha=0.6, label="next best trials" if k == 0 else None)
-        if fit.quantiles is not None:
-            q = fit.quantiles
-            ax.fill_between(x, q[0.025][:, j], q[0.975][:, j], color=style.BAND, alpha=0.18, lw=0, label="95 % band")
-            ax.fill_between(x, q[0.25][:, j], q[0.75][:, j], color=style.BAND, alpha=0.35, lw=0, label="50 % band")
-            ax.plot(x, q[0.5][:, j], color=style.BAND, lw=1.8, label=f"median, {fit.label}")
-        ax.plot(x, fit.observed[:, j], "o", color=style.DATA, ms=3.2, label="observed")
-        ax.set_title(col if m > 1 else f"{fit.target}: {col}")
-        if j // cols == rows - 1:
-            ax.set_xlabel("index")
-    for j in range(m, rows * cols):
-        axes[j // cols][j % cols].set_visible(False)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncol=min(5, len(labels)))
-    if m > 1:
-        fig.suptitle(fit.target, fontweight="bold")
-    return fig
 
 
 def running_best(loss: np.ndarray, minimize: bool = True) -> np.ndarray:

@@ -41,16 +41,19 @@ from modelops_calabaria import __version__
 from modelops_calabaria.backend.base import BUSY_ATTR, FAIL_REASON, TARGETS_ATTR, TrialColumns
 from modelops_calabaria.backend.factory import open_store
 from modelops_calabaria.errors import CalabariaError, ConfigurationError, ServiceUnavailableError, StudyNotFoundError
-from modelops_calabaria.job import CalibrationJob, job_from_dict
+from modelops_calabaria.job import CalibrationJob, TargetSpec, job_from_dict
 from modelops_calabaria.logging import get_logger
 from modelops_calabaria.posterior import posterior_figures, study_sample
 from modelops_calabaria.posterior.records import WeightedSample
 from modelops_calabaria.posterior.summary import summarise
 from modelops_calabaria.redaction import redact, redact_value
 from modelops_calabaria.reporting import figures, style
+from modelops_calabaria.reporting.fit import DECADES, MAX_PANELS
 from modelops_calabaria.reporting.timing import busy_wall, speedup
 from modelops_calabaria.reporting.results import report_state_tag
 from modelops_calabaria.storage import StorageTarget, parse_storage_url
+from modelops_calabaria.targets.align import EPOCH
+from modelops_calabaria.targets.evaluate import CompiledTarget
 
 log = get_logger(__name__)
 TOP_FRACTION = 0.1
@@ -110,6 +113,9 @@ class ReportInput:
     fit_note: str = ""
     generated: str = ""
     posterior: WeightedSample | None = None  # a posterior run's weighted sample (docs/posterior.md)
+    # Banners at the top of the report, one line each (e.g. posterior diagnostics): append a
+    # string in build_input; render_html shows them above everything else.
+    warnings: list[str] = field(default_factory=list)
 
 
 # -- reading ---------------------------------------------------------------------------------------
@@ -212,10 +218,29 @@ class _Chosen:
 
 
 
+def fit_data(spec: TargetSpec, t: CompiledTarget, quantiles: dict[float, np.ndarray] | None = None, **extra: Any) -> figures.FitData:
+    """A target's observations as the fit figures draw them: keyed targets with their
+    keys (dates as dates), targets by row index with their index column's name."""
+    obs = t.observed
+    if obs.keys is not None:
+        keys = {}
+        for k in obs.keys:
+            if k.kind == "date":
+                keys[k.name] = (EPOCH + np.round(k.values).astype(np.int64).astype("timedelta64[D]")).astype("datetime64[D]")
+            else:
+                keys[k.name] = k.values.astype(float) if k.kind == "number" else k.values.astype(str).astype(object)
+        x_label = obs.time_key or obs.keys[0].name
+        return figures.FitData(t.name, None, obs.columns, obs.values, quantiles, keys=keys, time_key=obs.time_key,
+                               x_label=x_label, output=t.output, **extra)
+    return figures.FitData(t.name, obs.index, obs.columns, obs.values, quantiles,
+                           x_label=spec.index_column or "index", output=t.output, **extra)
+
+
 def refit(job: CalibrationJob, table: figures.TrialTable, trials: TrialColumns, *, scheduler: str | None,
           local_workers: int | None, replicates: int | None = None,
           reported: int | None = None) -> tuple[list[figures.FitData], str]:
-    """Fresh replicates of the best trial (and the next best) on the job's simulation service.
+    """Fresh replicates of the best trial (and the next best, and the first trial: the
+    starting point of the before/after view) on the job's simulation service.
 
     The best trial is ``reported`` (the run's reported best, which the end-of-run
     re-evaluation may have chosen over the lowest in-sample loss) when it is a
@@ -230,8 +255,9 @@ def refit(job: CalibrationJob, table: figures.TrialTable, trials: TrialColumns, 
     from modelops_calabaria.targets.evaluate import compile_targets
 
     targets = compile_targets(job)
+    specs = list(job.targets)
     n_reps = job.report.replicates if replicates is None else replicates
-    observed_only = [figures.FitData(t.name, t.observed.index, t.observed.columns, t.observed.values, None) for t in targets]
+    observed_only = [fit_data(spec, t) for spec, t in zip(specs, targets)]
     ranked = table.ranked()
     if reported is not None:  # the reported best first; the rest by in-sample loss
         first = [i for i in ranked if int(table.number[i]) == reported]
@@ -248,11 +274,15 @@ def refit(job: CalibrationJob, table: figures.TrialTable, trials: TrialColumns, 
             chosen.append(_Chosen(int(table.number[i]), params))
         if len(chosen) > job.report.others:
             break
+    # The starting point: the first completed trial (the job's first start point when it has one).
+    earliest = int(min(ranked, key=lambda i: int(table.number[i])))
+    start = _Chosen(int(table.number[earliest]), trials.params_of(earliest))
+    extra = [] if any(start.params == c.params for c in chosen[:1]) else [start]
     seeds = fresh_seeds(job.seed, n_reps)
     context = SimContext(job.model, dict(job.fixed), probes(targets), job.timeout_s, job.replicate_retries)
     started = time.monotonic()
     few = seeds[: max(3, n_reps // 4)]
-    n_runs = n_reps + len(few) * (len(chosen) - 1)
+    n_runs = n_reps + len(few) * (len(chosen) - 1 + len(extra))
     per_run = per_run_seconds((a.get(BUSY_ATTR) for a, s in zip(trials.user_attrs, trials.state)
                                if s == TrialState.COMPLETE), job.n_replicates)
     if few_runs_inline(scheduler, n_runs, per_run):
@@ -261,9 +291,10 @@ def refit(job: CalibrationJob, table: figures.TrialTable, trials: TrialColumns, 
         service = connect_service(scheduler, context, local_workers=local_workers)
     except Exception as e:  # noqa: BLE001 - the report still has everything else to show
         return observed_only, f"re-simulation not possible: {redact(str(e)).splitlines()[0]}"
+    runs = chosen + extra
     try:
         # The faint medians of the next best trials need fewer replicates than the bands of the best.
-        results = simulate_at_observed(service, targets, [t.params for t in chosen], [seeds] + [few] * (len(chosen) - 1))
+        results = simulate_at_observed(service, targets, [t.params for t in runs], [seeds] + [few] * (len(runs) - 1))
     except Exception as e:  # noqa: BLE001
         return observed_only, f"re-simulation failed: {redact(str(e)).splitlines()[0]}"
     finally:
@@ -271,13 +302,17 @@ def refit(job: CalibrationJob, table: figures.TrialTable, trials: TrialColumns, 
     best = results[0]
     if isinstance(best, str):
         return observed_only, f"re-simulating the best trial failed: {best.strip().splitlines()[0]}"
+    before_result = results[len(chosen)] if extra else None
     fits = []
-    for t in targets:
-        others = [(f"trial {trial.number}", np.median(r[t.name], axis=0)) for trial, r in zip(chosen[1:], results[1:])
+    for spec, t in zip(specs, targets):
+        others = [(f"trial {trial.number}", np.median(r[t.name], axis=0)) for trial, r in zip(chosen[1:], results[1:len(chosen)])
                   if not isinstance(r, str)]
-        fits.append(figures.FitData(t.name, t.observed.index, t.observed.columns, t.observed.values,
-                                    observed_quantiles(best[t.name]), others, label=f"trial {chosen[0].number}"))
-    log.info("re-simulated for the report", trials=[t.number for t in chosen], replicates=n_reps,
+        before = None
+        if before_result is not None and not isinstance(before_result, str):
+            before = (f"trial {start.number} (first)", np.median(before_result[t.name], axis=0))
+        fits.append(fit_data(spec, t, observed_quantiles(best[t.name]), others=others, label=f"trial {chosen[0].number}",
+                             before=before))
+    log.info("re-simulated for the report", trials=[t.number for t in runs], replicates=n_reps,
              seconds=round(time.monotonic() - started, 2))
     return fits, f"{n_reps} fresh replicates of trial {chosen[0].number} (seeds from the job seed, none used by a trial)" + (
         f"; faint lines: medians of trials {', '.join(str(t.number) for t in chosen[1:])}" if len(chosen) > 1 else "")
@@ -298,25 +333,61 @@ def _png(fig: Any) -> bytes:
     return style.to_png(fig)
 
 
+def _plain(v: Any) -> Any:
+    if isinstance(v, (np.floating, float)):
+        f = float(v)
+        return int(f) if f.is_integer() else f
+    if isinstance(v, np.integer):
+        return int(v)
+    return str(v)
+
+
+def fit_table(fit: figures.FitData, title: str, ident: str) -> Table:
+    """The numbers a fit figure plots: keys (or index), observed, 2.5 / 50 / 97.5 % per value column."""
+    keys = fit.keys if fit.keys is not None else {fit.x_label: fit.index if fit.index is not None else fit.x}
+    columns = list(keys) + [f"observed:{c}" for c in fit.columns]
+    if fit.quantiles is not None:
+        columns += [f"{q}:{c}" for q in ("q2.5", "median", "q97.5") for c in fit.columns]
+    rows = []
+    for k in range(len(fit.observed)):
+        row: list[Any] = [_plain(v[k]) for v in keys.values()]
+        row += [None if math.isnan(v) else float(v) for v in fit.observed[k]]
+        if fit.quantiles is not None:
+            for q in (0.025, 0.5, 0.975):
+                row += [float(v) for v in fit.quantiles[q][k]]
+        rows.append(row)
+    return Table(title, columns, rows, id=ident)
+
+
 def section_fit(r: ReportInput) -> Section | None:
     s = Section("fit", "Fit to the data",
                 "Observed points (dark) over the simulated median and its 50 % and 95 % bands. " + (r.fit_note + "." if r.fit_note else ""))
     for i, fit in enumerate(r.fits):
         with style.styled():
             png = _png(figures.fit_figure(fit))
-        columns = ["index"] + [f"observed:{c}" for c in fit.columns]
-        if fit.quantiles is not None:
-            columns += [f"{q}:{c}" for q in ("q2.5", "median", "q97.5") for c in fit.columns]
-        rows = []
-        for k, x in enumerate(fit.index):
-            row: list[Any] = [int(x), *[float(v) for v in fit.observed[k]]]
-            if fit.quantiles is not None:
-                for q in (0.025, 0.5, 0.975):
-                    row += [float(v) for v in fit.quantiles[q][k]]
-            rows.append(row)
-        s.figures.append(Figure(f"fit-{i + 1}", f"{fit.target}",
-                                f"Target '{fit.target}': x = the target's index; one panel per value column.",
-                                png, Table(f"Data plotted: {fit.target}", columns, rows, id=f"data-fit-{i + 1}")))
+        panels = len(fit.panels())
+        shown = f" The first {MAX_PANELS} of {panels} panels are drawn." if panels > MAX_PANELS else ""
+        gaps = int((~np.isfinite(fit.observed)).sum())
+        where = (f"x = {fit.x_label}" + (" (dates)" if fit.dated else "")
+                 + ("; one panel per " + " × ".join([k for k in (fit.keys or {}) if k != fit.time_key]
+                                                   + (["value column"] if len(fit.columns) > 1 else [])) if panels > 1 else ""))
+        caption = (f"Target '{fit.target}' (output '{fit.output}'): {where}."
+                   + (f" {gaps} blank cell(s) are ticked at the bottom, with no line through them." if gaps else "")
+                   + " Rows absent from the data break the lines." + shown)
+        s.figures.append(Figure(f"fit-{i + 1}", f"{fit.target}", caption, png, fit_table(fit, f"Data plotted: {fit.target}", f"data-fit-{i + 1}")))
+        if fit.wants_log():
+            with style.styled():
+                png = _png(figures.fit_figure(fit, log=True))
+            s.figures.append(Figure(f"fit-{i + 1}-log", f"{fit.target} (log scale)",
+                                    f"The same on a log scale: the values span {DECADES:g} decades or more, "
+                                    "so the small counts are unreadable on a linear axis (zeros: linear below 1).", png))
+        if fit.before is not None:
+            with style.styled():
+                made = figures.before_after_figure(fit)
+            if made is not None:
+                s.figures.append(Figure(f"fit-{i + 1}-before-after", f"{fit.target}: before and after",
+                                        f"Dashed: the median of {fit.before[0]}, where the search started; solid: the median of "
+                                        f"{fit.label}, where it ended.", _png(made)))
     return s
 
 
@@ -529,6 +600,7 @@ figure{margin:1em 0}figure img{max-width:100%;height:auto;border:1px solid #e4e7
 table{border-collapse:collapse;margin:.5em 0 1em;font-size:.9em}th,td{padding:.25em .7em;border-bottom:1px solid #e4e7eb;text-align:left}
 td.num{text-align:right;font-variant-numeric:tabular-nums}pre{background:#f5f7fa;padding:.8em;overflow-x:auto;font-size:.82em}
 .summary{display:flex;flex-wrap:wrap;gap:1em;margin:1em 0}.summary div{background:#f5f7fa;padding:.5em 1em;border-radius:4px}
+.banner{background:#fdf2e9;border-left:4px solid #d35400;padding:.5em 1em;margin:.5em 0}
 .summary b{display:block;font-size:1.2em}details{margin:.3em 0 1em}summary{cursor:pointer;color:#2e86c1}
 """
 
@@ -574,6 +646,7 @@ def render_html(r: ReportInput, sections: Sequence[Section]) -> str:
            f"<title>Calibration report: {html.escape(r.study)}</title><style>{CSS}</style></head><body>",
            f"<h1>Calibration report: {html.escape(r.study)}</h1>",
            f'<p class="sub">{html.escape(r.storage)} · generated {html.escape(r.generated)} · modelops-calabaria {__version__}</p>',
+           *[f'<p class="banner" role="alert">{html.escape(w)}</p>' for w in r.warnings],
            '<div class="summary">' + "".join(f"<div>{html.escape(k)}<b>{html.escape(v)}</b></div>" for k, v in summary) + "</div>",
            "<nav>" + "".join(f'<a href="#{s.id}">{html.escape(s.title)}</a>' for s in sections) + "</nav>"]
     for s in sections:
