@@ -41,7 +41,7 @@ from modelops_calabaria import __version__
 from modelops_calabaria.backend.base import BUSY_ATTR, FAIL_REASON, TARGETS_ATTR, TrialColumns
 from modelops_calabaria.backend.factory import open_store
 from modelops_calabaria.errors import CalabariaError, ConfigurationError, ServiceUnavailableError, StudyNotFoundError
-from modelops_calabaria.job import CalibrationJob, TargetSpec, job_from_dict
+from modelops_calabaria.job import CalibrationJob, job_from_dict
 from modelops_calabaria.logging import get_logger
 from modelops_calabaria.posterior import posterior_figures, study_sample
 from modelops_calabaria.posterior.records import WeightedSample
@@ -52,8 +52,6 @@ from modelops_calabaria.reporting.fit import DECADES, MAX_PANELS
 from modelops_calabaria.reporting.timing import busy_wall, speedup
 from modelops_calabaria.reporting.results import report_state_tag
 from modelops_calabaria.storage import StorageTarget, parse_storage_url
-from modelops_calabaria.targets.align import EPOCH
-from modelops_calabaria.targets.evaluate import CompiledTarget
 
 log = get_logger(__name__)
 TOP_FRACTION = 0.1
@@ -218,24 +216,6 @@ class _Chosen:
 
 
 
-def fit_data(spec: TargetSpec, t: CompiledTarget, quantiles: dict[float, np.ndarray] | None = None, **extra: Any) -> figures.FitData:
-    """A target's observations as the fit figures draw them: keyed targets with their
-    keys (dates as dates), targets by row index with their index column's name."""
-    obs = t.observed
-    if obs.keys is not None:
-        keys = {}
-        for k in obs.keys:
-            if k.kind == "date":
-                keys[k.name] = (EPOCH + np.round(k.values).astype(np.int64).astype("timedelta64[D]")).astype("datetime64[D]")
-            else:
-                keys[k.name] = k.values.astype(float) if k.kind == "number" else k.values.astype(str).astype(object)
-        x_label = obs.time_key or obs.keys[0].name
-        return figures.FitData(t.name, None, obs.columns, obs.values, quantiles, keys=keys, time_key=obs.time_key,
-                               x_label=x_label, output=t.output, **extra)
-    return figures.FitData(t.name, obs.index, obs.columns, obs.values, quantiles,
-                           x_label=spec.index_column or "index", output=t.output, **extra)
-
-
 def refit(job: CalibrationJob, table: figures.TrialTable, trials: TrialColumns, *, scheduler: str | None,
           local_workers: int | None, replicates: int | None = None,
           reported: int | None = None) -> tuple[list[figures.FitData], str]:
@@ -250,7 +230,7 @@ def refit(job: CalibrationJob, table: figures.TrialTable, trials: TrialColumns, 
     no bands, when there are none). Never raises for a model or cluster
     problem: the report then shows the observations alone and says why.
     """
-    from modelops_calabaria.reporting.simulate import fresh_seeds, observed_quantiles, probes, simulate_at_observed
+    from modelops_calabaria.reporting.simulate import fit_data, fresh_seeds, observed_quantiles, probes, simulate_at_observed
     from modelops_calabaria.simulation import INLINE, SimContext, connect_service, few_runs_inline, per_run_seconds
     from modelops_calabaria.targets.evaluate import compile_targets
 
