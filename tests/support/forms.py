@@ -78,18 +78,15 @@ def long_table(params: dict[str, Any], seed: int | None, *, grain: str, time: st
 
 
 def pack(form: str, keys: dict[str, np.ndarray], values: dict[str, np.ndarray]) -> Any:
-    """A long table in one output form (see OUTPUT_FORMS); raises ValueError where the form cannot hold it."""
+    """A long table in one output form (see OUTPUT_FORMS), as a model author would write it (a form
+    that cannot hold the keys loses them: the service must then refuse the output)."""
     import pandas as pd
 
     names = list(keys)
     time_key = names[0]
-    if form == "array1d":
-        if len(names) > 1 or len(values) > 1:
-            raise ValueError("a 1-D array holds one series")
+    if form == "array1d":  # the first value column; keys are lost (a target that needs them must refuse it)
         return next(iter(values.values()))
     if form == "array2d":
-        if len(names) > 1:
-            raise ValueError("a 2-D array holds no group keys")
         return np.column_stack(list(values.values()))
     if form == "mapping":
         t = keys[time_key]
@@ -102,8 +99,6 @@ def pack(form: str, keys: dict[str, np.ndarray], values: dict[str, np.ndarray]) 
         index = pd.DatetimeIndex(t.astype("datetime64[ns]"), name="date")
         return pd.DataFrame({**{k: v for k, v in keys.items() if k != time_key}, **values}, index=index)
     if form == "frame_multiindex":
-        if len(names) < 2:
-            raise ValueError("a MultiIndex holds two keys or more")
         arrays = [pd.DatetimeIndex(v.astype("datetime64[ns]")) if np.issubdtype(v.dtype, np.datetime64) else v
                   for v in keys.values()]
         return pd.DataFrame(values, index=pd.MultiIndex.from_arrays(arrays, names=names))
