@@ -41,7 +41,7 @@ from modelops_calabaria import __version__
 from modelops_calabaria.backend.base import BUSY_ATTR, FAIL_REASON, TARGETS_ATTR, TrialColumns
 from modelops_calabaria.backend.factory import open_store
 from modelops_calabaria.errors import CalabariaError, ConfigurationError, ServiceUnavailableError, StudyNotFoundError
-from modelops_calabaria.job import CalibrationJob, job_from_dict
+from modelops_calabaria.job import LIKELIHOOD_SCORES, CalibrationJob, job_from_dict
 from modelops_calabaria.logging import get_logger
 from modelops_calabaria.posterior import posterior_figures, study_sample
 from modelops_calabaria.posterior.records import WeightedSample
@@ -49,7 +49,7 @@ from modelops_calabaria.posterior.summary import summarise
 from modelops_calabaria.redaction import redact, redact_value
 from modelops_calabaria.reporting import figures, style
 from modelops_calabaria.reporting.fit import DECADES, MAX_PANELS
-from modelops_calabaria.reporting.timing import busy_wall, speedup
+from modelops_calabaria.reporting.timing import busy_wall, in_flight, speedup
 from modelops_calabaria.reporting.results import report_state_tag
 from modelops_calabaria.storage import StorageTarget, parse_storage_url
 
@@ -383,14 +383,35 @@ def section_convergence(r: ReportInput) -> Section | None:
                    [Figure("convergence", "Loss by trial", "Loss by trial number; red: best so far.", png)])
 
 
+CHI2_1_95_HALF = 3.841458820694124 / 2  # chi-square(1 df) 95 % quantile / 2: a likelihood-ratio interval's loss step
+
+
+def profile_threshold(job: CalibrationJob | None) -> tuple[float | None, str]:
+    """The loss step of an approximate 95 % profile interval, and the sentence saying what it is.
+
+    Only a loss that is a negative log-likelihood (every target a likelihood score or a
+    synthetic likelihood, weight 1) has one; for other losses there is none, and the
+    sentence says why."""
+    if job is None:
+        return None, "No interval threshold: the job is not known."
+    nll = all(t.score.kind in LIKELIHOOD_SCORES or t.aggregation == "synthetic_likelihood" for t in job.targets)
+    unit = all(t.weight == 1 for t in job.targets)
+    if nll and unit:
+        return CHI2_1_95_HALF, (f"Dotted red: the lowest loss + {CHI2_1_95_HALF:.2f} (χ²(1, 0.95)/2); the shaded bins under it "
+                                "read as an approximate 95 % interval of the parameter (likelihood ratio; coarse with few trials).")
+    why = "not every target's score is a log-likelihood" if not nll else "targets are weighted (the loss is not one log-likelihood)"
+    return None, f"No 95 % interval threshold: {why}, so a loss difference has no χ² reading."
+
+
 def section_parameters(r: ReportInput) -> Section | None:
     t = r.table
     if not t.params:
         return None
+    threshold, threshold_note = profile_threshold(r.job)
     with style.styled():
         traces = _png(figures.traces_figure(t))
         pairs = _png(figures.pairs_figure(t, TOP_FRACTION))
-        profiles = _png(figures.profiles_figure(t))
+        profiles = _png(figures.profiles_figure(t, threshold))
     return Section("parameters", "Parameters",
                    "Where the search went and what the data pin down.", [
                        Figure("traces", "Traces", "Each parameter's value by trial number, coloured by loss (bright = low). "
@@ -399,7 +420,7 @@ def section_parameters(r: ReportInput) -> Section | None:
                               "the best trial starred. A diagonal ridge of good trials means two parameters trade off "
                               "(e.g. transmission rate against recovery rate).", pairs),
                        Figure("profiles", "1-D profiles", "Best loss reached in bins of each parameter (blue); dashed: the best "
-                              "trial. A sharp valley = identified; a flat floor = the data do not constrain it.", profiles),
+                              "trial. A sharp valley = identified; a flat floor = the data do not constrain it. " + threshold_note, profiles),
                    ])
 
 
@@ -433,8 +454,10 @@ def section_timeline(r: ReportInput) -> Section | None:
     intro = (f"Effective parallel speedup {_fmt(sp)} (sum of trial durations ÷ wall time {wall:.1f} s)"
              + (f"; slot utilisation {util:.0%} (busy simulation time ÷ slots × wall time, {slots} slots)." if util is not None else "."))
     return Section("timeline", "Timeline and speedup", intro,
-                   [Figure("timeline", "Timeline", "Each trial a bar from start to end (orange: FAIL), rows packed per "
-                           "coordinator (one row ≈ one loop); below, trials running at once. Gaps mean idle slots.", png)])
+                   [Figure("timeline", "Timeline", "Each trial a bar from when it was asked to when it was told (orange: FAIL), rows "
+                           "packed per coordinator (row 1 on top); below, trials in flight at once, the same count as the "
+                           "facts' 'most trials in flight'. A loop asks its next trial while the last task of its current "
+                           "one runs, so up to twice the loops are in flight for a moment. Gaps mean idle slots.", png)])
 
 
 def fail_key(reason: str) -> str:
@@ -493,7 +516,9 @@ def facts(r: ReportInput) -> list[tuple[str, str, Any]]:
                                                            round(60 * told / wall, 2) if wall else None)),
         ("speedup", "effective parallel speedup", res.get("speedup", speedup(t.start, t.end))),
     ]
-    for key, label in (("utilization", "slot utilisation"), ("mode", "mode"), ("concurrency", "trials at once"),
+    if ok.any():
+        rows.append(("max_in_flight", "most trials in flight at once", int(in_flight(t.start[ok], t.end[ok])[1].max())))
+    for key, label in (("utilization", "slot utilisation"), ("mode", "mode"), ("concurrency", "loops (or batch size)"),
                        ("slots", "simulation slots"), ("stop_reason", "stop reason")):
         if key in res:
             rows.append((key, label, res[key]))
