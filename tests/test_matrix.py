@@ -140,6 +140,56 @@ def test_the_design_covers_every_form_and_command():
     assert len(PAIRS) + len(REFUSED) == len(TARGET_FORMS) * len(OUTPUT_FORMS)
 
 
+
+# -- the long form of every output form (pure, fast) ----------------------------------------------
+
+@pytest.mark.parametrize("output", OUTPUT_FORMS)
+def test_to_long_reads_every_output_form(output):
+    """to_long of each form gives back the long table the form was packed from, for the output
+    of every target form: the same values and, where the form carries keys, the same keys."""
+    for t in TARGET_FORMS:
+        _same_long_table(t, output)
+
+
+def _same_long_table(t: TargetForm, output: str) -> None:
+    from modelops_calabaria.targets.longform import to_long
+
+    keys, values = forms.long_table(forms.TRUE, 3, grain=t.grain, time=t.time, groups=t.groups, columns=t.columns)
+    raw = forms.pack(output, keys, values)
+    long = to_long(raw, name="admissions", key_columns=list(keys), value_columns=list(values) if output == "array2d" else ())
+    expected = np.column_stack(list(values.values()))
+    if output == "array1d":
+        expected = expected[:, :1]
+    assert np.array_equal(long.values, expected.reshape(-1))
+    m = expected.shape[1]
+    assert (long.column is not None) == (m > 1)
+    if output in ("array1d", "array2d"):
+        assert np.array_equal(long.keys["index"], np.repeat(np.arange(len(expected), dtype=float), m))
+        return
+    for name, key in keys.items():
+        got = long.keys["date" if output == "frame_dates" and name == next(iter(keys)) else name]
+        if output == "frame_dates" and name == next(iter(keys)) and not np.issubdtype(key.dtype, np.datetime64):
+            key = forms.START + key.astype(int).astype("timedelta64[D]")  # numbers the form shows as dates
+        want = np.repeat(key, m)
+        if np.issubdtype(key.dtype, np.datetime64):
+            assert long.kinds[got is not None and ("date" if output == "frame_dates" and name == next(iter(keys)) else name)] == "date"
+            assert np.array_equal(got.astype("datetime64[D]"), want.astype("datetime64[D]"))
+        else:
+            assert [str(v) for v in got] == [str(v) for v in want] or np.allclose(got.astype(float), want.astype(float))
+    records = long.records()
+    assert list(records)[-1] == long.value_name and len(records[long.value_name]) == len(long)
+
+
+def test_to_long_refuses_shapes_that_are_not_tables():
+    from modelops_calabaria.targets.longform import LongFormError, to_long
+
+    with pytest.raises(LongFormError, match="output 'x'.*1-D or 2-D"):
+        to_long(np.zeros((2, 2, 2)), name="x")
+    with pytest.raises(LongFormError, match="one length"):
+        to_long({"date": ["2024-01-01"], "y": [1.0, 2.0]}, name="x")
+    with pytest.raises(LongFormError, match="no numeric value column"):
+        to_long({"date": ["2024-01-01"], "group": ["a"]}, name="x")
+
 # -- data and jobs -------------------------------------------------------------------------------
 
 DATA_SEED = 11

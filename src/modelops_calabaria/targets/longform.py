@@ -147,8 +147,9 @@ def _frame_columns(raw: Any) -> dict[str, Any]:
     """A DataFrame's columns, its index levels first when they carry keys (named, dates, or several)."""
     index = raw.index
     names = list(getattr(index, "names", [None]))
-    dated = np.issubdtype(np.asarray(index).dtype, np.datetime64) if len(names) == 1 else False
-    if len(names) > 1:
+    multi = hasattr(index, "levels") and hasattr(index, "get_level_values")  # a MultiIndex, of any depth
+    dated = not multi and np.issubdtype(np.asarray(index).dtype, np.datetime64)
+    if multi:
         levels = {str(n) if n is not None else f"level_{i}": index.get_level_values(i) for i, n in enumerate(names)}
     elif names[0] is not None or dated:
         levels = {str(names[0]) if names[0] is not None else "date": index}
