@@ -305,30 +305,26 @@ def _run_pair(t: TargetForm, output: str, root: Path, scheduler: str) -> PairRun
     pr = PairRun(folder, write_job(t, output, folder, f"m-{t.name}-{output}".replace("_", "-")))
     sched = ["--scheduler", scheduler]
     lead = lead_output(t) == output
-    if lead:
-        pr.procs["validate"] = cli("validate", str(pr.job))
-    pr.procs["calibrate"] = cli("calibrate", str(pr.job), "-o", str(pr.run), *sched, *([] if lead else ["--no-report"]))
-    if not lead or pr.procs["calibrate"].returncode != 0:
+    if not lead:
+        pr.procs["calibrate"] = cli("calibrate", str(pr.job), "-o", str(pr.run), *sched, "--no-report")
         return pr
-    pr.procs["report"] = cli("report", str(pr.run), "--replicates", "3", "-o", str(folder / "again" / "report.html"), *sched)
-    pr.procs["report_0"] = cli("report", str(pr.run), "--replicates", "0", "-o", str(folder / "bare" / "report.html"))
+    pr.procs["validate"] = cli("validate", str(pr.job))
+    # worker: joins the study (once the calibration has created it) and works on it until the budget is spent
+    study = yaml.safe_load(pr.job.read_text())["study"]
+    worker = subprocess.Popen([*CLI, "worker", "--study", study, "--storage", f"sqlite:///{pr.run / 'study.db'}", *sched,
+                               "--wait", "300", "-o", str(folder / "worker")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pr.procs["calibrate"] = cli("calibrate", str(pr.job), "-o", str(pr.run), *sched)
+    out, err = worker.communicate(timeout=300)
+    pr.procs["worker"] = subprocess.CompletedProcess(worker.args, worker.returncode, out, err)
+    if pr.procs["calibrate"].returncode != 0:
+        return pr
+    pr.procs["report"] = cli("report", str(pr.run), "--replicates", "0", "-o", str(folder / "bare" / "report.html"))
     sim = folder / ("sim.parquet" if t.fmt == "parquet" else "sim")
     pr.procs["simulate_best"] = cli("simulate", str(pr.job), "--best", str(pr.run), "--replicates", "3", "--plot", "-o", str(sim))
     (folder / "truth.yaml").write_text(yaml.safe_dump(forms.TRUE))
     pr.procs["simulate_params"] = cli("simulate", str(pr.job), "--params", str(folder / "truth.yaml"), "--replicates", "2",
                                       "-o", str(folder / "truth"))
     pr.procs["status"] = cli("status", str(pr.run))
-    # worker: joins a second study of the same job while a calibration runs it
-    wjob = yaml.safe_load(pr.job.read_text())
-    wjob.update(study=wjob["study"] + "-w", max_trials=4)
-    (folder / "w.yaml").write_text(yaml.safe_dump(wjob))
-    db = folder / "wrun" / "study.db"
-    worker = subprocess.Popen([*CLI, "worker", "--study", wjob["study"], "--storage", f"sqlite:///{db}", *sched, "--wait", "120",
-                               "-o", str(folder / "worker")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    coordinator = cli("calibrate", str(folder / "w.yaml"), "-o", str(folder / "wrun"), "--no-report", *sched)
-    out, err = worker.communicate(timeout=300)
-    pr.procs["worker"] = subprocess.CompletedProcess(worker.args, worker.returncode, out, err)
-    pr.procs["worker_coordinator"] = coordinator
     return pr
 
 
@@ -432,9 +428,7 @@ def test_every_command_on_every_target_form(matrix, target, command, tmp_path):
     _ok(proc)
     if command == "validate":
         assert "ok" in (proc.stdout + proc.stderr).lower()
-    elif command == "report":
-        _check_report(t, pr.folder / "again" / "report.html", replicated=True)
-        _ok(pr.procs["report_0"])
+    elif command == "report":  # calibrate's own report re-simulated; this one (--replicates 0) draws the data alone
         _check_report(t, pr.folder / "bare" / "report.html", replicated=False)
     elif command == "simulate_best":
         _check_simulation(t, lead_output(t), pr.folder, replicates=3, plot=True)
@@ -442,10 +436,10 @@ def test_every_command_on_every_target_form(matrix, target, command, tmp_path):
         _check_simulation(t, lead_output(t), pr.folder, replicates=2, plot=False)
     elif command == "status":
         assert "trials:" in proc.stdout and "COMPLETE 6" in proc.stdout.replace(":", "")
-    elif command == "worker":
-        _ok(pr.procs["worker_coordinator"])
-        results = json.loads((pr.folder / "wrun" / "results.json").read_text())
-        assert results["trials"]["COMPLETE"] == 4
+    elif command == "worker":  # it shared the budget with the calibration: together, every trial completed
+        _ok(pr.procs["calibrate"])
+        results = json.loads((pr.run / "results.json").read_text())
+        assert results["trials"]["COMPLETE"] == 6 and results["trials"]["FAIL"] == 0
 
 
 def _read_simulation(path: Path) -> dict[str, list]:
