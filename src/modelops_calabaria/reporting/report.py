@@ -611,6 +611,8 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}pre{background:#f5f7fa
 
 
 def _cell(v: Any) -> str:
+    if v is None:  # a blank observation
+        return "<td>-</td>"
     numeric = isinstance(v, (int, float)) and not isinstance(v, bool)
     text = _fmt(v) if numeric else html.escape(str(v))
     return f'<td class="num">{text}</td>' if numeric else f"<td>{text}</td>"
