@@ -126,7 +126,7 @@ def check_report(run: Path, report: Path, from_run_dir: bool = True) -> ReportPa
     with (EXAMPLE / "cases.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     fit = p.tables["data-fit-1"]
-    assert fit[0][:2] == ["index", "observed:cases"]
+    assert fit[0][:2] == ["index", "observed:cases"]  # the stored job names the index column "index" (test_matrix xfail)
     assert [int(r[0]) for r in fit[1:]] == [int(r["week"]) for r in rows]
     assert [float(r[1]) for r in fit[1:]] == [float(r["cases"]) for r in rows]
     median = np.array([float(r[fit[0].index("median:cases")]) for r in fit[1:]])
@@ -314,3 +314,62 @@ def test_profile_is_the_best_loss_per_bin_and_running_best_skips_failures():
     _, best_max = profile(values, loss, bins=3, minimize=False)
     assert best_max.tolist() == [5.0, 7.0, 2.0]
     assert np.allclose(running_best(np.array([np.nan, 3.0, np.nan, 4.0, 1.0])), [np.nan, 3, 3, 3, 1], equal_nan=True)
+
+
+def test_profile_threshold_is_chi2_half_for_likelihood_losses_only(tmp_path):
+    from modelops_calabaria.job import job_from_dict
+    from modelops_calabaria.reporting.figures import profile_interval
+    from modelops_calabaria.reporting.report import profile_threshold
+
+    base = {"study": "s", "model": "sir", "parameters": {"beta": {"lower": 0.1, "upper": 1}},
+            "targets": [{"name": "y", "output": "cases", "data": {"t": [0, 1], "cases": [1, 2]}, "score": "poisson_nll"}]}
+    step, note = profile_threshold(job_from_dict(base, base_dir=tmp_path))
+    assert step == pytest.approx(1.920729, abs=1e-6) and "95 %" in note  # chi2.ppf(0.95, 1) / 2
+    base["targets"][0]["score"] = "sse"
+    step, note = profile_threshold(job_from_dict(base, base_dir=tmp_path))
+    assert step is None and "not every target's score is a log-likelihood" in note
+    base["targets"][0].update(score="poisson_nll", weight=2.0)
+    assert profile_threshold(job_from_dict(base, base_dir=tmp_path))[0] is None
+    # the interval: bins within the step of the lowest
+    x = np.arange(10.0)
+    y = (x - 4.0) ** 2  # lowest 0 at 4; within 1.92: 3, 4, 5
+    assert profile_interval(x, y, 1.92) == (3.0, 5.0)
+
+
+def test_trials_in_flight_peak_is_the_facts_number():
+    """The timeline's curve and the facts' 'most trials in flight' are one computation:
+    two loops, each asking its next trial during the tail of its current one."""
+    start = np.array([0.0, 0.0, 0.9, 0.95, 2.0])
+    end = np.array([1.0, 1.0, 2.0, 2.1, 3.0])
+    _, count = in_flight(start, end)
+    assert count.max() == 4  # 0.95 .. 1.0: trials 0, 1, 2, 3
+    assert lanes(start, end).max() + 1 == 4
+
+
+def test_fit_panels_and_breaks_of_a_keyed_target():
+    """One panel per age group in data order; rows absent from the data break the lines."""
+    from modelops_calabaria.reporting.fit import FitData, segments
+
+    dates = np.array(["2024-01-07", "2024-01-14", "2024-01-28", "2024-01-07", "2024-01-14"], dtype="datetime64[D]")
+    ages = np.array(["65+", "65+", "65+", "0-17", "0-17"], dtype=object)
+    obs = np.array([[1.0], [np.nan], [3.0], [4.0], [5.0]])
+    fit = FitData("adm", None, ["admissions"], obs, None, keys={"date": dates, "age_group": ages}, time_key="date", x_label="date")
+    assert fit.dated and [(title, rows.tolist()) for title, rows, _ in fit.panels()] == [("65+", [0, 1, 2]), ("0-17", [3, 4])]
+    assert [s.tolist() for s in segments(fit.x, np.array([0, 1, 2]))] == [[0, 1], [2]]  # no 2024-01-21 row
+    assert not fit.wants_log()
+    fit.observed[0, 0] = 1000.0
+    assert fit.wants_log()  # 1 .. 1000: three decades
+
+
+def test_gap_note_counts_cells_and_dates_apart(tmp_path):
+    from modelops_calabaria.job import job_from_dict
+    from modelops_calabaria.targets.evaluate import compile_targets, gap_note
+
+    dates = [f"2024-01-{d:02d}" for d in (7, 14, 21)]
+    data = {"date": [d for d in dates for _ in range(3)], "age_group": ["a", "b", "c"] * 3,
+            "y": [1, None, 2, None, None, 3, 4, 5, 6]}
+    job = job_from_dict({"study": "s", "model": "sir", "parameters": {"beta": {"lower": 0.1, "upper": 1}},
+                         "targets": [{"name": "t", "output": "cases", "data": data, "on": ["date", "age_group"],
+                                      "score": "poisson_nll"}]}, base_dir=tmp_path)
+    target = compile_targets(job)[0]
+    assert gap_note(job.targets[0], target.observed) == "target t: 3 of 9 cells have no data, on 2 of 3 dates"

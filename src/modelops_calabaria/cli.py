@@ -324,7 +324,7 @@ def simulate(
     best: Annotated[Path | None, typer.Option("--best", help="Run directory: simulate its best parameters (its best.yaml).")] = None,
     replicates: Annotated[int, typer.Option("--replicates", "-r", min=1, max=MAX_REPLICATES, help="Runs with distinct seeds (1 to 10,000).")] = 1,
     seed: Annotated[int | None, typer.Option("--seed", min=0, max=MAX_SEED, help="Seed of the first run (then seed+1, ...); default: derived from the job seed, distinct from every trial's.")] = None,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Directory for one CSV per output.")] = Path("simulation"),
+    output: Annotated[Path, typer.Option("--output", "-o", help="Directory for one CSV per output (tables long: replicate, seed, output, keys, value), or FILE.parquet for one long Parquet file.")] = Path("simulation"),
     plot: Annotated[bool, typer.Option("--plot", help="Also draw the fit figure of each target (fit-<target>.png).")] = False,
 ) -> None:
     """Run the job's model with chosen parameters; write each output as CSV (its index and columns)."""

@@ -8,7 +8,7 @@ returns a :class:`~matplotlib.figure.Figure`; callers turn it into PNG bytes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,15 +16,13 @@ from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 
 from modelops_calabaria.reporting import style
+from modelops_calabaria.reporting.fit import QUANTILES, FitData, before_after_figure, fit_figure  # noqa: F401 - re-exported
 from modelops_calabaria.reporting.timing import in_flight, lanes
 
 # Drawing cost: a scatter with a colour per point goes through Agg's per-path loop
 # (~0.2 CPU-s per 10,000 points); single-colour markers drawn with ``plot`` are
 # stamped from one cached marker image and cost almost nothing. So every
 # single-colour point cloud below is a ``plot``, and only loss-coloured ones scatter.
-
-QUANTILES = (0.025, 0.25, 0.5, 0.75, 0.975)
-
 
 @dataclass
 class TrialTable:
@@ -59,55 +57,9 @@ class TrialTable:
         return idx[order]
 
 
-@dataclass
-class FitData:
-    """One target's observations and the re-simulated bands at the observed index.
-
-    ``quantiles`` maps each of :data:`QUANTILES` to an (n, m) array;
-    ``others`` are (label, median (n, m)) of the next best trials.
-    """
-
-    target: str
-    index: np.ndarray
-    columns: Sequence[str]
-    observed: np.ndarray
-    quantiles: Mapping[float, np.ndarray] | None
-    others: Sequence[tuple[str, np.ndarray]] = ()
-    label: str = "best trial"
-
-
 def _grid(n: int, max_cols: int = 3) -> tuple[int, int]:
     cols = min(n, max_cols)
     return (n + cols - 1) // cols, cols
-
-
-def fit_figure(fit: FitData) -> Figure:
-    """Observed points over the simulated median, 50 % and 95 % bands; small multiples per column."""
-    m = len(fit.columns)
-    rows, cols = _grid(m)
-    fig = style.new_figure(7.5 if cols > 1 else 7.0, 2.6 * rows + 0.6)
-    axes = fig.subplots(rows, cols, squeeze=False, sharex=True)
-    x = fit.index
-    for j, col in enumerate(fit.columns):
-        ax = axes[j // cols][j % cols]
-        for k, (label, med) in enumerate(fit.others):
-            ax.plot(x, med[:, j], color=style.MUTED, lw=0.9, alpha=0.6, label="next best trials" if k == 0 else None)
-        if fit.quantiles is not None:
-            q = fit.quantiles
-            ax.fill_between(x, q[0.025][:, j], q[0.975][:, j], color=style.BAND, alpha=0.18, lw=0, label="95 % band")
-            ax.fill_between(x, q[0.25][:, j], q[0.75][:, j], color=style.BAND, alpha=0.35, lw=0, label="50 % band")
-            ax.plot(x, q[0.5][:, j], color=style.BAND, lw=1.8, label=f"median, {fit.label}")
-        ax.plot(x, fit.observed[:, j], "o", color=style.DATA, ms=3.2, label="observed")
-        ax.set_title(col if m > 1 else f"{fit.target}: {col}")
-        if j // cols == rows - 1:
-            ax.set_xlabel("index")
-    for j in range(m, rows * cols):
-        axes[j // cols][j % cols].set_visible(False)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncol=min(5, len(labels)))
-    if m > 1:
-        fig.suptitle(fit.target, fontweight="bold")
-    return fig
 
 
 def running_best(loss: np.ndarray, minimize: bool = True) -> np.ndarray:
@@ -203,8 +155,8 @@ def pairs_figure(t: TrialTable, top_fraction: float = 0.1, max_params: int = 8) 
     names = list(t.params)[:max_params]
     p = len(names)
     size = min(7.5, 1.7 * p + 1.2)
-    fig = style.new_figure(size + 0.8, size, layout=None)
-    axes = fig.subplots(p, p, squeeze=False, gridspec_kw={"left": 0.1, "right": 0.84, "bottom": 0.1, "top": 0.97,
+    fig = style.new_figure(size, size, layout=None)
+    axes = fig.subplots(p, p, squeeze=False, gridspec_kw={"left": 0.12, "right": 0.97, "bottom": 0.1, "top": 0.97,
                                                           "wspace": 0.08, "hspace": 0.08})
     ranked = t.ranked()
     n = len(ranked)
@@ -254,8 +206,11 @@ def pairs_figure(t: TrialTable, top_fraction: float = 0.1, max_params: int = 8) 
             elif c > 0 or r == 0:
                 ax.tick_params(labelleft=False)
             ax.tick_params(labelsize=7)
-    if sc is not None:
-        cb = fig.colorbar(sc, cax=fig.add_axes((0.88, 0.3, 0.025, 0.5)), label="loss rank (0 = best)")
+    if sc is not None:  # in the empty upper triangle, beside the matrix rather than off to the right
+        corner = axes[0][p - 1].get_position()
+        first = axes[0][1].get_position() if p > 2 else corner
+        cax = fig.add_axes((first.x0 + 0.02, corner.y0 + corner.height * 0.55, corner.x1 - first.x0 - 0.04, 0.025))
+        cb = fig.colorbar(sc, cax=cax, orientation="horizontal", label="loss rank (0 = best)")
         cb.ax.tick_params(labelsize=7)
     return fig
 
@@ -281,8 +236,21 @@ def profile(values: np.ndarray, loss: np.ndarray, *, bins: int = 20, log: bool =
     return centres, best
 
 
-def profiles_figure(t: TrialTable) -> Figure:
-    """1-D profiles: the best loss reached in bins of each parameter (flat = not identified)."""
+def profile_interval(x: np.ndarray, y: np.ndarray, threshold: float) -> tuple[float, float] | None:
+    """The span of bin centres whose best loss is within ``threshold`` of the lowest (None: no bins)."""
+    ok = np.isfinite(y)
+    if not ok.any():
+        return None
+    inside = x[ok][y[ok] <= np.nanmin(y) + threshold]
+    return float(inside.min()), float(inside.max())
+
+
+def profiles_figure(t: TrialTable, threshold: float | None = None) -> Figure:
+    """1-D profiles: the best loss reached in bins of each parameter (flat = not identified).
+
+    ``threshold`` (a loss difference, e.g. 1.92 for a negative log-likelihood): a dotted
+    line at the lowest loss + threshold and, shaded, the bins below it: an approximate
+    95 % interval when the loss is a log-likelihood."""
     names = list(t.params)
     rows, cols = _grid(len(names), 3)
     height = 2.2 * rows + 0.3
@@ -299,6 +267,12 @@ def profiles_figure(t: TrialTable) -> Figure:
         ax.plot(v[ok], t.loss[ok], "o", ls="", ms=2, color=style.MUTED, alpha=0.5, mew=0)
         x, y = profile(v[ok], t.loss[ok], log=name in t.log_params, minimize=t.minimize)
         ax.plot(x, y, "-o", color=style.BAND, ms=3, lw=1.4)
+        if threshold is not None and len(best):
+            lowest = float(t.loss[best[0]])
+            ax.axhline(lowest + threshold, color=style.ACCENT, lw=1, ls=":")
+            span = profile_interval(x, y, threshold)
+            if span is not None:
+                ax.axvspan(span[0], span[1], color=style.ACCENT, alpha=0.08, lw=0)
         if len(best):
             ax.axvline(v[best[0]], color=style.ACCENT, lw=1, ls="--")
         _param_axis(ax, t, name, "x")
@@ -348,19 +322,26 @@ def timeline_figure(t: TrialTable, slots: int | None = None) -> Figure:
             ys = np.repeat(base + lane[which], 3).astype(float)
             ax.plot(xs, ys, color=color, lw=width, solid_capstyle="butt")
         n_lanes = int(lane.max()) + 1 if len(lane) else 0
-        ticks.append(base + (n_lanes - 1) / 2)
-        labels.append(f"{c}\n({n_lanes} rows)" if len(coords) > 1 else f"{n_lanes} rows")
+        every = max(1, int(np.ceil(n_lanes / 8)))  # a tick on each row, or on every k-th of many
+        for k in range(0, n_lanes, every):
+            ticks.append(base + k)
+            labels.append(f"{c}: {k + 1}" if len(coords) > 1 else str(k + 1))
         base += n_lanes + 1
-    ax.set_ylim(-1, max(base, 1))
+    ax.set_ylim(max(base - 1, 0) - 0.4, -0.6)  # row 1 on top
     ax.set_yticks(ticks, labels)
     ax.grid(axis="y", visible=False)
-    ax.set_ylabel("coordinator / loop")
+    ax.set_ylabel("row (coordinator: row)" if len(coords) > 1 else "row")
     if ok.any():
         ax.set_xlim(float(np.nanmin(t.start[ok])), float(np.nanmax(t.end[ok])))
         times, count = in_flight(t.start[ok], t.end[ok])
-        ax2.step(times, count, where="post", color=style.BAND, lw=1.2)
+        ax2.step(times, count, where="post", color=style.BAND, lw=1.2, label=f"in flight (most: {int(count.max())})")
         ax2.fill_between(times, count, step="post", color=style.BAND, alpha=0.25, lw=0)
-    ax2.set_ylabel("trials running")
+        if slots:
+            ax2.axhline(slots, color=style.MUTED, lw=1, ls="--", label=f"{slots} simulation slots")
+        ax2.set_ylim(0, max(float(count.max()), float(slots or 0)) + 0.5)
+        ax2.yaxis.get_major_locator().set_params(integer=True)
+        ax2.legend(loc="upper right", fontsize=7)
+    ax2.set_ylabel("trials in flight")
     ax2.set_xlabel("seconds since the first trial started")
     return fig
 

@@ -41,7 +41,7 @@ from modelops_calabaria import __version__
 from modelops_calabaria.backend.base import BUSY_ATTR, FAIL_REASON, TARGETS_ATTR, TrialColumns
 from modelops_calabaria.backend.factory import open_store
 from modelops_calabaria.errors import CalabariaError, ConfigurationError, ServiceUnavailableError, StudyNotFoundError
-from modelops_calabaria.job import CalibrationJob, job_from_dict
+from modelops_calabaria.job import LIKELIHOOD_SCORES, CalibrationJob, job_from_dict
 from modelops_calabaria.logging import get_logger
 from modelops_calabaria.posterior import posterior_figures, study_sample
 from modelops_calabaria.posterior.records import WeightedSample
@@ -50,7 +50,8 @@ from modelops_calabaria.redaction import redact, redact_value
 from modelops_calabaria.reporting import figures, style
 from modelops_calabaria.reporting.best import read_stored as read_stored_best
 from modelops_calabaria.reporting.best import rows_of, study_best
-from modelops_calabaria.reporting.timing import busy_wall, speedup
+from modelops_calabaria.reporting.fit import DECADES, MAX_PANELS
+from modelops_calabaria.reporting.timing import busy_wall, in_flight, speedup
 from modelops_calabaria.reporting.results import report_state_tag
 from modelops_calabaria.storage import StorageTarget, parse_storage_url
 
@@ -113,6 +114,9 @@ class ReportInput:
     fit_note: str = ""
     generated: str = ""
     posterior: WeightedSample | None = None  # a posterior run's weighted sample (docs/posterior.md)
+    # Banners at the top of the report, one line each (e.g. posterior diagnostics): append a
+    # string in build_input; render_html shows them above everything else.
+    warnings: list[str] = field(default_factory=list)
 
 
 # -- reading ---------------------------------------------------------------------------------------
@@ -220,7 +224,8 @@ class _Chosen:
 def refit(job: CalibrationJob, table: figures.TrialTable, trials: TrialColumns, *, scheduler: str | None,
           local_workers: int | None, replicates: int | None = None,
           reported: int | None = None) -> tuple[list[figures.FitData], str]:
-    """Fresh replicates of the best trial (and the next best) on the job's simulation service.
+    """Fresh replicates of the best trial (and the next best, and the first trial: the
+    starting point of the before/after view) on the job's simulation service.
 
     The best trial is ``reported`` (the run's reported best, which the end-of-run
     re-evaluation may have chosen over the lowest in-sample loss) when it is a
@@ -230,13 +235,14 @@ def refit(job: CalibrationJob, table: figures.TrialTable, trials: TrialColumns, 
     no bands, when there are none). Never raises for a model or cluster
     problem: the report then shows the observations alone and says why.
     """
-    from modelops_calabaria.reporting.simulate import fresh_seeds, observed_quantiles, probes, simulate_at_observed
+    from modelops_calabaria.reporting.simulate import fit_data, fresh_seeds, observed_quantiles, probes, simulate_at_observed
     from modelops_calabaria.simulation import INLINE, SimContext, connect_service, few_runs_inline, per_run_seconds
     from modelops_calabaria.targets.evaluate import compile_targets
 
     targets = compile_targets(job)
+    specs = list(job.targets)
     n_reps = job.report.replicates if replicates is None else replicates
-    observed_only = [figures.FitData(t.name, t.observed.index, t.observed.columns, t.observed.values, None) for t in targets]
+    observed_only = [fit_data(spec, t) for spec, t in zip(specs, targets)]
     ranked = table.ranked()
     if reported is not None:  # the reported best first; the rest by in-sample loss
         first = [i for i in ranked if int(table.number[i]) == reported]
@@ -253,11 +259,15 @@ def refit(job: CalibrationJob, table: figures.TrialTable, trials: TrialColumns, 
             chosen.append(_Chosen(int(table.number[i]), params))
         if len(chosen) > job.report.others:
             break
+    # The starting point: the first completed trial (the job's first start point when it has one).
+    earliest = int(min(ranked, key=lambda i: int(table.number[i])))
+    start = _Chosen(int(table.number[earliest]), trials.params_of(earliest))
+    extra = [] if any(start.params == c.params for c in chosen[:1]) else [start]
     seeds = fresh_seeds(job.seed, n_reps)
     context = SimContext(job.model, dict(job.fixed), probes(targets), job.timeout_s, job.replicate_retries)
     started = time.monotonic()
     few = seeds[: max(3, n_reps // 4)]
-    n_runs = n_reps + len(few) * (len(chosen) - 1)
+    n_runs = n_reps + len(few) * (len(chosen) - 1 + len(extra))
     per_run = per_run_seconds((a.get(BUSY_ATTR) for a, s in zip(trials.user_attrs, trials.state)
                                if s == TrialState.COMPLETE), job.n_replicates)
     if few_runs_inline(scheduler, n_runs, per_run):
@@ -266,9 +276,10 @@ def refit(job: CalibrationJob, table: figures.TrialTable, trials: TrialColumns, 
         service = connect_service(scheduler, context, local_workers=local_workers)
     except Exception as e:  # noqa: BLE001 - the report still has everything else to show
         return observed_only, f"re-simulation not possible: {redact(str(e)).splitlines()[0]}"
+    runs = chosen + extra
     try:
         # The faint medians of the next best trials need fewer replicates than the bands of the best.
-        results = simulate_at_observed(service, targets, [t.params for t in chosen], [seeds] + [few] * (len(chosen) - 1))
+        results = simulate_at_observed(service, targets, [t.params for t in runs], [seeds] + [few] * (len(runs) - 1))
     except Exception as e:  # noqa: BLE001
         return observed_only, f"re-simulation failed: {redact(str(e)).splitlines()[0]}"
     finally:
@@ -276,13 +287,17 @@ def refit(job: CalibrationJob, table: figures.TrialTable, trials: TrialColumns, 
     best = results[0]
     if isinstance(best, str):
         return observed_only, f"re-simulating the best trial failed: {best.strip().splitlines()[0]}"
+    before_result = results[len(chosen)] if extra else None
     fits = []
-    for t in targets:
-        others = [(f"trial {trial.number}", np.median(r[t.name], axis=0)) for trial, r in zip(chosen[1:], results[1:])
+    for spec, t in zip(specs, targets):
+        others = [(f"trial {trial.number}", np.median(r[t.name], axis=0)) for trial, r in zip(chosen[1:], results[1:len(chosen)])
                   if not isinstance(r, str)]
-        fits.append(figures.FitData(t.name, t.observed.index, t.observed.columns, t.observed.values,
-                                    observed_quantiles(best[t.name]), others, label=f"trial {chosen[0].number}"))
-    log.info("re-simulated for the report", trials=[t.number for t in chosen], replicates=n_reps,
+        before = None
+        if before_result is not None and not isinstance(before_result, str):
+            before = (f"trial {start.number} (first)", np.median(before_result[t.name], axis=0))
+        fits.append(fit_data(spec, t, observed_quantiles(best[t.name]), others=others, label=f"trial {chosen[0].number}",
+                             before=before))
+    log.info("re-simulated for the report", trials=[t.number for t in runs], replicates=n_reps,
              seconds=round(time.monotonic() - started, 2))
     return fits, f"{n_reps} fresh replicates of trial {chosen[0].number} (seeds from the job seed, none used by a trial)" + (
         f"; faint lines: medians of trials {', '.join(str(t.number) for t in chosen[1:])}" if len(chosen) > 1 else "")
@@ -303,25 +318,61 @@ def _png(fig: Any) -> bytes:
     return style.to_png(fig)
 
 
+def _plain(v: Any) -> Any:
+    if isinstance(v, (np.floating, float)):
+        f = float(v)
+        return int(f) if f.is_integer() else f
+    if isinstance(v, np.integer):
+        return int(v)
+    return str(v)
+
+
+def fit_table(fit: figures.FitData, title: str, ident: str) -> Table:
+    """The numbers a fit figure plots: keys (or index), observed, 2.5 / 50 / 97.5 % per value column."""
+    keys = fit.keys if fit.keys is not None else {fit.x_label: fit.index if fit.index is not None else fit.x}
+    columns = list(keys) + [f"observed:{c}" for c in fit.columns]
+    if fit.quantiles is not None:
+        columns += [f"{q}:{c}" for q in ("q2.5", "median", "q97.5") for c in fit.columns]
+    rows = []
+    for k in range(len(fit.observed)):
+        row: list[Any] = [_plain(v[k]) for v in keys.values()]
+        row += [None if math.isnan(v) else float(v) for v in fit.observed[k]]
+        if fit.quantiles is not None:
+            for q in (0.025, 0.5, 0.975):
+                row += [float(v) for v in fit.quantiles[q][k]]
+        rows.append(row)
+    return Table(title, columns, rows, id=ident)
+
+
 def section_fit(r: ReportInput) -> Section | None:
     s = Section("fit", "Fit to the data",
                 "Observed points (dark) over the simulated median and its 50 % and 95 % bands. " + (r.fit_note + "." if r.fit_note else ""))
     for i, fit in enumerate(r.fits):
         with style.styled():
             png = _png(figures.fit_figure(fit))
-        columns = ["index"] + [f"observed:{c}" for c in fit.columns]
-        if fit.quantiles is not None:
-            columns += [f"{q}:{c}" for q in ("q2.5", "median", "q97.5") for c in fit.columns]
-        rows = []
-        for k, x in enumerate(fit.index):
-            row: list[Any] = [int(x), *[float(v) for v in fit.observed[k]]]
-            if fit.quantiles is not None:
-                for q in (0.025, 0.5, 0.975):
-                    row += [float(v) for v in fit.quantiles[q][k]]
-            rows.append(row)
-        s.figures.append(Figure(f"fit-{i + 1}", f"{fit.target}",
-                                f"Target '{fit.target}': x = the target's index; one panel per value column.",
-                                png, Table(f"Data plotted: {fit.target}", columns, rows, id=f"data-fit-{i + 1}")))
+        panels = len(fit.panels())
+        shown = f" The first {MAX_PANELS} of {panels} panels are drawn." if panels > MAX_PANELS else ""
+        gaps = int((~np.isfinite(fit.observed)).sum())
+        where = (f"x = {fit.x_label}" + (" (dates)" if fit.dated else "")
+                 + ("; one panel per " + " × ".join([k for k in (fit.keys or {}) if k != fit.time_key]
+                                                   + (["value column"] if len(fit.columns) > 1 else [])) if panels > 1 else ""))
+        caption = (f"Target '{fit.target}' (output '{fit.output}'): {where}."
+                   + (f" {gaps} blank cell(s) are ticked at the bottom, with no line through them." if gaps else "")
+                   + " Rows absent from the data break the lines." + shown)
+        s.figures.append(Figure(f"fit-{i + 1}", f"{fit.target}", caption, png, fit_table(fit, f"Data plotted: {fit.target}", f"data-fit-{i + 1}")))
+        if fit.wants_log():
+            with style.styled():
+                png = _png(figures.fit_figure(fit, log=True))
+            s.figures.append(Figure(f"fit-{i + 1}-log", f"{fit.target} (log scale)",
+                                    f"The same on a log scale: the values span {DECADES:g} decades or more, "
+                                    "so the small counts are unreadable on a linear axis (zeros: linear below 1).", png))
+        if fit.before is not None:
+            with style.styled():
+                made = figures.before_after_figure(fit)
+            if made is not None:
+                s.figures.append(Figure(f"fit-{i + 1}-before-after", f"{fit.target}: before and after",
+                                        f"Dashed: the median of {fit.before[0]}, where the search started; solid: the median of "
+                                        f"{fit.label}, where it ended.", _png(made)))
     return s
 
 
@@ -337,14 +388,35 @@ def section_convergence(r: ReportInput) -> Section | None:
                    [Figure("convergence", "Loss by trial", "Loss by trial number; red: best so far.", png)])
 
 
+CHI2_1_95_HALF = 3.841458820694124 / 2  # chi-square(1 df) 95 % quantile / 2: a likelihood-ratio interval's loss step
+
+
+def profile_threshold(job: CalibrationJob | None) -> tuple[float | None, str]:
+    """The loss step of an approximate 95 % profile interval, and the sentence saying what it is.
+
+    Only a loss that is a negative log-likelihood (every target a likelihood score or a
+    synthetic likelihood, weight 1) has one; for other losses there is none, and the
+    sentence says why."""
+    if job is None:
+        return None, "No interval threshold: the job is not known."
+    nll = all(t.score.kind in LIKELIHOOD_SCORES or t.aggregation == "synthetic_likelihood" for t in job.targets)
+    unit = all(t.weight == 1 for t in job.targets)
+    if nll and unit:
+        return CHI2_1_95_HALF, (f"Dotted red: the lowest loss + {CHI2_1_95_HALF:.2f} (χ²(1, 0.95)/2); the shaded bins under it "
+                                "read as an approximate 95 % interval of the parameter (likelihood ratio; coarse with few trials).")
+    why = "not every target's score is a log-likelihood" if not nll else "targets are weighted (the loss is not one log-likelihood)"
+    return None, f"No 95 % interval threshold: {why}, so a loss difference has no χ² reading."
+
+
 def section_parameters(r: ReportInput) -> Section | None:
     t = r.table
     if not t.params:
         return None
+    threshold, threshold_note = profile_threshold(r.job)
     with style.styled():
         traces = _png(figures.traces_figure(t))
         pairs = _png(figures.pairs_figure(t, TOP_FRACTION))
-        profiles = _png(figures.profiles_figure(t))
+        profiles = _png(figures.profiles_figure(t, threshold))
     return Section("parameters", "Parameters",
                    "Where the search went and what the data pin down.", [
                        Figure("traces", "Traces", "Each parameter's value by trial number, coloured by loss (bright = low). "
@@ -353,7 +425,7 @@ def section_parameters(r: ReportInput) -> Section | None:
                               "the best trial starred. A diagonal ridge of good trials means two parameters trade off "
                               "(e.g. transmission rate against recovery rate).", pairs),
                        Figure("profiles", "1-D profiles", "Best loss reached in bins of each parameter (blue); dashed: the best "
-                              "trial. A sharp valley = identified; a flat floor = the data do not constrain it.", profiles),
+                              "trial. A sharp valley = identified; a flat floor = the data do not constrain it. " + threshold_note, profiles),
                    ])
 
 
@@ -387,8 +459,10 @@ def section_timeline(r: ReportInput) -> Section | None:
     intro = (f"Effective parallel speedup {_fmt(sp)} (sum of trial durations ÷ wall time {wall:.1f} s)"
              + (f"; slot utilisation {util:.0%} (busy simulation time ÷ slots × wall time, {slots} slots)." if util is not None else "."))
     return Section("timeline", "Timeline and speedup", intro,
-                   [Figure("timeline", "Timeline", "Each trial a bar from start to end (orange: FAIL), rows packed per "
-                           "coordinator (one row ≈ one loop); below, trials running at once. Gaps mean idle slots.", png)])
+                   [Figure("timeline", "Timeline", "Each trial a bar from when it was asked to when it was told (orange: FAIL), rows "
+                           "packed per coordinator (row 1 on top); below, trials in flight at once, the same count as the "
+                           "facts' 'most trials in flight'. A loop asks its next trial while the last task of its current "
+                           "one runs, so up to twice the loops are in flight for a moment. Gaps mean idle slots.", png)])
 
 
 def fail_key(reason: str) -> str:
@@ -447,7 +521,9 @@ def facts(r: ReportInput) -> list[tuple[str, str, Any]]:
                                                            round(60 * told / wall, 2) if wall else None)),
         ("speedup", "effective parallel speedup", res.get("speedup", speedup(t.start, t.end))),
     ]
-    for key, label in (("utilization", "slot utilisation"), ("mode", "mode"), ("concurrency", "trials at once"),
+    if ok.any():
+        rows.append(("max_in_flight", "most trials in flight at once", int(in_flight(t.start[ok], t.end[ok])[1].max())))
+    for key, label in (("utilization", "slot utilisation"), ("mode", "mode"), ("concurrency", "loops (or batch size)"),
                        ("slots", "simulation slots"), ("stop_reason", "stop reason")):
         if key in res:
             rows.append((key, label, res[key]))
@@ -528,11 +604,14 @@ figure{margin:1em 0}figure img{max-width:100%;height:auto;border:1px solid #e4e7
 table{border-collapse:collapse;margin:.5em 0 1em;font-size:.9em}th,td{padding:.25em .7em;border-bottom:1px solid #e4e7eb;text-align:left}
 td.num{text-align:right;font-variant-numeric:tabular-nums}pre{background:#f5f7fa;padding:.8em;overflow-x:auto;font-size:.82em}
 .summary{display:flex;flex-wrap:wrap;gap:1em;margin:1em 0}.summary div{background:#f5f7fa;padding:.5em 1em;border-radius:4px}
+.banner{background:#fdf2e9;border-left:4px solid #d35400;padding:.5em 1em;margin:.5em 0}
 .summary b{display:block;font-size:1.2em}details{margin:.3em 0 1em}summary{cursor:pointer;color:#2e86c1}
 """
 
 
 def _cell(v: Any) -> str:
+    if v is None:  # a blank observation
+        return "<td>-</td>"
     numeric = isinstance(v, (int, float)) and not isinstance(v, bool)
     text = _fmt(v) if numeric else html.escape(str(v))
     return f'<td class="num">{text}</td>' if numeric else f"<td>{text}</td>"
@@ -573,6 +652,7 @@ def render_html(r: ReportInput, sections: Sequence[Section]) -> str:
            f"<title>Calibration report: {html.escape(r.study)}</title><style>{CSS}</style></head><body>",
            f"<h1>Calibration report: {html.escape(r.study)}</h1>",
            f'<p class="sub">{html.escape(r.storage)} · generated {html.escape(r.generated)} · modelops-calabaria {__version__}</p>',
+           *[f'<p class="banner" role="alert">{html.escape(w)}</p>' for w in r.warnings],
            '<div class="summary">' + "".join(f"<div>{html.escape(k)}<b>{html.escape(v)}</b></div>" for k, v in summary) + "</div>",
            "<nav>" + "".join(f'<a href="#{s.id}">{html.escape(s.title)}</a>' for s in sections) + "</nav>"]
     for s in sections:
@@ -685,6 +765,8 @@ def build_input(src: ReportSource, *, scheduler: str | None = None, local_worker
             r.fits, r.fit_note = refit(job, table, trials, scheduler=scheduler, local_workers=local_workers, replicates=0)
         if job.posterior is not None:
             r.posterior = _posterior_sample(src, job)
+            # The sample's trust problems go to the top of the page too, not only to its section.
+            r.warnings.extend(f"Posterior: {w}" for w in posterior_section(job, r.posterior).summary.get("warnings", []))
     return r
 
 

@@ -3,8 +3,10 @@
 Two ways to run a job's model with fixed parameters:
 
 - :func:`simulate_outputs` runs it in this process (``calabaria simulate``) and
-  :func:`write_outputs` writes every output as CSV with its real index and
-  column names;
+  :func:`write_outputs` writes every output: an array as CSV with its real index
+  and column names, a table (mapping of columns, DataFrame) as a long CSV of its
+  key columns and values (:mod:`modelops_calabaria.targets.longform`), or all of
+  them in one long Parquet file;
 - :func:`simulate_at_observed` runs replicates through a
   :class:`~modelops_calabaria.simulation.SimulationService` (Dask or inline,
   as a calibration does) and brings back the simulated values at each
@@ -29,10 +31,14 @@ import numpy as np
 import yaml
 
 from modelops_calabaria.errors import ConfigurationError, JobSpecError
-from modelops_calabaria.job import CalibrationJob, midpoint
+from modelops_calabaria.job import CalibrationJob, TargetSpec, midpoint
 from modelops_calabaria.models import LoadedModel
+from modelops_calabaria.reporting.fit import FitData
 from modelops_calabaria.simulation.base import SimulationService
+from modelops_calabaria.targets.align import EPOCH
+from modelops_calabaria.targets.data import PARQUET_SUFFIXES
 from modelops_calabaria.targets.evaluate import CompiledTarget
+from modelops_calabaria.targets.longform import LongFormError, LongTable, to_long
 
 # Trial seeds are SeedSequence([job seed, r]) (common) or ([job seed, trial + 1, r]) (independent);
 # this tag in the second place keeps re-simulation seeds apart from both for any realistic trial count.
@@ -140,7 +146,7 @@ def simulate_outputs(model: LoadedModel, job: CalibrationJob, params: Mapping[st
 
 
 def _labels(job: CalibrationJob, targets: Sequence[CompiledTarget], output: str, value: Any, width: int) -> tuple[str, list[str]]:
-    """Index name and column names of one output: the pandas ones, else the targets', else generic."""
+    """Index name and column names of one array output: the pandas ones, else the targets', else generic."""
     index_name = getattr(getattr(value, "index", None), "name", None)
     columns = getattr(value, "columns", None)
     if columns is not None and len(columns) == width:
@@ -159,12 +165,89 @@ def _labels(job: CalibrationJob, targets: Sequence[CompiledTarget], output: str,
     return str(index_name or "index"), cols
 
 
+def is_table(value: Any) -> bool:
+    """Whether an output is a table (a mapping of columns, a DataFrame, a Series): written long."""
+    return isinstance(value, Mapping) or hasattr(value, "columns") or (hasattr(value, "index") and hasattr(value, "name"))
+
+
+def long_output(job: CalibrationJob, targets: Sequence[CompiledTarget], name: str, value: Any) -> LongTable:
+    """One output as a long table, its keys named as the job's targets name them.
+
+    Raises:
+        JobSpecError: the output is not a table :func:`to_long` can read.
+    """
+    on = [k for spec in job.targets if spec.output == name for k in (spec.on or [])]
+    index = next((spec.index_column for spec in job.targets if spec.output == name and spec.index_column), None)
+    width_cols = next((list(t.observed.columns) for t in targets if t.output == name), [])
+    try:
+        table = to_long(value, name=name, key_columns=on, value_columns=width_cols if not is_table(value) else (),
+                        index_name=index or "index")
+    except LongFormError as e:
+        raise JobSpecError(f"model {job.model}: {e}") from e
+    for spec, t in zip(job.targets, targets):  # day numbers of a target with start_date: shown as its dates
+        if spec.output != name or spec.start_date is None:
+            continue
+        start = np.datetime64(str(spec.start_date)[:10], "D")
+        for k in t.observed.keys or ():
+            if k.kind == "date" and table.kinds.get(k.name) == "number":
+                table.keys[k.name] = start + np.round(table.keys[k.name]).astype(np.int64).astype("timedelta64[D]")
+                table.kinds[k.name] = "date"
+    return table
+
+
+def _long_rows(job: CalibrationJob, targets: Sequence[CompiledTarget], runs: list[dict[str, Any]], seeds: Sequence[int],
+               name: str) -> dict[str, list[Any]]:
+    """``replicate, seed, output, <keys...>, value`` columns of one output over every run."""
+    parts = []
+    for r, run in enumerate(runs):
+        records = long_output(job, targets, name, run[name]).records()
+        value_name = list(records)[-1]
+        n = len(records[value_name])
+        parts.append({"replicate": [r] * n, "seed": [seeds[r]] * n, "output": [name] * n,
+                      **{k: v for k, v in records.items() if k != value_name}, "value": records[value_name]})
+    return _union(parts)
+
+
+def _union(parts: Sequence[dict[str, list[Any]]]) -> dict[str, list[Any]]:
+    """Columns of several tables stacked; a column a table lacks is None there; ``value`` last."""
+    names: list[str] = []
+    for part in parts:
+        names += [k for k in part if k not in names and k != "value"]
+    names.append("value")
+    out: dict[str, list[Any]] = {k: [] for k in names}
+    for part in parts:
+        n = len(part["value"])
+        for k in names:
+            out[k].extend(part.get(k, [None] * n))
+    return out
+
+
 def write_outputs(job: CalibrationJob, targets: Sequence[CompiledTarget], runs: list[dict[str, Any]],
-                  seeds: Sequence[int], out_dir: Path) -> list[Path]:
-    """Write ``<output>.csv`` per output: index, columns (and ``replicate``, ``seed`` with several runs)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+                  seeds: Sequence[int], out: Path) -> list[Path]:
+    """Write the runs' outputs.
+
+    ``out`` a directory: ``<output>.csv`` per output. An array output keeps its wide
+    form (its index column, one column per value column; ``replicate``, ``seed``
+    first with several runs). A table output (mapping of columns, DataFrame,
+    Series) is long: ``replicate, seed, output, <key columns...>, value`` (plus a
+    ``column`` key when it has several value columns), dates as ISO dates.
+    ``out`` ending in ``.parquet``: one Parquet file of every output, long (keys an
+    output lacks are null).
+    """
+    if out.suffix.lower() in PARQUET_SUFFIXES:
+        return [_write_parquet(job, targets, runs, seeds, out)]
+    out.mkdir(parents=True, exist_ok=True)
     written = []
     for name in runs[0]:
+        path = out / f"{name}.csv"
+        if is_table(runs[0][name]):
+            columns = _long_rows(job, targets, runs, seeds, name)
+            with path.open("w", newline="") as fh:
+                w = csv.writer(fh)
+                w.writerow(list(columns))
+                w.writerows(["" if v is None else v for v in row] for row in zip(*columns.values()))
+            written.append(path)
+            continue
         first = runs[0][name]
         index = getattr(first, "index", None)
         arrays = []
@@ -175,7 +258,6 @@ def write_outputs(job: CalibrationJob, targets: Sequence[CompiledTarget], runs: 
         width = arrays[0].shape[1]
         index_name, cols = _labels(job, targets, name, first, width)
         idx = list(index) if index is not None and len(index) == arrays[0].shape[0] else list(range(arrays[0].shape[0]))
-        path = out_dir / f"{name}.csv"
         with path.open("w", newline="") as fh:
             w = csv.writer(fh)
             many = len(runs) > 1
@@ -185,6 +267,41 @@ def write_outputs(job: CalibrationJob, targets: Sequence[CompiledTarget], runs: 
                     w.writerow([*([r, seeds[r]] if many else []), i, *row.tolist()])
         written.append(path)
     return written
+
+
+def _write_parquet(job: CalibrationJob, targets: Sequence[CompiledTarget], runs: list[dict[str, Any]],
+                   seeds: Sequence[int], path: Path) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = _union([_long_rows(job, targets, runs, seeds, name) for name in runs[0]])
+    arrays = {}
+    for k, v in columns.items():
+        try:
+            arrays[k] = pa.array(v)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # one key holding numbers in one output, labels in another
+            arrays[k] = pa.array([None if x is None else str(x) for x in v])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(arrays), path)
+    return path
+
+
+def fit_data(spec: TargetSpec, t: CompiledTarget, quantiles: dict[float, np.ndarray] | None = None, **extra: Any) -> FitData:
+    """A target's observations as the fit figures draw them: keyed targets with their
+    keys (dates as dates), targets by row index with their index column's name."""
+    obs = t.observed
+    if obs.keys is not None:
+        keys = {}
+        for k in obs.keys:
+            if k.kind == "date":
+                keys[k.name] = (EPOCH + np.round(k.values).astype(np.int64).astype("timedelta64[D]")).astype("datetime64[D]")
+            else:
+                keys[k.name] = k.values.astype(float) if k.kind == "number" else k.values.astype(str).astype(object)
+        x_label = obs.time_key or obs.keys[0].name
+        return FitData(t.name, None, obs.columns, obs.values, quantiles, keys=keys, time_key=obs.time_key,
+                               x_label=x_label, output=t.output, **extra)
+    return FitData(t.name, obs.index, obs.columns, obs.values, quantiles,
+                           x_label=spec.index_column or "index", output=t.output, **extra)
 
 
 def observed_quantiles(values: np.ndarray) -> dict[float, np.ndarray]:
@@ -262,9 +379,11 @@ def simulate_at_observed(service: SimulationService, targets: Sequence[CompiledT
 
 
 def run_simulate(job_file: Path, items: list[str], params_path: Path | None, best_dir: Path | None, replicates: int,
-                 seed: int | None, out_dir: Path, plot: bool) -> list[Path]:
+                 seed: int | None, out: Path, plot: bool) -> list[Path]:
     """``calabaria simulate``: check every input, run the model ``replicates`` times in this
-    process, write ``<output>.csv`` per output (and ``fit-<target>.png`` with ``plot``).
+    process, write the outputs (:func:`write_outputs`: a directory of CSV files, or one
+    ``.parquet`` file) and, with ``plot``, ``fit-<target>.png`` (and ``fit-<target>-log.png``
+    when the values span decades) beside them.
 
     Raises:
         JobSpecError, ConfigurationError: a bad job, parameter, parameters file or
@@ -278,7 +397,10 @@ def run_simulate(job_file: Path, items: list[str], params_path: Path | None, bes
     if params_path is not None and best_dir is not None:
         raise ConfigurationError("--params and --best both name parameters", hint="pass one of them")
     base = params_file(params_path) if params_path is not None else best_params_of(best_dir) if best_dir is not None else None
-    check_output_dir(out_dir)
+    parquet = out.suffix.lower() in PARQUET_SUFFIXES
+    check_output_dir(out.parent if parquet else out)
+    if parquet and out.is_dir():
+        raise ConfigurationError(f"output {out} is a directory: pass a file name ending in .parquet, or a directory without it")
     model = load_model(canonical_ref(job.model, job.base_dir))
     targets = compile_targets(job, model.outputs)
     params = parse_params(job, items, base)
@@ -289,16 +411,22 @@ def run_simulate(job_file: Path, items: list[str], params_path: Path | None, bes
     seeds = fresh_seeds(job.seed, replicates) if seed is None else [seed + r for r in range(replicates)]
     runs = simulate_outputs(model, job, params, seeds)
     fits = aligned(targets, runs) if plot else {}
-    written = write_outputs(job, targets, runs, seeds, out_dir)
+    for name in runs[0]:
+        if is_table(runs[0][name]):
+            long_output(job, targets, name, runs[0][name])  # an unreadable table: refused before anything is written
+    written = write_outputs(job, targets, runs, seeds, out)
     if plot:
         from modelops_calabaria.reporting import figures, style
 
-        for t in targets:
-            fit = figures.FitData(t.name, t.observed.index, t.observed.columns, t.observed.values,
-                                  observed_quantiles(fits[t.name]), label=f"{replicates} replicate(s)")
-            with style.styled():
-                png = style.to_png(figures.fit_figure(fit))
-            path = out_dir / f"fit-{t.name}.png"
-            path.write_bytes(png)
-            written.append(path)
+        folder = out.parent if parquet else out
+        for spec, t in zip(job.targets, targets):
+            fit = fit_data(spec, t, observed_quantiles(fits[t.name]), label=f"{replicates} replicate(s)")
+            for suffix, log in (("", False), ("-log", True)):
+                if log and not fit.wants_log():
+                    continue
+                with style.styled():
+                    png = style.to_png(figures.fit_figure(fit, log=log))
+                path = folder / f"fit-{t.name}{suffix}.png"
+                path.write_bytes(png)
+                written.append(path)
     return written

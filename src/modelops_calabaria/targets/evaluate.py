@@ -134,10 +134,25 @@ def compile_targets(job: CalibrationJob, declared_outputs: Sequence[str] | None 
         compiled.append(CompiledTarget(t.name, t.output, observed, spec, t.aggregation, t.weight, _aligner(t, observed),
                                        t.synthetic_estimator))
         if observed.gap_rows:
-            unit = f"{observed.time_key or t.index_column or 'row'}s" if t.keyed or t.index_column else "rows"
-            log.warning(f"target {t.name}: {observed.gap_rows} of {len(observed.values)} {unit} have no data",
-                        target=t.name, gaps=observed.gap_rows, rows=len(observed.values))
+            log.warning(gap_note(t, observed), target=t.name, gaps=int((~observed.present).sum()), rows=len(observed.values))
     return tuple(compiled)
+
+
+def gap_note(t: TargetSpec, observed: Observed) -> str:
+    """One line on a target's blank cells: cells and times counted apart (90 cells over 30
+    dates with 14 blanks on 8 dates is "14 of 90 cells ..., on 8 of 30 dates")."""
+    gaps = ~observed.present  # type: ignore[operator]
+    rows, n = observed.gap_rows, len(observed.values)
+    time = next((k for k in observed.keys or () if k.name == observed.time_key), None)
+    if time is None:
+        unit = f"{t.index_column}s" if t.index_column else "rows"
+        return f"target {t.name}: {rows} of {n} {unit} have no data"
+    times = np.unique(time.values)
+    if len(times) == n and gaps.shape[1] == 1:  # one row per time: rows are times
+        return f"target {t.name}: {rows} of {n} {time.name}s have no data"
+    on = np.unique(time.values[gaps.any(axis=1)])
+    return (f"target {t.name}: {int(gaps.sum())} of {gaps.size} cells have no data, "
+            f"on {len(on)} of {len(times)} {time.name}s")
 
 
 def _aligner(t: TargetSpec, observed: Observed) -> Aligner | None:
