@@ -26,6 +26,12 @@ from modelops_calabaria.job import MAX_CONCURRENCY, MAX_REPLICATES
 from modelops_calabaria.redaction import register_secrets_in
 
 
+# Accepted ranges of the numeric settings (docs/reliability.md, "Settings out of range"): a value
+# beyond them would overflow a timer (1e300 s kills the heartbeat thread) or make recovery absurd.
+HEARTBEAT_RANGE_S = (0.05, 3600.0)  # CALABARIA_HEARTBEAT_INTERVAL_S
+GRACE_RANGE_S = (0.5, 86400.0)  # CALABARIA_GRACE_PERIOD_S: at most a day
+
+
 class Settings(BaseSettings):
     """How and where a calibration runs.
 
@@ -50,9 +56,10 @@ class Settings(BaseSettings):
             other model (docs/performance.md, "Start-up"). Env
             ``CALABARIA_LOCAL_PROCESSES``.
         log_format: ``json``, ``console``, or ``auto`` (console on a terminal).
-        heartbeat_interval_s: How often a coordinator says it is alive.
+        heartbeat_interval_s: How often a coordinator says it is alive
+            (seconds, :data:`HEARTBEAT_RANGE_S`).
         grace_period_s: A coordinator silent this long is lost; its RUNNING
-            trials become FAIL ("coordinator lost").
+            trials become FAIL ("coordinator lost") (seconds, :data:`GRACE_RANGE_S`).
         fast_path: Sample in an in-memory mirror of the study and write each
             trial with one insert (False: plain Optuna ask on the shared storage).
         replicates_per_task: Replicates one Dask task runs one after the other.
@@ -73,11 +80,11 @@ class Settings(BaseSettings):
     local_workers: int | None = Field(default=None, ge=1, le=MAX_CONCURRENCY)
     local_processes: bool | None = None
     log_format: Literal["auto", "json", "console"] = "auto"
-    heartbeat_interval_s: float = Field(default=10.0, gt=0)
+    heartbeat_interval_s: float = Field(default=10.0, ge=HEARTBEAT_RANGE_S[0], le=HEARTBEAT_RANGE_S[1])
     fast_path: bool = True
     sampler_process: bool | None = None
     replicates_per_task: int | None = Field(default=None, ge=1, le=MAX_REPLICATES)
-    grace_period_s: float = Field(default=60.0, gt=0)
+    grace_period_s: float = Field(default=60.0, ge=GRACE_RANGE_S[0], le=GRACE_RANGE_S[1])
     listen_host: str = "127.0.0.1"
 
     # These raise ConfigurationError (not ValueError), which pydantic lets through as is:
@@ -121,8 +128,16 @@ def resolve_settings(job_execution: Mapping[str, Any] | None = None, **cli: Any)
     try:
         resolved = _Resolved(**cli_values)
     except ValidationError as e:
-        bad = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors(include_url=False))
+        bad = "; ".join(f"{_setting_name(err['loc'])}: {err['msg']}" for err in e.errors(include_url=False))
         raise ConfigurationError(f"invalid setting: {bad}",
                                  hint="check the CLI flags, CALABARIA_* / PARALLEL_TRIALS variables and the job's 'execution' block") from e
     register_secrets_in(resolved.storage)  # whichever source it came from: masked in every line printed
     return Settings.model_construct(**resolved.model_dump())
+
+
+def _setting_name(loc: tuple[Any, ...]) -> str:
+    """A setting as the user wrote it: ``heartbeat_interval_s (CALABARIA_HEARTBEAT_INTERVAL_S)``."""
+    name = ".".join(map(str, loc))
+    if name in Settings.model_fields and name != "parallel_trials":
+        return f"{name} (CALABARIA_{name.upper()})"
+    return name
