@@ -68,6 +68,10 @@ def handle_errors(fn: F) -> F:
         register_secrets_in(os.environ.get("CALABARIA_STORAGE"))
         register_secrets_in(kwargs.get("storage"))
         try:
+            from modelops_calabaria.models import contain_imports
+
+            # A model that exits or hangs while importing is named, not silently obeyed (models/__init__.py).
+            contain_imports(resolve_settings().model_import_timeout_s)
             return fn(*args, **kwargs)
         except CalabariaError as e:
             _fail(str(e), e.exit_code)
@@ -413,7 +417,10 @@ def _exit(code: int) -> None:
     if "modelops_calabaria.simulation.forkserver" in sys.modules:
         sys.modules["modelops_calabaria.simulation.forkserver"].stop()
     stuck = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon and t.is_alive()]
-    if stuck:
+    runner = sys.modules.get("modelops_calabaria.calibration.runner")
+    # After a signal, model threads may still spin (daemon or not): the interpreter's own exit
+    # would wait for them, or crawl beside them for seconds.
+    if stuck or (runner is not None and runner.SIGNALLED.is_set()):
         import logging
 
         logging.shutdown()

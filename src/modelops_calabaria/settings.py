@@ -30,6 +30,7 @@ from modelops_calabaria.redaction import register_secrets_in
 # beyond them would overflow a timer (1e300 s kills the heartbeat thread) or make recovery absurd.
 HEARTBEAT_RANGE_S = (0.05, 3600.0)  # CALABARIA_HEARTBEAT_INTERVAL_S
 GRACE_RANGE_S = (0.5, 86400.0)  # CALABARIA_GRACE_PERIOD_S: at most a day
+IMPORT_TIMEOUT_RANGE_S = (1.0, 3600.0)  # CALABARIA_MODEL_IMPORT_TIMEOUT_S
 
 
 class Settings(BaseSettings):
@@ -68,6 +69,9 @@ class Settings(BaseSettings):
         sampler_process: With the fast path, sample in a child process, off the
             coordinator's GIL. Empty = automatic (parallel mode with many loops
             on a machine with more than one core).
+        model_import_timeout_s: How long the first import of a user model (tried in
+            a child process by the CLI) may take (seconds,
+            :data:`IMPORT_TIMEOUT_RANGE_S`). Env ``CALABARIA_MODEL_IMPORT_TIMEOUT_S``.
     """
 
     model_config = SettingsConfigDict(env_prefix="CALABARIA_", extra="ignore", populate_by_name=True, allow_inf_nan=False)
@@ -86,6 +90,7 @@ class Settings(BaseSettings):
     replicates_per_task: int | None = Field(default=None, ge=1, le=MAX_REPLICATES)
     grace_period_s: float = Field(default=60.0, ge=GRACE_RANGE_S[0], le=GRACE_RANGE_S[1])
     listen_host: str = "127.0.0.1"
+    model_import_timeout_s: float = Field(default=120.0, ge=IMPORT_TIMEOUT_RANGE_S[0], le=IMPORT_TIMEOUT_RANGE_S[1])
 
     # These raise ConfigurationError (not ValueError), which pydantic lets through as is:
     # one line naming the address and what is wrong with it.

@@ -188,6 +188,7 @@ def default_concurrency(slots: int, n_replicates: int, parallel: bool) -> int:
 
 
 EXIT_MARGIN_S = 10.0  # after a signal the process ends within grace + this (docs/reliability.md)
+SIGNALLED = threading.Event()  # a signal stopped a run of this process: the CLI ends it without waiting for model threads
 
 
 def _exit_watchdog(deadline_s: float, signal_name: str) -> None:
@@ -220,6 +221,7 @@ def signals_stop(wire: Wire, grace_s: float, enabled: bool) -> Iterator[None]:
     def handler(signum: int, _frame: Any) -> None:
         name = signal.Signals(signum).name
         received.append(name)
+        SIGNALLED.set()
         if len(received) > 1:
             log.warning("second signal received: cancelling in-flight trials now", signal=name)
             wire.shutdown(received[0], 0.0)

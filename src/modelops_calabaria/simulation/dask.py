@@ -539,6 +539,15 @@ class DaskSimulationService:
             self.client.close(timeout=5)
         except Exception as e:  # noqa: BLE001 - closing a client whose scheduler died fails; nothing to save
             log.debug("closing the Dask client failed", error=str(e))
+        if self._cluster is not None and not self._worker_processes:
+            # The in-process worker would wait for its threads, and a model thread that cannot be
+            # stopped (cancelled after a signal, or timed out) never ends: it is abandoned (a daemon
+            # thread, gone with the process), not waited for.
+            for w in list(self._cluster.workers.values()):
+                try:
+                    self._cluster.sync(w.close, executor_wait=False, timeout=5, reason="calabaria-close")
+                except (Exception, asyncio.CancelledError) as e:  # noqa: BLE001 - closed already
+                    log.debug("closing the in-process worker failed", error=f"{type(e).__name__}: {e}")
         if self._cluster is not None:
             try:
                 self._cluster.close(timeout=10)
