@@ -47,8 +47,10 @@ class Settings(BaseSettings):
             Checked when the settings are resolved (scheme, host, port 1-65535).
         listen_host: Interface every server the service starts listens on (the
             local cluster's scheduler, workers, nannies and dashboard). Default
-            ``127.0.0.1``: this machine only; ``0.0.0.0`` exposes them, without
-            authentication, to the network. Env ``CALABARIA_LISTEN_HOST``.
+            ``127.0.0.1``: this machine only; exactly ``0.0.0.0`` (or ``::``) exposes
+            them, without authentication, to the network; any other value that is
+            not loopback is refused (:func:`.addresses.listen_host`). Env
+            ``CALABARIA_LISTEN_HOST``.
         local_workers: Slots of the local cluster (worker processes, or threads
             of its in-process worker), or threads with ``inline`` (default: cores).
         local_processes: The local cluster runs single-threaded worker processes
