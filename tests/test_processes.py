@@ -9,10 +9,8 @@ none. Models are in tests/support/misbehaving.py.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 

@@ -28,12 +28,12 @@ from urllib.parse import urlsplit
 
 import dask
 import distributed
-from distributed import Client, Future, LocalCluster, Nanny
+from distributed import Client, Future, LocalCluster
 
 from modelops_calabaria.addresses import host_port, scheduler_address
 from modelops_calabaria.errors import ConfigurationError, ServiceUnavailableError
 from modelops_calabaria.logging import get_logger, tame_library_loggers
-from modelops_calabaria.simulation import containment, forkserver
+from modelops_calabaria.simulation import containment, forkserver, keeper
 from modelops_calabaria.simulation.local import PRELOAD_MODEL_ENV, local_cluster_shape
 from modelops_calabaria.simulation.replicates_per_task import DurationStats, replicates_per_task
 from modelops_calabaria.simulation.task import SimContext, TrialEvaluation, reduce_trial, run_replicate, run_replicates
@@ -69,31 +69,7 @@ LOCAL_CLUSTER_CONFIG = {
     # Dask's default, failed healthy trials as "workers died" when models ended workers often).
     "distributed.scheduler.allowed-failures": 10,
 }
-WATCH_INTERVAL_S = 1.0  # how often the service checks that its local cluster still has its workers
-LOST_WORKERS_S = 60.0  # no worker at all for this long, with no replacement left: the run cannot go on
 _START_SCHEDULER = "start the scheduler (`dask scheduler`), check the address and port, or leave the scheduler empty to run a local cluster"
-
-
-# Exit codes of the local cluster's worker processes, by pid (recorded by their nannies, which live
-# in this process): the fail_reason of a replicate whose model ended its worker names it.
-_EXITS: dict[int, int] = {}
-
-
-class _RecordingNanny(Nanny):
-    """A nanny that records how its worker process ended."""
-
-    _calabaria_pid: int | None = None
-
-    async def instantiate(self) -> Any:
-        status = await super().instantiate()
-        with contextlib.suppress(AttributeError):
-            self._calabaria_pid = self.process.process.pid  # type: ignore[union-attr]
-        return status
-
-    def _on_worker_exit_sync(self, exitcode: int) -> None:
-        if self._calabaria_pid is not None:
-            _EXITS[self._calabaria_pid] = exitcode
-        super()._on_worker_exit_sync(exitcode)
 
 
 def _worker_start(processes: bool, model_ref: str) -> Any:
@@ -197,7 +173,7 @@ class DaskTrialHandle:
             if evaluation.error is None:
                 self._service.durations.observe(evaluation.busy_s, self._n)
             else:
-                evaluation.error = containment.explain_exits(evaluation.error, _EXITS)
+                evaluation.error = containment.explain_exits(evaluation.error, keeper.EXITS)
             if evaluation.abandoned_on:
                 # Release the results first: futures still held when their worker goes are
                 # recomputed, and the recomputation would run the runaway model again.
@@ -271,12 +247,8 @@ class DaskSimulationService:
         self._markers = markers  # the replicate marker directory of this service's worker processes
         self._handles: set[DaskTrialHandle] = set()  # trials in flight, cancelled if the cluster breaks
         self._broken: str | None = None
-        self._closing = threading.Event()
-        self._watcher: threading.Thread | None = None
-        if self._worker_processes:
-            self._replacements_left = 4 * len(owned_cluster.worker_spec) + 8  # type: ignore[union-attr]
-            self._watcher = threading.Thread(target=self._watch, name="calabaria-cluster-watch", daemon=True)
-            self._watcher.start()
+        # Worker processes that end are replaced (bounded); a cluster that cannot keep any stops the run.
+        self._keeper = keeper.ClusterKeeper(owned_cluster, self._starting_workers, self._break) if self._worker_processes else None
 
     @classmethod
     def connect(cls, scheduler: str | None, context: SimContext, *, local_workers: int | None = None,
@@ -312,7 +284,7 @@ class DaskSimulationService:
             if processes:
                 markers = tempfile.mkdtemp(prefix="calabaria-markers-")
                 forkserver.acquire()
-                extra = {"processes": True, "host": listen_host, "preload": [WORKER_SETUP], "worker_class": _RecordingNanny,
+                extra = {"processes": True, "host": listen_host, "preload": [WORKER_SETUP], "worker_class": keeper.RecordingNanny,
                          "env": {PRELOAD_MODEL_ENV: context.model_ref, containment.MARKERS_ENV: markers}}
             try:
                 with dask.config.set(LOCAL_CLUSTER_CONFIG), _worker_start(processes, context.model_ref):
@@ -396,7 +368,7 @@ class DaskSimulationService:
         handle = DaskTrialHandle(self, reps, final, n)
         with self._lock:
             self._handles.add(handle)
-        if self._broken:  # broke meanwhile: the watcher did not see this one
+        if self._broken:  # broke meanwhile: _break did not see this one
             handle.cancel()
         return handle
 
@@ -411,48 +383,14 @@ class DaskSimulationService:
             self._in_flight -= 1
             self._handles.discard(handle)  # type: ignore[arg-type]
 
-    def _watch(self) -> None:
-        """Keep the local cluster at its size while the run lasts (worker processes only).
-
-        A nanny restarts its worker process when it ends (a model that exits, a signal, the
-        OOM killer); when a restart fails, or outlasts the cluster's lost-worker timeout on a
-        loaded machine, the cluster drops that worker and would never replace it: the run
-        would wait for workers forever. Missing workers are started again, at most
-        ``_replacements_left`` times in all; with none left and no worker for
-        :data:`LOST_WORKERS_S`, the run is stopped (:meth:`raise_if_broken`), its trials
-        in flight cancelled.
-        """
-        cluster = self._cluster
-        assert cluster is not None
-        empty_since: float | None = None
-        while not self._closing.wait(WATCH_INTERVAL_S):
-            try:
-                if cluster.status.name != "running":
-                    return
-                missing = len(cluster.worker_spec) - len(cluster.workers)
-                if missing > 0 and self._replacements_left > 0:
-                    self._replacements_left -= missing
-                    log.warning("replacing lost local workers", missing=missing, replacements_left=max(0, self._replacements_left))
-                    with self._starting_workers():
-                        cluster.scale(len(cluster.worker_spec))
-                live = cluster.scheduler.total_nthreads if cluster.scheduler is not None else 1
-            except Exception as e:  # noqa: BLE001 - the cluster is closing with the run
-                log.debug("watching the local cluster failed", error=f"{type(e).__name__}: {e}")
-                continue
-            if live:
-                empty_since = None
-                continue
-            empty_since = empty_since or time.monotonic()
-            if self._replacements_left <= 0 and time.monotonic() - empty_since > LOST_WORKERS_S:
-                self._broken = (f"the local cluster's worker processes keep ending: no worker for {LOST_WORKERS_S:g} s "
-                                "and no replacement left")
-                log.error(self._broken)
-                with self._lock:
-                    handles = list(self._handles)
-                for h in handles:
-                    with contextlib.suppress(Exception):
-                        h.cancel()
-                return
+    def _break(self, reason: str) -> None:
+        """The local cluster lost its workers for good: stop the run, cancelling its trials in flight."""
+        self._broken = reason
+        with self._lock:
+            handles = list(self._handles)
+        for h in handles:
+            with contextlib.suppress(Exception):
+                h.cancel()
 
     def raise_if_broken(self) -> None:
         """Raise ServiceUnavailableError when the local cluster lost its workers for good."""
@@ -528,9 +466,8 @@ class DaskSimulationService:
         On a cluster this service did not start, first wait (at most ``RECYCLE_TIMEOUT_S``)
         for worker restarts under way, so that the run leaves the cluster whole.
         """
-        self._closing.set()
-        if self._watcher is not None:
-            self._watcher.join(WATCH_INTERVAL_S + 5)
+        if self._keeper is not None:
+            self._keeper.close()
         if self._cluster is None:
             deadline = time.monotonic() + RECYCLE_TIMEOUT_S
             for thread in list(self._recyclers):
