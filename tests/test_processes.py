@@ -138,13 +138,15 @@ def test_sigterm_ends_the_run_within_the_grace_period_with_a_model_that_never_en
 
 
 @pytest.mark.slow
-def test_processes_a_model_leaves_behind_are_killed(tmp_path):
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_processes_a_model_leaves_behind_are_killed(tmp_path, shape):
     markers = tmp_path / "markers"
     markers.mkdir()
     storage = f"sqlite:///{tmp_path}/s.db"
     job, study = write_job(tmp_path, "forks", max_trials=4, fixed={"marker_dir": str(markers), "sleep_s": 3600})
+    flags, extra = SHAPES[shape]
     done, left = run(tmp_path, ["calibrate", str(job), "--storage", storage, "--output", str(tmp_path / "run"),
-                                "--local-workers", "2", "--no-report"], clean_env())
+                                "--local-workers", "2", "--no-report", *flags], clean_env(**extra))
     assert done.returncode == 0, done.stderr[-3000:]
     check_invariants(storage, study, 4)
     orphans = [int(p.name) for p in markers.iterdir()]

@@ -69,9 +69,11 @@ def handle_errors(fn: F) -> F:
         register_secrets_in(kwargs.get("storage"))
         try:
             from modelops_calabaria.models import contain_imports
+            from modelops_calabaria.simulation.containment import become_subreaper
 
             # A model that exits or hangs while importing is named, not silently obeyed (models/__init__.py).
             contain_imports(resolve_settings().model_import_timeout_s)
+            become_subreaper()  # what a model run in this process (inline, threads) orphans stays ours, ended at exit
             return fn(*args, **kwargs)
         except CalabariaError as e:
             _fail(str(e), e.exit_code)
@@ -408,14 +410,18 @@ def main() -> None:
 
 
 def _exit(code: int) -> None:
-    """End the command: nothing it started outlives it. Local worker processes, the fork server
-    and the resource tracker are ended now (not seconds later); a model thread that cannot be
+    """End the command: nothing it started outlives it. Local worker processes, the fork server,
+    the resource tracker and any process left below this one (a model run here that forked:
+    this process is their sub-reaper) are ended now (not seconds later); a model thread that cannot be
     stopped (no ``timeout_s``, cancelled after a signal) would keep the interpreter from
     exiting, so then the process ends without waiting for it (docs/reliability.md)."""
     import threading
 
     if "modelops_calabaria.simulation.forkserver" in sys.modules:
         sys.modules["modelops_calabaria.simulation.forkserver"].stop()
+    containment = sys.modules.get("modelops_calabaria.simulation.containment")
+    if containment is not None:  # a command that may have run a model here
+        containment.kill_all(containment.descendants(os.getpid()), reap=False)  # e.g. what a model left running
     stuck = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon and t.is_alive()]
     runner = sys.modules.get("modelops_calabaria.calibration.runner")
     # After a signal, model threads may still spin (daemon or not): the interpreter's own exit
