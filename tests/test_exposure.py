@@ -84,7 +84,9 @@ def test_every_listening_socket_of_a_local_run_is_on_loopback(tmp_path, shape, c
     env = clean_env(**({"CALABARIA_LOCAL_PROCESSES": processes} if processes else {}))
     storage = f"sqlite:///{tmp_path}/s.db"
     run_dir = tmp_path / "run"
-    budget = 24
+    # worker: enough budget that the first calibrate is still running when it is stopped (the
+    # built-in model's trials take milliseconds), with work left for the worker.
+    budget = 200 if command == "worker" and model == "seir" else 24
     job, study = write_job(tmp_path, model, budget)
     calibrate = ["calibrate", str(job), "--storage", storage, "--output", str(run_dir), "--local-workers", "2"]
     if command == "calibrate":

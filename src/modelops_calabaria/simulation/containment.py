@@ -4,16 +4,18 @@ A model runs in a Dask worker process of the local cluster, and may do what a Py
 function cannot undo: end the process (``os._exit``, a signal, a crash) or start
 processes of its own and leave them running. Three things keep that to its trial:
 
-- **Markers.** Before a replicate runs its model, the worker writes a marker file named
-  after the task and replicate (content: its pid) in the run's marker directory
-  (environment variable :data:`MARKERS_ENV`, set by the service for its own worker
-  processes only), and removes it when the model returns or raises. A marker found
-  when a replicate starts means an earlier attempt of that very replicate was running
-  when its worker process ended: Dask reruns the tasks of a dead worker, and running
-  that model again would end another worker, and another. The replicate fails at once
-  instead, naming the dead process; the coordinator adds its exit status
-  (:func:`explain_exits`). Tasks that merely waited on the dead worker have no marker
-  and run again elsewhere, as Dask intends.
+- **Markers.** Before a replicate runs its model, the worker adds its pid to a marker
+  file named after the task and replicate in the run's marker directory (environment
+  variable :data:`MARKERS_ENV`, set by the service for its own worker processes only),
+  and removes the file when the model returns or raises. Pids found there when a
+  replicate starts are earlier attempts of that very replicate that were running when
+  their worker process ended (a pid still alive is a concurrent attempt, and ignored):
+  Dask reruns the tasks of a dead worker, and a model that ends its process would end
+  another worker, and another. After :data:`ATTEMPTS` such deaths the replicate fails
+  at once instead, naming the dead processes; the coordinator adds their exit status
+  (:func:`explain_exits`). One death is forgiven: a worker can also be lost for other
+  reasons (the OOM killer, a nanny closed by the cluster on a loaded machine). Tasks that
+  merely waited on a dead worker have no marker and run again elsewhere, as Dask intends.
 - **Sub-reaper.** Worker processes (and the fork server they come from) mark
   themselves child sub-reapers (Linux ``PR_SET_CHILD_SUBREAPER``): a process the model
   started and orphaned (a double fork) is re-parented to the worker, not to init, so
@@ -37,6 +39,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 MARKERS_ENV = "CALABARIA_REPLICATE_MARKERS"
+ATTEMPTS = 2  # deaths of a worker while it ran the same replicate before that replicate fails
 PR_SET_CHILD_SUBREAPER = 36
 DIED_PATTERN = re.compile(r"its worker process \(pid (\d+)\) ended")
 
@@ -123,6 +126,15 @@ def _current_task() -> str | None:
     return str(key) if key is not None else None
 
 
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped by its parent, does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
 class EarlierAttemptDied(Exception):
     """This replicate's earlier attempt was running when its worker process ended."""
 
@@ -142,15 +154,16 @@ def guarded(index: int) -> Iterator[None]:
         return
     marker = _marker(directory, key, index)
     try:
-        died = int(marker.read_text() or 0)
+        attempts = [int(p) for p in marker.read_text().split()]
     except (OSError, ValueError):
-        died = None
-    if died is not None and died != os.getpid():
-        raise EarlierAttemptDied(f"the model was running when its worker process (pid {died}) ended; "
-                                 "it is not run again (it would end another worker)")
+        attempts = []
+    dead = [p for p in attempts if p != os.getpid() and not _alive(p)]
+    if len(dead) >= ATTEMPTS:
+        ended = " and ".join(f"its worker process (pid {p}) ended" for p in dead)
+        raise EarlierAttemptDied(f"the model was running when {ended}; it is not run again (it would end another worker)")
     before = children(os.getpid())
-    with contextlib.suppress(OSError):
-        marker.write_text(str(os.getpid()))
+    with contextlib.suppress(OSError), open(marker, "a") as f:
+        f.write(f"{os.getpid()}\n")
     try:
         yield
     finally:

@@ -268,7 +268,9 @@ class DaskSimulationService:
         not when its first replicate arrives, so that this cost is paid while the
         coordinator prepares the study; worker processes are forked from one fork
         server that imported Dask, the task and the model once (:mod:`.forkserver`),
-        and run with :data:`LOCAL_CLUSTER_CONFIG`.
+        and run with :data:`LOCAL_CLUSTER_CONFIG`. A replicate whose model ends its worker
+        process fails its trial alone, naming the exit status (:mod:`.containment`); the
+        cluster is kept at its size (:mod:`.keeper`).
 
         Raises:
             ServiceUnavailableError: nothing answers at the address, or not a Dask
