@@ -29,6 +29,9 @@ log = get_logger(__name__)
 
 WATCH_INTERVAL_S = 1.0  # how often the keeper compares the cluster with its size (local state, no round trip)
 LOST_WORKERS_S = 60.0  # no worker at all for this long, with no replacement left: the run cannot go on
+# A worker the cluster starts counts as there only once it is up (seconds on a loaded machine): the
+# same shortage is not answered again before this long, so one lost worker costs one replacement.
+RESCALE_AFTER_S = 60.0
 
 EXITS: dict[int, int] = {}  # exit code (negative: signal) of local worker processes, by pid
 
@@ -71,12 +74,16 @@ class ClusterKeeper:
     def _run(self) -> None:
         cluster = self._cluster
         empty_since: float | None = None
+        scaled_at, scaled_with = -RESCALE_AFTER_S, 0  # when the last replacements were asked for, and the count then
         while not self._closing.wait(WATCH_INTERVAL_S):
             try:
                 if cluster.status.name != "running":
                     return
-                missing = len(cluster.worker_spec) - len(cluster.workers)
-                if missing > 0 and self.replacements_left > 0:
+                have = len(cluster.workers)
+                missing = len(cluster.worker_spec) - have
+                starting = have <= scaled_with and time.monotonic() - scaled_at < RESCALE_AFTER_S
+                if missing > 0 and self.replacements_left > 0 and not starting:
+                    scaled_at, scaled_with = time.monotonic(), have
                     self.replacements_left -= missing
                     log.warning("replacing lost local workers", missing=missing, replacements_left=max(0, self.replacements_left))
                     with self._starting():
