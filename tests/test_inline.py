@@ -78,3 +78,33 @@ def test_failures_and_timeouts_fail_their_trials(tmp_path):
         assert t.state == expected
         if expected == TrialState.FAIL:
             assert "timed out after 1 s" in t.user_attrs["fail_reason"]
+
+
+def test_a_cancelled_trial_returns_at_once_while_its_model_still_runs():
+    """After a signal's grace period the wire cancels its trials: an inline trial must stop
+    waiting for a model thread that cannot be stopped (here one that sleeps 20 s)."""
+    import threading
+
+    ctx = SimContext(support_model("slow"), {"delay": 20.0}, ())
+    service = InlineSimulationService(ctx, 2)
+    try:
+        handle = service.submit(0, {"a": 1.0, "b": 1.0}, [1, 2])
+        waiting = threading.Thread(target=lambda: outcome.append(handle.result()))
+        outcome: list = []
+        waiting.start()
+        handle.cancel()
+        waiting.join(15)  # hang guard
+        assert not waiting.is_alive() and outcome[0].error == "simulation cancelled"
+        assert any(not f.done() for f in handle.replicates)  # the wait ended on the cancel: the models still run
+    finally:
+        service.close()
+
+
+def test_a_model_that_calls_sys_exit_fails_its_replicate_inline():
+    from modelops_calabaria.simulation.task import run_replicate
+
+    ctx = SimContext(f"{support_model('linear').rsplit(':', 1)[0].replace('models.py', 'misbehaving.py')}:exits",
+                     {"how": "sys_exit", "code": 3, "delay": 0.0}, ())
+    result = run_replicate(ctx, {"a": 1.9, "b": 0.0}, 5, 0)
+    assert result.error is not None and "the model called sys.exit(3)" in result.error
+    assert run_replicate(ctx, {"a": 0.5, "b": 0.0}, 5, 0).error is None

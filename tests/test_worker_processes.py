@@ -123,3 +123,41 @@ def test_importing_the_run_path_does_not_import_scipy_stats():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+WATCH_SCRIPT = '''
+import json, sys, time
+if __name__ == "__main__":
+    from modelops_calabaria.simulation import connect_service
+    from modelops_calabaria.simulation.task import SimContext
+    service = connect_service(None, SimContext(sys.argv[1], {}, (), None, 0), local_workers=2, processes=True)
+    try:
+        cluster = service._cluster
+        before = sorted(service.client.nthreads())
+        # A nanny that gives up (as when its worker's restart fails on a loaded machine): the
+        # cluster drops it after its lost-worker timeout and would never start another.
+        name, nanny = sorted(cluster.workers.items())[0]
+        cluster.sync(nanny.close)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and not (len(service.client.nthreads()) == 2
+                                                  and set(service.client.nthreads()) != set(before)):
+            time.sleep(0.5)
+        after = sorted(service.client.nthreads())
+        result = service.submit(0, {"x": 1.0}, [1, 2]).result()
+        print(json.dumps({"before": before, "after": after, "error": result.error}))
+    finally:
+        service.close()
+'''
+
+
+def test_a_local_worker_whose_nanny_gave_up_is_replaced(tmp_path):
+    (tmp_path / "model.py").write_text(MODEL)
+    (tmp_path / "watch.py").write_text(WATCH_SCRIPT)
+    env = {**os.environ, "IMPORT_LOG": str(tmp_path / "imports.log")}
+    out = subprocess.run([sys.executable, str(tmp_path / "watch.py"), f"{tmp_path / 'model.py'}:counted"],
+                         capture_output=True, text=True, env=env, timeout=400, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert len(report["before"]) == 2 and len(report["after"]) == 2
+    assert set(report["after"]) != set(report["before"])  # a new worker took the closed one's place
+    assert report["error"] is None  # and the cluster runs replicates again

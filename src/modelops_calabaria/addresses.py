@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 from urllib.parse import urlsplit
 
 from modelops_calabaria.errors import ConfigurationError
@@ -55,16 +56,42 @@ def scheduler_address(value: str | None) -> str | None:
     return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
 
 
+EVERY_INTERFACE = ("0.0.0.0", "::")  # the only non-loopback values accepted, and only spelled out
+_LISTEN_HINT = "use 127.0.0.1 (the default: this machine only), ::1, localhost, or exactly 0.0.0.0 (or ::) to listen on every interface"
+
+
 def listen_host(value: str) -> str:
-    """The host the service's own servers bind to: an IP address or a host name, no port.
+    """The host the service's own servers bind to: loopback, or every interface on purpose.
+
+    Accepted: a loopback IP address (``127.0.0.1``, ``127.0.0.2``, ``::1``), a host name
+    every address of which is loopback (``localhost``), or exactly ``0.0.0.0`` / ``::``
+    (every interface: the local cluster's servers are unauthenticated). Anything else is
+    refused, ``0`` (which the resolver reads as every interface) and a machine's own
+    network address included: a value that binds beyond loopback must say so.
 
     Raises:
-        ConfigurationError: not an IP address or host name.
+        ConfigurationError: not an IP address or host name, or not loopback (one line).
     """
     host = value.strip().strip("[]")
     if not host or not _valid_host(host):
-        raise ConfigurationError(f"listen host {value!r} is not an IP address or host name",
-                                 hint="use 127.0.0.1 (the default: this machine only), ::1, or 0.0.0.0 to listen on every interface")
+        raise ConfigurationError(f"listen host {value!r} is not an IP address or host name", hint=_LISTEN_HINT)
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    if address is not None:
+        if str(address) in EVERY_INTERFACE and host == str(address) or address.is_loopback:
+            return host
+        raise ConfigurationError(f"listen host {value!r} is not a loopback address: the local cluster's servers are unauthenticated",
+                                 hint=_LISTEN_HINT)
+    try:
+        resolved = {info[4][0] for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)}
+    except (OSError, UnicodeError) as e:
+        raise ConfigurationError(f"listen host {value!r} does not resolve ({e})", hint=_LISTEN_HINT) from None
+    outside = sorted(a for a in resolved if not ipaddress.ip_address(a.split("%")[0]).is_loopback)
+    if outside or not resolved:
+        raise ConfigurationError(f"listen host {value!r} resolves to {', '.join(outside) or 'nothing'}, not a loopback address: "
+                                 "the local cluster's servers are unauthenticated", hint=_LISTEN_HINT)
     return host
 
 

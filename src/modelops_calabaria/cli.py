@@ -29,7 +29,7 @@ from modelops_calabaria.job import MAX_CONCURRENCY, MAX_REPLICATES, MAX_SEED, ch
 from modelops_calabaria.job.limits import MAX_FLAG_SECONDS, check_seconds
 from modelops_calabaria.logging import configure_logging
 from modelops_calabaria.redaction import redact, register_secrets_in
-from modelops_calabaria.settings import resolve_settings
+from modelops_calabaria.settings import GRACE_RANGE_S, resolve_settings
 
 app = typer.Typer(
     name="calabaria",
@@ -71,6 +71,12 @@ def handle_errors(fn: F) -> F:
         register_secrets_in(os.environ.get("CALABARIA_STORAGE"))
         register_secrets_in(kwargs.get("storage"))
         try:
+            from modelops_calabaria.models import contain_imports
+            from modelops_calabaria.simulation.containment import become_subreaper
+
+            # A model that exits or hangs while importing is named, not silently obeyed (models/__init__.py).
+            contain_imports(resolve_settings().model_import_timeout_s)
+            become_subreaper()  # what a model run in this process (inline, threads) orphans stays ours, ended at exit
             return fn(*args, **kwargs)
         except CalabariaError as e:
             _fail(str(e), e.exit_code)
@@ -88,7 +94,7 @@ Mode = Annotated[bool | None, typer.Option("--parallel/--batched", help="Executi
 LogFormat = Annotated[str | None, typer.Option("--log-format", help="json, console or auto.")]
 LocalWorkers = Annotated[int | None, typer.Option("--local-workers", min=1, max=MAX_CONCURRENCY, help="Processes of the local Dask cluster.")]
 Output = Annotated[Path | None, typer.Option("--output", "-o", help="Run directory (default runs/<study>).")]
-Grace = Annotated[float, typer.Option("--grace", min=0, max=MAX_FLAG_SECONDS, help="After SIGTERM/SIGINT, seconds in-flight trials may finish (at most a week).")]
+Grace = Annotated[float, typer.Option("--grace", min=0, max=GRACE_RANGE_S[1], help="After SIGTERM/SIGINT, seconds in-flight trials may finish; the command ends at most 10 s later.")]
 
 
 def _show_version(value: bool) -> None:
@@ -157,8 +163,8 @@ def calibrate(
     result = run_calibration(job, settings, output_dir=output, max_trials=max_trials, extend=extend,
                              concurrency=workers, handle_signals=True, shutdown_grace_s=grace,
                              accept_changes=accept_changes)
-    if not no_report and not _report_current(result):
-        _report_after_run(result, settings)
+    if not no_report and result.stop_reason not in ("SIGTERM", "SIGINT") and not _report_current(result):
+        _report_after_run(result, settings)  # not after a signal: the process must end within the grace period
     _print_summary(result)  # the command's last line: scripts read it
 
 
@@ -499,4 +505,34 @@ def main() -> None:
         _echo("".join(traceback.format_exception(e)).rstrip(), err=True)
         _echo(f"error: internal error {type(e).__name__}: {e}", err=True)
         code = 1
-    sys.exit(code or 0)
+    _exit(code or 0)
+
+
+def _exit(code: int) -> None:
+    """End the command: nothing it started outlives it. Local worker processes, the fork server,
+    the resource tracker and any process left below this one (a model run here that forked:
+    this process is their sub-reaper) are ended now (not seconds later); a model thread that cannot be
+    stopped (no ``timeout_s``, cancelled after a signal) would keep the interpreter from
+    exiting, so then the process ends without waiting for it (docs/reliability.md)."""
+    import threading
+
+    if "modelops_calabaria.simulation.forkserver" in sys.modules:
+        sys.modules["modelops_calabaria.simulation.forkserver"].stop()
+    containment = sys.modules.get("modelops_calabaria.simulation.containment")
+    if containment is not None:  # a command that may have run a model here
+        containment.kill_all(containment.descendants(os.getpid()), reap=False)  # e.g. what a model left running
+    stuck = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+    runner = sys.modules.get("modelops_calabaria.calibration.runner")
+    # After a signal, model threads may still spin (daemon or not): the interpreter's own exit
+    # would wait for them, or crawl beside them for seconds.
+    if stuck or (runner is not None and runner.SIGNALLED.is_set()):
+        import logging
+
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # noqa: BLE001, S110 - a closed pipe: nothing more to say
+                pass
+        os._exit(code)
+    sys.exit(code)

@@ -157,6 +157,8 @@ class Heartbeat:
             except CalabariaError as e:
                 # A database blip must not kill the heartbeat; the next beat retries.
                 log.warning("heartbeat failed", error=str(e))
+            except Exception as e:  # noqa: BLE001 - a dead heartbeat thread gets this coordinator's live trials recovered as lost
+                log.warning("heartbeat failed", error=f"{type(e).__name__}: {e}")
 
     def stop(self, *, forget: bool = True) -> None:
         """Stop beating; ``forget`` removes this coordinator from the ledger (clean exit)."""

@@ -21,10 +21,11 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -65,10 +66,32 @@ OVERSUBSCRIPTION_WARNING = 4
 SAMPLER_PROCESS_MIN_LOOPS = 8  # below this, one core samples fast enough and a process costs its start-up
 
 
+EXIT_MARGIN_S = 10.0  # after a signal the process ends within grace + this (docs/reliability.md)
+SIGNALLED = threading.Event()  # a signal stopped a run of this process: the CLI ends it without waiting for model threads
+
+
+def _exit_watchdog(deadline_s: float, signal_name: str) -> None:
+    """The last resort of a signal: if this process still runs ``deadline_s`` from now (a
+    model thread or a service call that cannot be stopped holds it), end it there."""
+
+    def watch() -> None:
+        time.sleep(deadline_s)
+        log.error("the run did not end within the grace period after the signal: ending the process now",
+                  signal=signal_name, waited_s=round(deadline_s, 1),
+                  hint="trials still RUNNING become FAIL 'coordinator lost' when a coordinator next opens the study")
+        for stream in (sys.stdout, sys.stderr):
+            with suppress(Exception):
+                stream.flush()
+        os._exit(1)
+
+    threading.Thread(target=watch, name="calabaria-exit-watchdog", daemon=True).start()
+
+
 @contextmanager
 def signals_stop(wire: Wire, grace_s: float, enabled: bool) -> Iterator[None]:
     """On SIGINT/SIGTERM: stop asking, let in-flight trials finish for ``grace_s``, then cancel them.
-    A second signal cancels them at once."""
+    A second signal cancels them at once. The process ends at most ``grace_s`` +
+    :data:`EXIT_MARGIN_S` after the first signal, whatever still runs (:func:`_exit_watchdog`)."""
     if not enabled or threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -77,11 +100,13 @@ def signals_stop(wire: Wire, grace_s: float, enabled: bool) -> Iterator[None]:
     def handler(signum: int, _frame: Any) -> None:
         name = signal.Signals(signum).name
         received.append(name)
+        SIGNALLED.set()
         if len(received) > 1:
             log.warning("second signal received: cancelling in-flight trials now", signal=name)
             wire.shutdown(received[0], 0.0)
             return
         log.warning("signal received: finishing in-flight trials", signal=name, grace_s=grace_s)
+        _exit_watchdog(grace_s + EXIT_MARGIN_S - 1.0, name)  # a second for the interpreter to exit
         wire.shutdown(name, grace_s)
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}

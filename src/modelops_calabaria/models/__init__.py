@@ -17,6 +17,13 @@ Models are referred to by a string, resolved again on each Dask worker:
 The callable's packages must be importable by the service's Python and by
 every Dask worker's. ``docs/models.md`` is the protocol for model authors;
 :mod:`.catalog` documents the built-ins (``calabaria models``).
+
+A model that misbehaves while it is imported (``sys.exit``, ``os._exit``,
+``KeyboardInterrupt``, an import that never ends) must not end or hang the command
+silently: after :func:`contain_imports` (the CLI calls it), the first load of a model
+in the process imports it first in a short-lived child process, within a time
+bound, and such behaviour becomes a :class:`JobSpecError` naming the model and
+what it did. A ``sys.exit`` at import is caught in-process too.
 """
 
 from __future__ import annotations
@@ -26,8 +33,13 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import os
+import select
+import signal
+import subprocess
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -38,7 +50,7 @@ from modelops_calabaria import callables
 from modelops_calabaria.errors import JobSpecError
 from modelops_calabaria.models.compartmental import BUILTINS
 
-__all__ = ["BUILTINS", "SIGNATURE", "LoadedModel", "Model", "canonical_ref", "load_model", "model_file"]
+__all__ = ["BUILTINS", "SIGNATURE", "LoadedModel", "Model", "canonical_ref", "contain_imports", "load_model", "model_file"]
 
 SIGNATURE = "model(params: dict, seed: int) -> {output name: array | {column: array} | DataFrame}"
 
@@ -105,6 +117,10 @@ def _import_file_locked(path: Path) -> Any:
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
+    except SystemExit as e:
+        del sys.modules[name]
+        raise JobSpecError(f"model file {path} called sys.exit({e.code!r}) while importing",
+                           hint="a model module must only define the model when imported") from None
     except ModuleNotFoundError as e:
         del sys.modules[name]
         raise JobSpecError(f"model file {path} imports '{e.name}', which is not installed here",
@@ -119,14 +135,114 @@ def _import_file_locked(path: Path) -> Any:
     return module
 
 
+_contained: dict[str, float] = {}  # "timeout": seconds a contained first import may take (contain_imports)
+_tried: set[str] = set()  # models whose import was tried in a child process already
+
+
+def contain_imports(timeout_s: float) -> None:
+    """From now on, the first load of each user model in this process imports it first in a
+    child process that may take at most ``timeout_s`` (the CLI's choice; workers never do it)."""
+    _contained["timeout"] = timeout_s
+
+
+def _import_outcome(ref: str) -> str:
+    """In the child: import ``ref``; what went wrong beyond an ordinary error ("" if nothing)."""
+    _contained.clear()
+    try:
+        load_model.__wrapped__(ref)  # type: ignore[attr-defined]
+    except JobSpecError:
+        return ""  # an ordinary error: the parent's own import reports it in full
+    except SystemExit as e:
+        return f"called sys.exit({e.code!r})"
+    except KeyboardInterrupt:
+        return "raised KeyboardInterrupt"
+    except BaseException as e:  # noqa: BLE001 - whatever it is, the parent names it
+        return f"raised {type(e).__name__}: {e}"
+    return ""
+
+
+def _exit_words(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by signal {-code} ({signal.Signals(-code).name})"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def _try_import_in_child(ref: str, timeout_s: float) -> None:
+    """Import ``ref`` in a short-lived child first; raise JobSpecError if it ended the process,
+    hung, or raised what an import must not (SystemExit, KeyboardInterrupt).
+
+    Forks when this process has one thread (the child inherits every import but the model's);
+    else a fresh interpreter (forking a threaded process can copy a held lock)."""
+    what = ""
+    if threading.active_count() == 1 and hasattr(os, "fork"):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: import, report, end without running the parent's exit handlers
+            code = 0
+            try:
+                os.close(r)
+                os.write(w, _import_outcome(ref).encode()[:4000] or b"ok")
+            except BaseException:  # noqa: BLE001 - nothing may escape a forked child
+                code = 70
+            finally:
+                os._exit(code)
+        os.close(w)
+        data, deadline, done = b"", time.monotonic() + timeout_s, False
+        try:
+            while not done:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([r], [], [], left)[0]:
+                    break
+                chunk = os.read(r, 4096)
+                data += chunk
+                done = not chunk
+        finally:
+            os.close(r)
+        if not done:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            what = f"did not finish importing within {timeout_s:g} s"
+        else:
+            _, status = os.waitpid(pid, 0)
+            text = data.decode(errors="replace")
+            what = "" if text == "ok" else text or f"ended the process while importing ({_exit_words(os.waitstatus_to_exitcode(status))})"
+    else:
+        code = f"import sys; from modelops_calabaria.models import _import_outcome; print(_import_outcome(sys.argv[1]) or 'ok')"
+        try:
+            out = subprocess.run([sys.executable, "-c", code, ref], capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            what = f"did not finish importing within {timeout_s:g} s"
+        else:
+            lines = out.stdout.strip().splitlines()
+            last = lines[-1] if lines else ""
+            if out.returncode != 0 or not last:
+                what = f"ended the process while importing ({_exit_words(out.returncode)})"
+            elif last != "ok":
+                what = last
+    if what:
+        if not what.startswith(("did not", "ended")):
+            what = f"{what} while importing"
+        raise JobSpecError(f"model {ref!r} {what}",
+                           hint="a model module must only define the model when imported: move other work into the model function")
+
+
 @functools.lru_cache(maxsize=32)
 def load_model(ref: str) -> LoadedModel:
     """Resolve a model reference (cached per process, so workers import once).
 
+    After :func:`contain_imports`, a model's first import is tried in a child process first.
+
     Raises:
         JobSpecError: unknown built-in, missing file or module, missing object,
-            or an object that is not callable.
+            or an object that is not callable; a model that ends the process, hangs or
+            raises SystemExit/KeyboardInterrupt while importing.
     """
+    if ref not in BUILTINS and _contained and ref not in _tried:
+        _try_import_in_child(ref, _contained["timeout"])
+        _tried.add(ref)
     if ref in BUILTINS:
         fn = BUILTINS[ref]
         return LoadedModel(ref, fn, tuple(fn.outputs))  # type: ignore[attr-defined]
@@ -147,6 +263,9 @@ def load_model(ref: str) -> LoadedModel:
     else:
         try:
             module = importlib.import_module(target)
+        except SystemExit as e:
+            raise JobSpecError(f"model module {target!r} called sys.exit({e.code!r}) while importing",
+                               hint="a model module must only define the model when imported") from None
         except ModuleNotFoundError as e:
             raise JobSpecError(
                 f"model module {target!r} cannot be imported: {e}",

@@ -15,7 +15,9 @@ import asyncio
 import contextlib
 import logging
 import math
+import shutil
 import socket
+import tempfile
 import threading
 import time
 import uuid
@@ -31,7 +33,7 @@ from distributed import Client, Future, LocalCluster
 from modelops_calabaria.addresses import host_port, scheduler_address
 from modelops_calabaria.errors import ConfigurationError, ServiceUnavailableError
 from modelops_calabaria.logging import get_logger, tame_library_loggers
-from modelops_calabaria.simulation import forkserver
+from modelops_calabaria.simulation import containment, forkserver, keeper
 from modelops_calabaria.simulation.local import PRELOAD_MODEL_ENV, local_cluster_shape
 from modelops_calabaria.simulation.replicates_per_task import DurationStats, replicates_per_task
 from modelops_calabaria.simulation.task import SimContext, TrialEvaluation, reduce_trial, run_replicate, run_replicates
@@ -61,6 +63,11 @@ LOCAL_CLUSTER_CONFIG = {
     # individual-based model 1.5x slower per replicate (0.165 -> 0.253 CPU-s). A simulation's
     # arrays are freed when it returns, so glibc's defaults suit replicates better.
     "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+    # A task that was only waiting on a worker when its process died is rerun elsewhere; the
+    # replicate whose model ended the process is failed by its marker (.containment), not by
+    # Dask's count of dead workers, which also counts every task that waited there (3 deaths,
+    # Dask's default, failed healthy trials as "workers died" when models ended workers often).
+    "distributed.scheduler.allowed-failures": 10,
 }
 _START_SCHEDULER = "start the scheduler (`dask scheduler`), check the address and port, or leave the scheduler empty to run a local cluster"
 
@@ -165,6 +172,8 @@ class DaskTrialHandle:
                 evaluation = reduce_trial(self._service.context, self._service.client.gather(self._replicates))
             if evaluation.error is None:
                 self._service.durations.observe(evaluation.busy_s, self._n)
+            else:
+                evaluation.error = containment.explain_exits(evaluation.error, keeper.EXITS)
             if evaluation.abandoned_on:
                 # Release the results first: futures still held when their worker goes are
                 # recomputed, and the recomputation would run the runaway model again.
@@ -174,18 +183,20 @@ class DaskTrialHandle:
         except CancelledError as e:
             # Cancelled by us (shutdown) is a trial failure; cancelled because the
             # scheduler went away is fatal for the whole run.
+            self._service.raise_if_broken()
             if "connection-lost" in str(e) or self._service.client.status != "running":
                 self._service.raise_if_lost(e, force=True)
             return TrialEvaluation({}, None, 0.0, error="simulation cancelled")
         except distributed.scheduler.KilledWorker as e:
             return TrialEvaluation({}, None, 0.0, error=f"Dask workers died while running this trial's simulations ({e}); read the workers' logs")
         except Exception as e:  # noqa: BLE001 - infrastructure errors: the cluster may be gone
+            self._service.raise_if_broken()
             self._service.raise_if_lost(e)
             return TrialEvaluation({}, None, 0.0, error=f"simulation infrastructure error: {type(e).__name__}: {e}")
         finally:
             if self._counted:
                 self._counted = False
-                self._service.trial_done()
+                self._service.trial_done(self)
 
     @property
     def tasks(self) -> int:
@@ -214,7 +225,8 @@ class DaskSimulationService:
     """Runs replicates on a Dask cluster (thread-safe)."""
 
     def __init__(self, client: Client, context: SimContext, *, owned_cluster: LocalCluster | None = None,
-                 replicates_per_task: int | None = None, worker_processes: bool = False) -> None:
+                 replicates_per_task: int | None = None, worker_processes: bool = False,
+                 markers: str | None = None) -> None:
         self.client = client
         self.context = context
         self._cluster = owned_cluster
@@ -232,6 +244,11 @@ class DaskSimulationService:
         self.address = client.scheduler.address if client.scheduler else "?"
         self._recycled: set[str] = set()
         self._recyclers: list[threading.Thread] = []
+        self._markers = markers  # the replicate marker directory of this service's worker processes
+        self._handles: set[DaskTrialHandle] = set()  # trials in flight, cancelled if the cluster breaks
+        self._broken: str | None = None
+        # Worker processes that end are replaced (bounded); a cluster that cannot keep any stops the run.
+        self._keeper = keeper.ClusterKeeper(owned_cluster, self._starting_workers, self._break) if self._worker_processes else None
 
     @classmethod
     def connect(cls, scheduler: str | None, context: SimContext, *, local_workers: int | None = None,
@@ -251,7 +268,9 @@ class DaskSimulationService:
         not when its first replicate arrives, so that this cost is paid while the
         coordinator prepares the study; worker processes are forked from one fork
         server that imported Dask, the task and the model once (:mod:`.forkserver`),
-        and run with :data:`LOCAL_CLUSTER_CONFIG`.
+        and run with :data:`LOCAL_CLUSTER_CONFIG`. A replicate whose model ends its worker
+        process fails its trial alone, naming the exit status (:mod:`.containment`); the
+        cluster is kept at its size (:mod:`.keeper`).
 
         Raises:
             ServiceUnavailableError: nothing answers at the address, or not a Dask
@@ -261,19 +280,26 @@ class DaskSimulationService:
         if not scheduler:
             n_workers, threads = local_cluster_shape(local_workers, processes)
             # Threads talk to the in-process scheduler without a network (inproc://): no host to bind.
-            extra: dict[str, Any] = {"processes": False}
+            # Its worker's HTTP server would bind every interface (it has no TCP address to follow).
+            extra: dict[str, Any] = {"processes": False, "worker_dashboard_address": host_port(listen_host, 0)}
+            markers = None
             if processes:
-                extra = {"processes": True, "host": listen_host, "preload": [WORKER_SETUP],
-                         "env": {PRELOAD_MODEL_ENV: context.model_ref}}
+                markers = tempfile.mkdtemp(prefix="calabaria-markers-")
+                forkserver.acquire()
+                extra = {"processes": True, "host": listen_host, "preload": [WORKER_SETUP], "worker_class": keeper.RecordingNanny,
+                         "env": {PRELOAD_MODEL_ENV: context.model_ref, containment.MARKERS_ENV: markers}}
             try:
                 with dask.config.set(LOCAL_CLUSTER_CONFIG), _worker_start(processes, context.model_ref):
                     cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads,
                                            dashboard_address=host_port(listen_host, 0), silence_logs=logging.ERROR, **extra)
             except (OSError, RuntimeError, TimeoutError) as e:  # e.g. no port on listen_host, a worker that died at start
+                if markers:
+                    shutil.rmtree(markers, ignore_errors=True)
+                    forkserver.end_workers()
                 raise ServiceUnavailableError(f"the local Dask cluster did not start: {e}",
                                               hint="check CALABARIA_LISTEN_HOST and free memory, or pass --scheduler") from e
             return cls(Client(cluster, set_as_default=False), context, owned_cluster=cluster,
-                       replicates_per_task=replicates_per_task, worker_processes=processes)
+                       replicates_per_task=replicates_per_task, worker_processes=processes, markers=markers)
         address = scheduler_address(scheduler)  # Settings checked it already; API callers may not have
         assert address is not None
         _probe(address)
@@ -313,6 +339,7 @@ class DaskSimulationService:
         return live
 
     def submit(self, trial_number: int, params: Mapping[str, Any], seeds: Sequence[int], first: int = 0) -> DaskTrialHandle:
+        self.raise_if_broken()
         if self.client.status not in ("running", "connecting"):
             raise ServiceUnavailableError(f"lost the Dask scheduler at {self.address}",
                                           hint="check that the scheduler is running and reachable, then re-run: finished trials are kept")
@@ -335,22 +362,43 @@ class DaskSimulationService:
                 [list(seeds[f:f + per_task]) for f in firsts], [first + f for f in firsts],
                 key=[f"calabaria-rep-{self._run}-{trial_number}-{first + f}" for f in firsts], pure=False,
             )
-        if not self._reduce_on_worker:
-            return DaskTrialHandle(self, reps, None, n)
-        stage = f"-{first}" if first else ""  # a later stage of the trial's replicates reduces under its own key
-        final = self.client.submit(reduce_trial, self.context, reps, key=f"calabaria-trial-{self._run}-{trial_number}{stage}",
-                                   pure=False)
-        return DaskTrialHandle(self, reps, final, n)
+        final = None
+        if self._reduce_on_worker:
+            stage = f"-{first}" if first else ""  # a later stage of the trial's replicates reduces under its own key
+            final = self.client.submit(reduce_trial, self.context, reps, key=f"calabaria-trial-{self._run}-{trial_number}{stage}",
+                                       pure=False)
+        handle = DaskTrialHandle(self, reps, final, n)
+        with self._lock:
+            self._handles.add(handle)
+        if self._broken:  # broke meanwhile: _break did not see this one
+            handle.cancel()
+        return handle
 
     def _per_task(self, n: int, in_flight: int) -> int:
         if self.replicates_per_task is not None:
             return max(1, min(self.replicates_per_task, n))
         return replicates_per_task(n, self.durations.mean, in_flight, self.slots)
 
-    def trial_done(self) -> None:
+    def trial_done(self, handle: DaskTrialHandle | None = None) -> None:
         """A submitted trial's result was read: it no longer counts as in flight."""
         with self._lock:
             self._in_flight -= 1
+            self._handles.discard(handle)  # type: ignore[arg-type]
+
+    def _break(self, reason: str) -> None:
+        """The local cluster lost its workers for good: stop the run, cancelling its trials in flight."""
+        self._broken = reason
+        with self._lock:
+            handles = list(self._handles)
+        for h in handles:
+            with contextlib.suppress(Exception):
+                h.cancel()
+
+    def raise_if_broken(self) -> None:
+        """Raise ServiceUnavailableError when the local cluster lost its workers for good."""
+        if self._broken:
+            raise ServiceUnavailableError(self._broken, hint="read the model's output: does it end its process (os._exit, "
+                                                             "a signal, a crash)? Finished trials are kept; re-run to resume")
 
     def gather(self, handles: Sequence[DaskTrialHandle]) -> list[TrialEvaluation]:  # type: ignore[override]
         # One wait for the whole batch, on this service's client (not a process-wide default one).
@@ -420,6 +468,8 @@ class DaskSimulationService:
         On a cluster this service did not start, first wait (at most ``RECYCLE_TIMEOUT_S``)
         for worker restarts under way, so that the run leaves the cluster whole.
         """
+        if self._keeper is not None:
+            self._keeper.close()
         if self._cluster is None:
             deadline = time.monotonic() + RECYCLE_TIMEOUT_S
             for thread in list(self._recyclers):
@@ -428,8 +478,21 @@ class DaskSimulationService:
             self.client.close(timeout=5)
         except Exception as e:  # noqa: BLE001 - closing a client whose scheduler died fails; nothing to save
             log.debug("closing the Dask client failed", error=str(e))
+        if self._cluster is not None and not self._worker_processes:
+            # The in-process worker would wait for its threads, and a model thread that cannot be
+            # stopped (cancelled after a signal, or timed out) never ends: it is abandoned (a daemon
+            # thread, gone with the process), not waited for.
+            for w in list(self._cluster.workers.values()):
+                try:
+                    self._cluster.sync(w.close, executor_wait=False, timeout=5, reason="calabaria-close")
+                except (Exception, asyncio.CancelledError) as e:  # noqa: BLE001 - closed already
+                    log.debug("closing the in-process worker failed", error=f"{type(e).__name__}: {e}")
         if self._cluster is not None:
             try:
                 self._cluster.close(timeout=10)
             except (Exception, asyncio.CancelledError) as e:  # noqa: BLE001 - e.g. a worker mid-restart: it ends with us
                 log.debug("closing the local cluster failed", error=f"{type(e).__name__}: {e}")
+        if self._worker_processes:
+            forkserver.end_workers()  # whatever of the workers (and what their models started) outlived the close
+        if self._markers:
+            shutil.rmtree(self._markers, ignore_errors=True)

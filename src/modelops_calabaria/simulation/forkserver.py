@@ -15,10 +15,18 @@ Used only for the local cluster's worker processes, and only when Dask's
 ``fork`` or ``forkserver`` there keeps it (with Dask's own fork-server preload). The server is started once per coordinator
 process and serves every later local cluster of that process (the first run's model
 stays imported in it; a worker still loads its own run's model at start-up).
+
+Nothing of it outlives the command: when the last local cluster of worker processes
+closes, :func:`end_workers` kills whatever is left below the server (a worker its nanny
+did not stop in time, processes a model left behind: the server is their sub-reaper,
+see :mod:`.containment`), and :func:`stop` (the CLI's exit, else ``atexit``) ends the
+server and multiprocessing's resource tracker, which otherwise linger for seconds after
+the command returns.
 """
 
 from __future__ import annotations
 
+import atexit
 import multiprocessing
 import os
 import threading
@@ -27,6 +35,7 @@ from collections.abc import Iterator
 
 import dask
 
+from modelops_calabaria.simulation import containment
 from modelops_calabaria.simulation.local import PRELOAD_MODEL_ENV
 
 METHOD_KEY = "distributed.worker.multiprocessing-method"
@@ -36,6 +45,8 @@ PRELOAD = ("distributed", "distributed.nanny", "numpy", "modelops_calabaria.simu
            "modelops_calabaria.simulation.worker_setup", "modelops_calabaria.simulation.preload_model")
 
 _lock = threading.Lock()
+_users = 0  # local clusters of this process whose workers come from the server now
+_atexit_registered = False
 
 
 def available() -> bool:
@@ -65,6 +76,10 @@ def ensure_server(model_ref: str) -> None:
         dask_utils._forkserver_preload_set = True  # noqa: SLF001 - no public switch for it
         from multiprocessing import forkserver
 
+        global _atexit_registered
+        if not _atexit_registered:
+            atexit.register(stop)
+            _atexit_registered = True
         before = os.environ.get(PRELOAD_MODEL_ENV)
         os.environ[PRELOAD_MODEL_ENV] = model_ref
         try:
@@ -82,3 +97,47 @@ def forked_workers(model_ref: str) -> Iterator[None]:
     ensure_server(model_ref)
     with dask.config.set({METHOD_KEY: "forkserver"}):
         yield
+
+
+def acquire() -> None:
+    """A local cluster of worker processes opens (its workers may come from the server)."""
+    global _users
+    with _lock:
+        _users += 1
+
+
+def _server_pid() -> int | None:
+    from multiprocessing import forkserver
+
+    return forkserver._forkserver._forkserver_pid  # noqa: SLF001 - no public accessor
+
+
+def end_workers() -> None:
+    """A local cluster closed: when it was the last one, kill every process still below the server."""
+    global _users
+    with _lock:
+        _users = max(0, _users - 1)
+        if _users:
+            return
+        pid = _server_pid()
+    if pid is not None:
+        containment.kill_all(containment.descendants(pid), reap=False)
+
+
+def stop() -> None:
+    """End the fork server (and whatever is below it) and multiprocessing's resource tracker now;
+    never raises. The next local cluster of this process starts a new server."""
+    from multiprocessing import forkserver, resource_tracker
+
+    with _lock:
+        pid = _server_pid()
+        if pid is not None:
+            containment.kill_all(containment.descendants(pid), reap=False)
+            try:
+                forkserver._forkserver._stop()  # noqa: SLF001 - closes its pipe and reaps it
+            except OSError:
+                pass
+    try:
+        resource_tracker._resource_tracker._stop()  # noqa: SLF001 - it would linger until every inheritor exits
+    except Exception:  # noqa: BLE001, S110 - not running, or already gone
+        pass

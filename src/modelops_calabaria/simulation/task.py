@@ -3,7 +3,9 @@
 :func:`run_replicate` never raises for a model problem: an exception, a
 timeout, a missing output or a NaN becomes ``ReplicateResult.error`` (with the
 model's traceback), so that failures are data the coordinator stores on the
-trial. Only scores and small diagnostics leave the worker, never the outputs.
+trial. Only scores and small diagnostics leave the worker, never the outputs. A model
+that calls ``sys.exit`` fails its replicate too; in a local worker process, one that
+ends the process or leaves processes behind is contained by :mod:`.containment`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 
 from modelops_calabaria.job import SummarySpec
 from modelops_calabaria.models import load_model
+from modelops_calabaria.simulation import containment
 from modelops_calabaria.simulation.summaries import summarize
 from modelops_calabaria.targets.evaluate import CompiledTarget, aggregate_trial, evaluate_replicate
 
@@ -116,7 +119,8 @@ def run_replicate(ctx: SimContext, params: Mapping[str, Any], seed: int, index: 
     for attempt in range(attempts):
         try:
             model = load_model(ctx.model_ref)
-            outputs = _call_with_timeout(model.run, {**ctx.fixed, **params}, seed, ctx.timeout_s)
+            with containment.guarded(index):
+                outputs = _call_with_timeout(model.run, {**ctx.fixed, **params}, seed, ctx.timeout_s)
             if not isinstance(outputs, Mapping):
                 raise TypeError(f"model returned {type(outputs).__name__}, expected a mapping of output name to array")
             result.scores, result.kept = evaluate_replicate(ctx.targets, outputs)
@@ -128,6 +132,15 @@ def run_replicate(ctx: SimContext, params: Mapping[str, Any], seed: int, index: 
             result.error = f"replicate {index} (seed {seed}): {e}"
             result.abandoned_on = _worker_address()
             break  # a hang is not retried: it would hold another slot just as long
+        except containment.EarlierAttemptDied as e:
+            result.error = f"replicate {index} (seed {seed}): {e}"
+            break
+        except (SystemExit, KeyboardInterrupt) as e:
+            # The model asked to end the process it runs in (a worker, or the coordinator
+            # with the inline scheduler): that ends this trial, not the process.
+            what = f"called sys.exit({e.code!r})" if isinstance(e, SystemExit) else "raised KeyboardInterrupt"
+            result.error = f"replicate {index} (seed {seed}): the model {what}; a model must return its outputs, not end the process"
+            break
         except Exception as e:  # noqa: BLE001 - any model failure is data for the trial
             tb = traceback.format_exc(limit=8)
             result.error = f"replicate {index} (seed {seed}), attempt {attempt + 1}/{attempts}: {type(e).__name__}: {e}\n{tb}"

@@ -25,6 +25,7 @@ import os
 import signal
 from typing import Any
 
+from modelops_calabaria.simulation import containment
 from modelops_calabaria.simulation.local import PRELOAD_MODEL_ENV
 
 
@@ -35,6 +36,7 @@ def dask_setup(worker: Any) -> None:  # noqa: ARG001 - Dask's preload hook signa
     except OSError:  # already a session leader (e.g. started by another launcher)
         pass
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    containment.become_subreaper()  # processes a model orphans stay below this worker (containment.py)
     load_run_model()
 
 
