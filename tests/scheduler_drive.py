@@ -63,7 +63,7 @@ def drive(rules: Rules, budget: int, tasks: int = 1, between_rounds: Callable[[i
                     trace.claims.append((i.n, s.told))
                 if isinstance(i, ins.Hold):
                     trace.holds += 1
-                pending[getattr(i, "loop")] = i
+                pending[i.loop] = i
 
     carry(s.handle(ev.Start()))
     for rnd in range(max_rounds):

@@ -79,7 +79,7 @@ def test_calibrate_worker_status_and_report_name_one_best(tmp_path: Path) -> Non
         subprocess.Popen([*CLI, "worker", "--study", study, "--storage", storage, "--workers", "2", "--scheduler", "inline"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(), cwd=worker_cwd),
     ]
-    for code, out, err in run_all(procs):
+    for code, _out, err in run_all(procs):
         assert code == 0, err[-2000:]
     # The worker writes where the job implies (runs/<study> under its working directory), not a worker-* subdirectory.
     worker_dir = worker_cwd / "runs" / study

@@ -34,7 +34,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -418,7 +418,8 @@ def test_k8s_rendering_matches_kubectl_kustomize():
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.skip("kubectl is not installed; the Python rendering is checked on its own")
-    key: Callable[[dict[str, Any]], tuple[str, str]] = lambda d: (d["kind"], d["metadata"]["name"])
+    def key(d: dict[str, Any]) -> tuple[str, str]:
+        return (d["kind"], d["metadata"]["name"])
     for kustomization in RENDERED:
         result = subprocess.run([kubectl, "kustomize", str(K8S / kustomization)], capture_output=True, text=True,
                                 timeout=60, check=False)

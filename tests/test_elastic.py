@@ -25,7 +25,7 @@ from modelops_calabaria.calibration.elastic import loop_cap, target_loops
 from modelops_calabaria.calibration.scheduler import Rules
 from modelops_calabaria.calibration.scheduler import events as ev
 from modelops_calabaria.errors import JobSpecError
-from modelops_calabaria.job import MAX_CONCURRENCY, job_from_dict
+from modelops_calabaria.job import MAX_CONCURRENCY
 from modelops_calabaria.storage import parse_storage_url
 
 from conftest import make_job, support_model

@@ -79,7 +79,7 @@ def test_three_processes_by_eight_loops_spend_exactly_the_budget(pg_url, schedul
         for i in range(2)
     ]
     results = run_all([first, *joiners])
-    for code, so, se in results:
+    for code, _so, se in results:
         assert code == 0, se[-3000:]
     trials = trials_of(pg_url, study)
     assert len(trials) == 300
@@ -103,7 +103,7 @@ def test_four_processes_starting_together_on_an_empty_database(pg_url, scheduler
                               "--output", str(tmp_path / f"c{i}")], env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for i in range(4)
         ]
-        for code, so, se in run_all(procs):
+        for code, _so, se in run_all(procs):
             assert code == 0, se[-3000:]
             assert "Traceback" not in se and "error" not in se.lower(), se[-3000:]
         storage = open_optuna_storage(parse_storage_url(url), 1)

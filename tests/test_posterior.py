@@ -179,7 +179,6 @@ def _line_posterior_run(tmp_path: Path):
 
 @pytest.mark.slow
 def test_figures_show_the_marginals_and_the_predictive_fit(tmp_path):
-    import optuna
 
     from modelops_calabaria.posterior import posterior_figures, study_sample
     from modelops_calabaria.backend.factory import open_store

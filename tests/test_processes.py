@@ -88,7 +88,7 @@ def test_a_model_that_ends_its_process_fails_its_own_trial_only(tmp_path, shape,
                 assert "the model called sys.exit(3)" in reason, reason
             else:
                 status = "exit code 7" if how == "os_exit" else "killed by signal 9 (SIGKILL)"
-                assert f"its worker process (pid " in reason and f"{status}) ended" in reason, reason
+                assert "its worker process (pid " in reason and f"{status}) ended" in reason, reason
         else:  # healthy trials are not failed by their neighbours' deaths
             assert t.state == TrialState.COMPLETE, (t.number, t.params, t.user_attrs.get("fail_reason"))
     assert any(t.state == TrialState.FAIL for t in trials) and any(t.state == TrialState.COMPLETE for t in trials)

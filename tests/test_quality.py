@@ -6,12 +6,10 @@ from __future__ import annotations
 import collections
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from optuna.trial import TrialState
 from scipy import stats
 
 from modelops_calabaria import Settings, run_calibration

@@ -25,7 +25,7 @@ import yaml
 from optuna.trial import TrialState
 
 from modelops_calabaria.backend.factory import open_optuna_storage, open_store
-from modelops_calabaria.job import job_from_dict, load_job
+from modelops_calabaria.job import load_job
 from modelops_calabaria.job.sweep import POINT_ATTR, SUMMARIES_ATTR
 from modelops_calabaria.sensitivity.analysis import indices
 from modelops_calabaria.sensitivity.design import problem, scaled_design

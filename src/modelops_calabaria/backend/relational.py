@@ -39,11 +39,9 @@ from typing import Any
 import sqlalchemy as sa
 import sqlalchemy.exc
 from optuna.distributions import BaseDistribution, distribution_to_json, json_to_distribution
-import optuna
 from optuna.storages import RDBStorage
-from optuna.storages._cached_storage import _CachedStorage
 from optuna.storages._rdb import models
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from modelops_calabaria.backend.base import (BUSY_ATTR, COORDINATOR_ATTR, FAIL_REASON, LOSS_ATTR_PREFIX, TARGETS_ATTR, PoppedTrial,
                                              StoredTrial, TrialColumns, columns_from_rows)

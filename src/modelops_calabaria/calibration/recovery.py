@@ -92,7 +92,7 @@ def recover_stale_trials(study: optuna.Study, ledger: Ledger, grace_s: float, *,
         if owner is None and at - started <= grace_s:
             continue
         reason = f"{LOST_REASON}: coordinator {owner or '(unknown)'} sent no heartbeat for more than {grace_s:g} s"
-        if retry_db("recover", lambda: backend.fail_if_running(stored.trial_id, reason)):
+        if retry_db("recover", lambda s=stored, r=reason: backend.fail_if_running(s.trial_id, r)):
             recovered.append(t.number)
             if retry and t.params:
                 ledger.push_retry(name, dict(t.params))

@@ -318,7 +318,7 @@ class Wire:
 
     def _execute(self, i: ins.Instruction) -> ev.Event:
         """Carry out one loop instruction; its answer, or Failed (the exception kept for the loop)."""
-        loop = getattr(i, "loop")
+        loop = i.loop
         try:
             if isinstance(i, ins.Claim):
                 return ev.SlotsGranted(loop, self.ledger.claim(self._study, i.n, owner=self._owner))

@@ -210,7 +210,7 @@ def _try_import_in_child(ref: str, timeout_s: float) -> None:
             text = data.decode(errors="replace")
             what = "" if text == "ok" else text or f"ended the process while importing ({_exit_words(os.waitstatus_to_exitcode(status))})"
     else:
-        code = f"import sys; from modelops_calabaria.models import _import_outcome; print(_import_outcome(sys.argv[1]) or 'ok')"
+        code = "import sys; from modelops_calabaria.models import _import_outcome; print(_import_outcome(sys.argv[1]) or 'ok')"
         try:
             out = subprocess.run([sys.executable, "-c", code, ref], capture_output=True, text=True, timeout=timeout_s)
         except subprocess.TimeoutExpired:

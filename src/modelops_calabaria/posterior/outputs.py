@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import optuna
 from optuna.trial import FrozenTrial
 
 from modelops_calabaria.backend.base import StudyBackend

@@ -181,7 +181,7 @@ def fit_figure(fit: FitData, log: bool = False) -> Figure:
         return name
 
     for ax, (title, rows, j) in zip(axes, shown):
-        for k, (lab, med) in enumerate(fit.others):
+        for _k, (_lab, med) in enumerate(fit.others):
             for seg in segments(x, rows):
                 ax.plot(x[seg], med[seg, j], color=style.MUTED, lw=0.9, alpha=0.6, label=once("next best trials"))
         if fit.quantiles is not None:
