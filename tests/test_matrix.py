@@ -272,12 +272,7 @@ def cli(*args: str, timeout: float = 300, **kw: Any) -> subprocess.CompletedProc
 # -- running the matrix --------------------------------------------------------------------------
 
 # Failures whose fix belongs to another area: (target form, output form or "*", command or "*") -> reason.
-STORED_INDEX = ("targets/data.py Observed.inline (with calibration/provenance.py's data fingerprint): the job stored "
-                "with the study names a target's index column 'index', so a report made from the study cannot say 'week'")
 KNOWN: dict[tuple[str, str, str], str] = {
-    **{(t.name, "*", "index_name"): STORED_INDEX for t in TARGET_FORMS if not t.keyed},
-    ("rows", "mapping", "validate"): "targets/evaluate.py: a target by row index given a table output (mapping of columns) "
-                                     "fails with an internal TypeError instead of a one-line refusal",
 }
 
 

@@ -9,6 +9,8 @@ returns: 2 for bad input, 1 for a failed run or an unreachable service.
 
 from __future__ import annotations
 
+import signal
+
 
 class CalabariaError(Exception):
     """Root of every error raised by modelops-calabaria.
@@ -110,3 +112,15 @@ class ClaimLostError(CalabariaError):
     """
 
     exit_code = 1
+
+
+def exit_status(code: int | None) -> str:
+    """An exit code as words: ``exit code 7``, ``killed by signal 9 (SIGKILL)``."""
+    if code is None:
+        return "exit status not recorded"
+    if code < 0:
+        try:
+            return f"killed by signal {-code} ({signal.Signals(-code).name})"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"

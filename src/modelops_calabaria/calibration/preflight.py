@@ -102,8 +102,10 @@ def dry_run(job: CalibrationJob, model_ref: str, targets: tuple[CompiledTarget, 
         except AlignmentError as e:
             raise JobSpecError(str(e), problems=[(f"targets[{i}].on", "return the keys the data has, or change 'on' / 'match'")]) from e
         except SimulationError as e:
-            if t.output not in outputs or strict:
+            if t.output not in outputs:
                 raise JobSpecError(str(e), problems=[(f"targets[{i}].output", "return this output from the model")]) from e
+            if strict:
+                raise JobSpecError(str(e), problems=[(f"targets[{i}]", "match the target's form to the output's (see above)")]) from e
             log.warning("dry run: a target cannot be scored at the midpoint parameters", target=t.name, error=str(e))
             continue
         if t.score.kind == "custom":  # the user's function: finite and the same twice on the same inputs

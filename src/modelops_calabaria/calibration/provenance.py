@@ -65,9 +65,18 @@ def model_fingerprint(ref: str) -> dict[str, str]:
 
 def fingerprint(stored_job: Mapping[str, Any]) -> dict[str, Any]:
     """The fingerprint of a job as stored with its study (model path absolute, data inline)."""
-    data = {t["name"]: _sha256(json.dumps(t.get("data"), sort_keys=True, default=str).encode())
+    data = {t["name"]: _sha256(json.dumps(_hashed_data(t), sort_keys=True, default=str).encode())
             for t in stored_job.get("targets", [])}
     return {"model": model_fingerprint(str(stored_job.get("model", ""))), "data": data}
+
+
+def _hashed_data(target: Mapping[str, Any]) -> Any:
+    """A stored target's data as its fingerprint hashes it: the index column of a target without
+    keys under the name 'index', as studies stored it before the column kept its own name."""
+    data, index = target.get("data"), target.get("index_column")
+    if isinstance(data, Mapping) and target.get("on") is None and index and index != "index" and index in data:
+        return {("index" if k == index else k): v for k, v in data.items()}
+    return data
 
 
 def changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from modelops_calabaria import callables
-from modelops_calabaria.errors import JobSpecError
+from modelops_calabaria.errors import JobSpecError, exit_status
 from modelops_calabaria.models.compartmental import BUILTINS
 
 __all__ = ["BUILTINS", "SIGNATURE", "LoadedModel", "Model", "canonical_ref", "contain_imports", "load_model", "model_file"]
@@ -161,15 +161,6 @@ def _import_outcome(ref: str) -> str:
     return ""
 
 
-def _exit_words(code: int) -> str:
-    if code < 0:
-        try:
-            return f"killed by signal {-code} ({signal.Signals(-code).name})"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit code {code}"
-
-
 def _try_import_in_child(ref: str, timeout_s: float) -> None:
     """Import ``ref`` in a short-lived child first; raise JobSpecError if it ended the process,
     hung, or raised what an import must not (SystemExit, KeyboardInterrupt).
@@ -208,7 +199,7 @@ def _try_import_in_child(ref: str, timeout_s: float) -> None:
         else:
             _, status = os.waitpid(pid, 0)
             text = data.decode(errors="replace")
-            what = "" if text == "ok" else text or f"ended the process while importing ({_exit_words(os.waitstatus_to_exitcode(status))})"
+            what = "" if text == "ok" else text or f"ended the process while importing ({exit_status(os.waitstatus_to_exitcode(status))})"
     else:
         code = "import sys; from modelops_calabaria.models import _import_outcome; print(_import_outcome(sys.argv[1]) or 'ok')"
         try:
@@ -219,7 +210,7 @@ def _try_import_in_child(ref: str, timeout_s: float) -> None:
             lines = out.stdout.strip().splitlines()
             last = lines[-1] if lines else ""
             if out.returncode != 0 or not last:
-                what = f"ended the process while importing ({_exit_words(out.returncode)})"
+                what = f"ended the process while importing ({exit_status(out.returncode)})"
             elif last != "ok":
                 what = last
     if what:

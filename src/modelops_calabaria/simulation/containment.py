@@ -38,6 +38,8 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from modelops_calabaria.errors import exit_status
+
 MARKERS_ENV = "CALABARIA_REPLICATE_MARKERS"
 ATTEMPTS = 2  # deaths of a worker while it ran the same replicate before that replicate fails
 PR_SET_CHILD_SUBREAPER = 36
@@ -170,18 +172,6 @@ def guarded(index: int) -> Iterator[None]:
         with contextlib.suppress(OSError):
             marker.unlink()
         kill_leftovers(before)
-
-
-def exit_status(code: int | None) -> str:
-    """An exit code as words: ``exit code 7``, ``killed by signal 9 (SIGKILL)``."""
-    if code is None:
-        return "exit status not recorded"
-    if code < 0:
-        try:
-            return f"killed by signal {-code} ({signal.Signals(-code).name})"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit code {code}"
 
 
 def explain_exits(error: str | None, exits: Mapping[int, int]) -> str | None:

@@ -50,6 +50,7 @@ class Observed:
         present: (n, m) mask of the cells that are not gaps, or None when none is missing.
         table: The used columns as given (JSON-able, None for a gap): the form stored with the study.
         time_key: The key matched as-of / accumulated, or None.
+        index_name: The index column's name in the data (the form without keys).
     """
 
     index: np.ndarray | None
@@ -60,18 +61,19 @@ class Observed:
     present: np.ndarray | None = None
     table: dict[str, list] | None = None
     time_key: str | None = None
+    index_name: str = "index"
 
     def inline(self, trials_column: str | None) -> dict[str, Any]:
         """The target fields that carry this data inline (stored with the study): ``data``
         and, without keys, ``index_column`` / ``value_columns``. Gaps become None."""
         if self.table is not None:
             return {"data": self.table, "value_columns": list(self.columns)}
-        table: dict[str, list] = {"index": self.index.tolist()}  # type: ignore[union-attr]
+        table: dict[str, list] = {self.index_name: self.index.tolist()}  # type: ignore[union-attr]
         for j, col in enumerate(self.columns):
             table[col] = [None if math.isnan(v) else v for v in self.values[:, j].tolist()]
         if self.trials is not None and trials_column:
             table[trials_column] = [None if math.isnan(v) else v for v in self.trials[:, 0].tolist()]
-        return {"data": table, "index_column": "index", "value_columns": list(self.columns)}
+        return {"data": table, "index_column": self.index_name, "value_columns": list(self.columns)}
 
     @property
     def gap_rows(self) -> int:
@@ -276,7 +278,8 @@ def load_observed(target: TargetSpec, base_dir: Path, where: str) -> Observed:
     values = np.column_stack([_numeric(table[c], c, source, where, gaps=True) for c in value_cols])
     trials = _numeric(table[trials_col], trials_col, source, where, gaps=True).reshape(-1, 1) if trials_col else None
     values, present = _check_values(target, values, value_cols, trials, source, where)
-    return Observed(index=index.astype(np.int64), values=values, columns=tuple(value_cols), trials=trials, present=present)
+    return Observed(index=index.astype(np.int64), values=values, columns=tuple(value_cols), trials=trials, present=present,
+                    index_name=str(index_col))
 
 
 def _check_values(target: TargetSpec, values: np.ndarray, value_cols: Sequence[str], trials: np.ndarray | None,

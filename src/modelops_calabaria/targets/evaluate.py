@@ -68,7 +68,13 @@ class CompiledTarget:
         raw = outputs[self.output]
         if self.aligner is not None:
             return self.aligner.simulated(raw)
-        arr = np.asarray(raw.to_numpy() if hasattr(raw, "to_numpy") else raw, dtype=float)
+        try:
+            arr = np.asarray(raw.to_numpy() if hasattr(raw, "to_numpy") else raw, dtype=float)
+        except (TypeError, ValueError) as e:  # a table (columns by name, dates): rows by number cannot select from it
+            raise SimulationError(
+                f"target '{self.name}': output '{self.output}' is a table ({type(raw).__name__}), not an array of numbers: "
+                "a target without 'on' selects rows by number; name the table's key columns with 'on' (e.g. on: [week])"
+            ) from e
         if arr.ndim == 1:
             arr = arr.reshape(-1, 1)
         if arr.ndim != 2:
