@@ -104,7 +104,7 @@ def test_every_listening_socket_of_a_local_run_is_on_loopback(tmp_path, shape, c
     else:
         first, _, _ = run_watching(tmp_path, [*calibrate, "--no-report", "--max-trials", "4"], env)
         assert first.returncode == 0, first.stderr[-2000:]
-        done, sockets, left = run_watching(tmp_path, ["report", str(run_dir), "--local-workers", "2", "--replicates", "40"], env)
+        done, sockets, left = run_watching(tmp_path, ["report", str(run_dir), "--storage", storage, "--local-workers", "2", "--replicates", "40"], env)
     assert done.returncode == 0, done.stderr[-3000:]
     exposed = sorted(s for s in sockets if not ipaddress.ip_address(s[1]).is_loopback)
     assert not exposed, f"listening beyond loopback: {exposed}"

@@ -247,15 +247,18 @@ def test_a_trial_submitted_after_the_grace_ran_out_is_cancelled_at_once(tmp_path
     from modelops_calabaria.calibration import runner
     from modelops_calabaria.calibration.wire import Wire
 
-    class LateWire(Wire):  # the real wire; the signal and its grace land between one ask and its submission
-        def _claim_and_ask(self):
-            trial = super()._claim_and_ask()
-            if trial is not None and self.shutdown_reason is None:
+    class LateWire(Wire):  # the real executor; the signal and its grace land between one ask and its submission
+        def _ask(self, loop):
+            event = super()._ask(loop)
+            if self.shutdown_reason is None:
                 self.shutdown("SIGTERM", 0.0)
                 deadline = time.monotonic() + 60
-                while not self._cancelled_all and time.monotonic() < deadline:  # the grace timer has run
+                while time.monotonic() < deadline:  # until the grace timer has run cancel_in_flight
+                    with self._lock:
+                        if self._core.cancelled:
+                            break
                     time.sleep(0.01)
-            return trial
+            return event
 
     monkeypatch.setattr(runner, "Wire", LateWire)
     storage = f"sqlite:///{tmp_path}/s.db"

@@ -175,6 +175,6 @@ def test_nothing_of_a_finished_run_is_alive_a_second_after_it_returns(tmp_path, 
                                 "--local-workers", "2"], clean_env())
     assert done.returncode == 0, done.stderr[-3000:]
     assert not left, f"processes of the run still alive 1 s after calibrate returned: {left}"
-    done, left = run(tmp_path, ["report", str(tmp_path / "run"), "--local-workers", "2", "--replicates", "2"], clean_env())
+    done, left = run(tmp_path, ["report", str(tmp_path / "run"), "--storage", storage, "--local-workers", "2", "--replicates", "2"], clean_env())
     assert done.returncode == 0, done.stderr[-3000:]
     assert not left, f"processes of the run still alive 1 s after report returned: {left}"

@@ -49,7 +49,7 @@ def run_dir(tmp_path_factory) -> Path:
 def _command(run: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "modelops_calabaria", "project", str(run), "--scenarios", str(run / "scenarios.yaml"),
             "--draws", str(DRAWS), "--replicates", str(REPS), "--horizon", "4", "--scheduler", "inline", "--local-workers", "2",
-            "--output", str(out), *extra]
+            "--output", str(out), "--storage", f"sqlite:///{run.parent / 's.db'}", *extra]
 
 
 def _chunks(out: Path) -> set[tuple[str, int]]:

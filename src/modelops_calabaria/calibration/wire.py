@@ -438,7 +438,7 @@ class Wire:
             final = f.final
             assert final is not None and final.loss is not None
             losses = pruning.replicate_losses(final.replicate_scores, self._weights) if self.board is not None else None
-            self.asker.tell_complete(trial, final.loss, final.per_target, final.busy_s, losses)
+            self.asker.tell_complete(trial, final.loss, final.per_target, final.busy_s, losses, summaries=final.summaries)
         elif i.outcome == "PRUNED":
             assert f.decision is not None
             d, losses = f.decision, pruning.replicate_losses(f.scores, self._weights)
