@@ -69,10 +69,7 @@ def run_watching(tmp_path: Path, args: list[str], env: dict[str, str], *, stop_w
         out, err = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
         left = proctree.left_after(proc, token, tmp_path)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-        proctree.kill_members(proc.pid, token, tmp_path)
+        proctree.reap(proc, token, tmp_path)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), sockets, left
 
 

@@ -44,16 +44,7 @@ def write_job(tmp_path: Path, model: str, **overrides) -> tuple[Path, str]:
 
 def run(tmp_path: Path, args: list[str], env: dict[str, str], timeout: float = 600) -> tuple[subprocess.CompletedProcess, dict[int, str]]:
     """Run the command to its end; return its outcome and what of it is alive 1 s later."""
-    proc, token = proctree.start([*CLI, *args], env, cwd=tmp_path)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-        left = proctree.left_after(proc, token, tmp_path)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-        proctree.kill_members(proc.pid, token, tmp_path)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), left
+    return proctree.run_to_end([*CLI, *args], env, tmp_path, timeout)
 
 
 # Shapes of the simulation service a user can get: inline threads, the local cluster's
@@ -125,10 +116,7 @@ def test_sigterm_ends_the_run_within_the_grace_period_with_a_model_that_never_en
         ended = time.monotonic() - signalled
         left = proctree.left_after(proc, token, tmp_path)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-        proctree.kill_members(proc.pid, token, tmp_path)
+        proctree.reap(proc, token, tmp_path)
     assert ended <= grace + EXIT_MARGIN_S, f"ended {ended:.1f} s after SIGTERM (promise: --grace {grace:g} + {EXIT_MARGIN_S:g} s)"
     assert proc.returncode == 0, err[-3000:]
     trials = check_invariants(storage, study, None)

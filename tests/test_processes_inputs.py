@@ -51,16 +51,7 @@ def command_args(command: str, job: Path, tmp_path: Path) -> list[str]:
 
 
 def run(tmp_path: Path, args: list[str], **env: str) -> tuple[subprocess.CompletedProcess, dict[int, str]]:
-    proc, token = proctree.start([*CLI, *args], clean_env(**env), cwd=tmp_path)
-    try:
-        out, err = proc.communicate(timeout=300)
-        left = proctree.left_after(proc, token, tmp_path)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-        proctree.kill_members(proc.pid, token, tmp_path)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), left
+    return proctree.run_to_end([*CLI, *args], clean_env(**env), tmp_path, 300)
 
 
 def error_line(err: str) -> str:

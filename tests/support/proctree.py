@@ -149,3 +149,25 @@ def _address(hex_addr: str, v6: bool) -> str:
     # /proc prints IPv6 as four host-order 32-bit words
     words = b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))
     return str(ipaddress.IPv6Address(words))
+
+
+def reap(proc: subprocess.Popen, token: str, run_dir: Path | None = None) -> None:
+    """Whatever happened: kill the command if it still runs, then every process of its tree."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.communicate()
+    kill_members(proc.pid, token, run_dir)
+
+
+def run_to_end(args: list[str], env: dict[str, str], cwd: Path,
+               timeout: float) -> tuple[subprocess.CompletedProcess, dict[int, str]]:
+    """Run a command in a session of its own to its end; return its outcome and what of it is
+    alive 1 s after it returned (:func:`left_after`)."""
+    proc, token = start(args, env, cwd=cwd)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+        left = left_after(proc, token, cwd)
+    finally:
+        reap(proc, token, cwd)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), left
+
